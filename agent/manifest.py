@@ -1,0 +1,190 @@
+"""The manifest: the canonical record of what an image contains, its digest and its root.
+
+Entries are sorted by path bytes and encoded as the ``corral.v1.Manifest``
+protobuf message, so baking the same tree twice gives the same bytes. Two hashes
+identify a manifest:
+
+- the **digest** (``sha256:<hex>`` of the encoded file), which names the file;
+- the **root**, a two-level Merkle hash over the entries (see :mod:`agent.merkle`)
+  that the agent recomputes after each scan and sends in its constant-size report.
+
+The root covers entries only; the digest also covers the policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
+
+from google.protobuf.message import DecodeError
+
+from agent.errors import ManifestError
+from agent.merkle import compute_root
+from agent.policy import Policy
+from protos.corral.v1 import manifest_pb2
+
+FORMAT_VERSION = 1
+
+
+class EntryType(IntEnum):
+    """Kinds of filesystem objects (values match ``corral.v1.EntryType``)."""
+
+    REGULAR = 1
+    DIRECTORY = 2
+    SYMLINK = 3
+    CHAR_DEVICE = 4
+    BLOCK_DEVICE = 5
+    FIFO = 6
+    SOCKET = 7
+
+
+class EntryError(IntEnum):
+    """Why an entry is incomplete (values match ``corral.v1.EntryError``)."""
+
+    NONE = 0
+    VANISHED = 1
+    UNREADABLE = 2
+
+
+class Entry(NamedTuple):
+    """One filesystem object under a checked path. Immutable and cheap to build."""
+
+    path: bytes
+    type: EntryType
+    mode: int
+    uid: int
+    gid: int
+    size: int = 0
+    sha256: bytes = b""
+    link_target: bytes = b""
+    rdev_major: int = 0
+    rdev_minor: int = 0
+    error: EntryError = EntryError.NONE
+
+
+def entry_to_proto(entry: Entry) -> manifest_pb2.Entry:
+    """The protobuf form of ``entry``; zero fields stay unset (canonical)."""
+    return manifest_pb2.Entry(
+        path=entry.path,
+        type=int(entry.type),  # type: ignore[arg-type]
+        mode=entry.mode,
+        uid=entry.uid,
+        gid=entry.gid,
+        size=entry.size,
+        sha256=entry.sha256,
+        link_target=entry.link_target,
+        rdev_major=entry.rdev_major,
+        rdev_minor=entry.rdev_minor,
+        error=int(entry.error),  # type: ignore[arg-type]
+    )
+
+
+def entry_from_proto(message: manifest_pb2.Entry) -> Entry:
+    """The domain form of a protobuf entry. Raises ManifestError on unknown enums."""
+    try:
+        kind = EntryType(message.type)
+        error = EntryError(message.error)
+    except ValueError as exc:
+        raise ManifestError(f"entry {message.path!r}: {exc}") from exc
+    return Entry(
+        message.path,
+        kind,
+        message.mode,
+        message.uid,
+        message.gid,
+        message.size,
+        message.sha256,
+        message.link_target,
+        message.rdev_major,
+        message.rdev_minor,
+        error,
+    )
+
+
+def encode_entry(entry: Entry) -> bytes:
+    """The canonical bytes of one entry: the leaf that the root hashes."""
+    return entry_to_proto(entry).SerializeToString(deterministic=True)
+
+
+def leaf_hash(entry: Entry) -> bytes:
+    """SHA-256 of the entry's canonical bytes."""
+    return hashlib.sha256(encode_entry(entry)).digest()
+
+
+def root_of(entries: Iterable[Entry]) -> bytes:
+    """The Merkle root over ``entries`` (order does not matter)."""
+    return compute_root(leaf_hash(entry) for entry in entries)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A baked manifest: its policy and every entry, sorted by path."""
+
+    policy: Policy
+    entries: Sequence[Entry]
+    root: bytes
+
+    @classmethod
+    def build(cls, policy: Policy, entries: Iterable[Entry]) -> Manifest:
+        """Sort ``entries`` and compute the root."""
+        ordered = sorted(entries, key=lambda entry: entry.path)
+        return cls(policy=policy, entries=ordered, root=root_of(ordered))
+
+    def encode(self) -> bytes:
+        """The canonical encoding written to ``manifest.pb``."""
+        message = manifest_pb2.Manifest(
+            format_version=FORMAT_VERSION, policy=self.policy.to_proto(), root=self.root
+        )
+        message.entries.extend(entry_to_proto(entry) for entry in self.entries)
+        return message.SerializeToString(deterministic=True)
+
+    @property
+    def byte_count(self) -> int:
+        """Total size of the regular files the manifest records."""
+        return sum(entry.size for entry in self.entries)
+
+
+def digest_of(encoded: bytes) -> str:
+    """The manifest digest, ``sha256:<64 hex>``, of an encoded manifest."""
+    return "sha256:" + hashlib.sha256(encoded).hexdigest()
+
+
+def decode(encoded: bytes) -> Manifest:
+    """Parse and validate an encoded manifest.
+
+    Raises ManifestError when the bytes are not a manifest, the format version is
+    unknown, entries are unsorted or duplicated, or the stored root does not
+    match the entries (a corrupt or hand-edited file).
+    """
+    message = manifest_pb2.Manifest()
+    try:
+        message.ParseFromString(encoded)
+    except DecodeError as exc:
+        raise ManifestError(f"not a corral manifest: {exc}") from exc
+    if message.format_version != FORMAT_VERSION:
+        raise ManifestError(
+            f"manifest format version {message.format_version} is not supported "
+            f"(this corral reads version {FORMAT_VERSION})"
+        )
+    entries = [entry_from_proto(item) for item in message.entries]
+    for before, after in zip(entries, entries[1:], strict=False):
+        if before.path >= after.path:
+            raise ManifestError(f"entries are not sorted and unique at {after.path!r}")
+    manifest = Manifest(policy=Policy.from_proto(message.policy), entries=entries, root=b"")
+    root = root_of(entries)
+    if root != message.root:
+        raise ManifestError("manifest root does not match its entries: the file is corrupt")
+    return Manifest(policy=manifest.policy, entries=entries, root=root)
+
+
+def read_manifest(path: str) -> tuple[Manifest, str]:
+    """Read ``manifest.pb``; returns the manifest and its digest."""
+    try:
+        with open(path, "rb") as handle:
+            encoded = handle.read()
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc.strerror}") from exc
+    return decode(encoded), digest_of(encoded)

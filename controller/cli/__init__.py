@@ -1,0 +1,1 @@
+"""The ``corral`` and ``corral-controller`` command lines."""
