@@ -26,7 +26,13 @@ class Change:
 
 
 def changed_attributes(old: Entry, new: Entry) -> tuple[str, ...]:
-    """The attribute names that differ between two entries for the same path."""
+    """The attribute names that differ between two entries for the same path.
+
+    Names, in this order: ``type``, ``mode``, ``uid``, ``gid``, ``size``,
+    ``content``, ``target``, ``device``, ``readable``. When the type changed, the
+    type-specific attributes (size, content, target, device) are not listed: they
+    describe different kinds of objects and would only repeat "type".
+    """
     changed = []
     if old.type != new.type:
         changed.append("type")
@@ -36,9 +42,13 @@ def changed_attributes(old: Entry, new: Entry) -> tuple[str, ...]:
         changed.append("uid")
     if old.gid != new.gid:
         changed.append("gid")
+    if old.type != new.type:
+        if old.error != new.error:
+            changed.append("readable")
+        return tuple(changed)
     if old.size != new.size:
         changed.append("size")
-    if old.sha256 != new.sha256 and old.type == new.type:
+    if old.sha256 != new.sha256:
         changed.append("target" if new.type == EntryType.SYMLINK else "content")
     if old.link_target != new.link_target and "target" not in changed:
         changed.append("target")

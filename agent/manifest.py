@@ -14,6 +14,7 @@ The root covers entries only; the digest also covers the policy.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -21,7 +22,7 @@ from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
-from agent.errors import ManifestError
+from agent.errors import ManifestError, PolicyError
 from agent.merkle import compute_root
 from agent.policy import Policy
 from protos.corral.v1 import manifest_pb2
@@ -170,14 +171,20 @@ def decode(encoded: bytes) -> Manifest:
             f"(this corral reads version {FORMAT_VERSION})"
         )
     entries = [entry_from_proto(item) for item in message.entries]
-    for before, after in zip(entries, entries[1:], strict=False):
+    for entry in entries:
+        if not entry.path.startswith(b"/"):
+            raise ManifestError(f"entry path {entry.path!r} is not absolute")
+    for before, after in itertools.pairwise(entries):
         if before.path >= after.path:
             raise ManifestError(f"entries are not sorted and unique at {after.path!r}")
-    manifest = Manifest(policy=Policy.from_proto(message.policy), entries=entries, root=b"")
+    try:
+        policy = Policy.from_proto(message.policy)
+    except PolicyError as exc:
+        raise ManifestError(f"manifest policy is invalid: {exc}") from exc
     root = root_of(entries)
     if root != message.root:
         raise ManifestError("manifest root does not match its entries: the file is corrupt")
-    return Manifest(policy=manifest.policy, entries=entries, root=root)
+    return Manifest(policy=policy, entries=entries, root=root)
 
 
 def read_manifest(path: str) -> tuple[Manifest, str]:

@@ -1,29 +1,29 @@
 """Paths are bytes end to end; this module turns them into text people and JSON can carry.
 
 Linux names need not be UTF-8. For display and JSON, a path is decoded as UTF-8;
-every byte that is not part of valid UTF-8, and every ``%`` itself, is written as
-``%XX`` (two upper-case hex digits). The encoding is reversible:
-``parse_display_path(display_path(p)) == p`` for every ``p``. A name that is
-valid UTF-8 and contains no ``%`` reads exactly as it is.
+every byte that is not part of valid UTF-8, every ASCII control character
+(0x00-0x1F, 0x7F: a file name must not be able to move a terminal's cursor or
+break a table row) and every ``%`` itself is written as ``%XX`` (two upper-case
+hex digits). The encoding is reversible: ``parse_display_path(display_path(p)) == p``
+for every ``p``. A name that is valid UTF-8 and contains no ``%`` and no control
+character reads exactly as it is.
 """
 
 from __future__ import annotations
 
 import re
 
-_ESCAPE = re.compile(r"[%\udc80-\udcff]")
+_ESCAPE = re.compile(r"[%\x00-\x1f\x7f\udc80-\udcff]")
 _UNESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 
 
 def _escape(match: re.Match[str]) -> str:
-    char = match.group(0)
-    if char == "%":
-        return "%25"
-    return f"%{ord(char) - 0xDC00:02X}"
+    code = ord(match.group(0))
+    return f"%{code - 0xDC00 if code >= 0xDC00 else code:02X}"
 
 
 def display_path(path: bytes) -> str:
-    """Text for ``path``: UTF-8 where valid, ``%XX`` for other bytes and for ``%``."""
+    """Text for ``path``: UTF-8 where valid; ``%XX`` for other bytes, controls and ``%``."""
     return _ESCAPE.sub(_escape, path.decode("utf-8", "surrogateescape"))
 
 

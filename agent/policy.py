@@ -11,8 +11,8 @@ Rules (documented for operators in docs/policy.md):
   A pattern that matches a directory excludes everything below it, so ``/var/log``
   excludes the whole log tree, while ``/tmp/*`` keeps ``/tmp`` itself checked.
 - ``ignore_attributes``: attributes that never count as drift (``mode``, ``uid``,
-  ``gid``, ``content``, ``size``, ``target``, ``device``, ``type``); ignored
-  attributes are recorded as zero.
+  ``gid``, ``content``, ``size``, ``target``, ``device``); ignored attributes
+  are recorded as zero. A change of type always counts.
 - ``one_filesystem``: do not descend into other filesystems (mount points).
 
 The default excludes the kernel's virtual filesystems, runtime state, temporary
@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -42,45 +42,61 @@ DEFAULT_EXCLUDE: tuple[str, ...] = (
     "/var/cache",
     "/var/lib/corral-agent",
 )
-ATTRIBUTES: tuple[str, ...] = ("type", "mode", "uid", "gid", "size", "content", "target", "device")
+# Attributes a policy may ignore. A change of type (a file replaced by a symlink)
+# always counts, so "type" is not among them.
+ATTRIBUTES: tuple[str, ...] = ("mode", "uid", "gid", "size", "content", "target", "device")
 
 
-def _translate(pattern: str) -> bytes:
-    """A glob pattern as a regular expression over path bytes (subtree semantics)."""
+def _class(pattern: str, start: int) -> tuple[str, int]:
+    """The regular expression for the ``[...]`` class opening at ``start``, and its end."""
+    body_start = start + 1
+    if pattern.startswith("!", body_start):
+        body_start += 1
+    search_from = body_start + 1 if pattern.startswith("]", body_start) else body_start
+    end = pattern.find("]", search_from)
+    if end < 0:
+        raise PolicyError(f"unclosed '[' in pattern {pattern!r}")
+    body = "".join("-" if char == "-" else re.escape(char) for char in pattern[body_start:end])
+    if body_start > start + 1:
+        return f"[^/{body}]", end + 1
+    return f"[{body}]", end + 1
+
+
+def _translate(pattern: str) -> str:
+    """A glob pattern as a regular expression over decoded paths (subtree semantics).
+
+    Paths are matched as text decoded with ``surrogateescape``, so ``?`` and a
+    character class match one character (``é`` is one, not two bytes) and a byte
+    that is not UTF-8 counts as one character.
+    """
     if not pattern.startswith("/") and not pattern.startswith("**"):
         raise PolicyError(f"exclude pattern {pattern!r} must be absolute (start with '/' or '**')")
-    raw = pattern.encode("utf-8", "surrogateescape")
-    out = bytearray()
+    out: list[str] = []
     i = 0
-    while i < len(raw):
-        char = raw[i : i + 1]
-        if raw.startswith(b"**/", i):
-            out += b"(?:.*/)?"
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
             i += 3
-        elif raw.startswith(b"**", i):
-            out += b".*"
+        elif pattern.startswith("**", i):
+            out.append(".*")
             i += 2
-        elif char == b"*":
-            out += b"[^/]*"
+        elif char == "*":
+            out.append("[^/]*")
             i += 1
-        elif char == b"?":
-            out += b"[^/]"
+        elif char == "?":
+            out.append("[^/]")
             i += 1
-        elif char == b"[":
-            end = raw.find(b"]", i + 2)
-            if end < 0:
-                raise PolicyError(f"unclosed '[' in pattern {pattern!r}")
-            body = raw[i + 1 : end].replace(b"\\", b"\\\\")
-            if body.startswith(b"!"):
-                body = b"^" + body[1:]
-            out += b"[" + body + b"]"
-            i = end + 1
+        elif char == "[":
+            regex, i = _class(pattern, i)
+            out.append(regex)
         else:
-            out += re.escape(char)
+            out.append(re.escape(char))
             i += 1
-    if out.endswith(b"/") and len(out) > 1:
-        out = out[:-1]
-    return bytes(out) + b"(?:/.*)?"
+    body = "".join(out)
+    if body == "/":
+        return "/.*"  # "/" excludes everything
+    return body.removesuffix("/") + "(?:/.*)?"
 
 
 @dataclass(frozen=True)
@@ -91,9 +107,10 @@ class Policy:
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     ignore_attributes: tuple[str, ...] = ()
     one_filesystem: bool = True
-    _compiled: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Canonical order, so a policy equals itself after a trip through the manifest.
+        object.__setattr__(self, "ignore_attributes", tuple(sorted(set(self.ignore_attributes))))
         for path in self.include:
             if not path.startswith("/"):
                 raise PolicyError(f"include path {path!r} must be absolute")
@@ -106,15 +123,21 @@ class Policy:
         self._matcher  # noqa: B018 - compile now so a bad pattern fails at load time
 
     @cached_property
-    def _matcher(self) -> re.Pattern[bytes] | None:
+    def _matcher(self) -> re.Pattern[str] | None:
         if not self.exclude:
             return None
-        return re.compile(b"|".join(_translate(p) for p in self.exclude), re.DOTALL)
+        parts = [f"(?:{_translate(pattern)})" for pattern in self.exclude]
+        try:
+            return re.compile("|".join(parts), re.DOTALL)
+        except re.error as exc:
+            raise PolicyError(f"invalid exclude pattern: {exc}") from exc
 
     def excludes(self, path: bytes) -> bool:
         """True when ``path`` (absolute inside the root) is mutable and never checked."""
         matcher = self._matcher
-        return matcher is not None and matcher.fullmatch(path) is not None
+        if matcher is None:
+            return False
+        return matcher.fullmatch(path.decode("utf-8", "surrogateescape")) is not None
 
     def ignores(self, attribute: str) -> bool:
         return attribute in self.ignore_attributes
