@@ -160,6 +160,8 @@ def decode(encoded: bytes) -> Manifest:
     unknown, entries are unsorted or duplicated, or the stored root does not
     match the entries (a corrupt or hand-edited file).
     """
+    if not encoded:
+        raise ManifestError("not a corral manifest: the file is empty")
     message = manifest_pb2.Manifest()
     try:
         message.ParseFromString(encoded)
@@ -194,4 +196,8 @@ def read_manifest(path: str) -> tuple[Manifest, str]:
             encoded = handle.read()
     except OSError as exc:
         raise ManifestError(f"cannot read manifest {path}: {exc.strerror}") from exc
-    return decode(encoded), digest_of(encoded)
+    try:
+        manifest = decode(encoded)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from exc
+    return manifest, digest_of(encoded)
