@@ -1,0 +1,162 @@
+"""The controller's vocabulary as plain, immutable values.
+
+Images, groups, instances, taints and reports are frozen dataclasses so the pure
+decision functions (:mod:`controller.domain.drift`, :mod:`controller.domain.states`)
+can take them and return new ones without touching a database or the wire.
+Times are Unix seconds as floats, from the injected clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from agent.diff import Change
+
+
+class InstanceState(Enum):
+    """Where an instance is in its life (see :mod:`controller.domain.states`)."""
+
+    PENDING = "pending"
+    CONFORMANT = "conformant"
+    TAINTED = "tainted"
+    REPLACING = "replacing"
+    RETIRED = "retired"
+    UNKNOWN = "unknown"
+
+
+class GroupMode(Enum):
+    """``observe`` detects and taints only; ``enforce`` also replaces."""
+
+    OBSERVE = "observe"
+    ENFORCE = "enforce"
+
+
+class DriftKind(Enum):
+    """Why an instance was tainted."""
+
+    IMAGE = "image"
+    FILE = "file"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """A registered image: its identity and the digest of its baked manifest."""
+
+    name: str
+    version: str
+    ref: str
+    digest: str
+    manifest_digest: str
+    root: bytes
+    entry_count: int
+    byte_count: int
+    registered_at: float = 0.0
+    registered_by: str = ""
+
+    def same_identity(self, other: ImageRecord) -> bool:
+        """True when ``other`` describes the very same image (registration is idempotent)."""
+        return (
+            self.name,
+            self.version,
+            self.ref,
+            self.digest,
+            self.manifest_digest,
+            self.root,
+            self.entry_count,
+            self.byte_count,
+        ) == (
+            other.name,
+            other.version,
+            other.ref,
+            other.digest,
+            other.manifest_digest,
+            other.root,
+            other.entry_count,
+            other.byte_count,
+        )
+
+
+@dataclass(frozen=True)
+class Group:
+    """A set of interchangeable instances that should all run one desired image."""
+
+    name: str
+    desired_image_ref: str
+    desired_image_digest: str = ""
+    mode: GroupMode = GroupMode.OBSERVE
+    provider: str = "local"
+    max_concurrent_replacements: int = 1
+    desired_size: int = 0
+    breaker_open: bool = False
+    # Previous desired image refs, oldest first (for rollback).
+    image_history: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Taint:
+    """Why and when an instance was tainted, with the evidence the agent sent."""
+
+    kind: DriftKind
+    reason: str
+    actor: str
+    at: float
+    changes: tuple[Change, ...] = ()
+    evidence_verified: bool = False
+    evidence_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What watching costs on the instance: the agent's RSS and CPU time."""
+
+    rss_bytes: int = 0
+    cpu_millis: int = 0
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance as the controller last saw it."""
+
+    id: str
+    group: str
+    state: InstanceState
+    image_ref: str = ""
+    image_digest: str = ""
+    root: bytes = b""
+    first_seen: float = 0.0
+    last_report: float = 0.0
+    seq: int = 0
+    boot_id: str = ""
+    scanned_at_ms: int = 0
+    suspicious: bool = False
+    taint: Taint | None = None
+    footprint: Footprint = field(default_factory=Footprint)
+    # For a replacement instance: the id of the instance it replaces.
+    replaces: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    """What an agent said in one report (the domain form of ``ReportHeader``)."""
+
+    instance_id: str
+    group: str
+    image_ref: str
+    image_digest: str
+    root: bytes
+    seq: int
+    boot_id: str
+    scanned_at_ms: int
+    footprint: Footprint = field(default_factory=Footprint)
+    agent_version: str = ""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The changed entries an agent sent with a drifted report."""
+
+    changes: tuple[Change, ...]
+    truncated: bool = False
+    total_changes: int = 0

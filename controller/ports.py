@@ -1,0 +1,95 @@
+"""The controller's ports: what the core needs from storage and time, nothing more.
+
+Adapters live in :mod:`controller.store` (memory, SQLite; PostgreSQL later) and
+:mod:`controller.testing` (a fake clock). One contract suite
+(``tests/contract/test_store_contract.py``) runs against every store adapter.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from controller.domain.model import Group, ImageRecord, Instance
+
+
+class Clock(Protocol):
+    """Where the controller gets the time (Unix seconds)."""
+
+    def now(self) -> float: ...
+
+
+class SystemClock:
+    """The real wall clock."""
+
+    def now(self) -> float:
+        return time.time()
+
+
+class Store(Protocol):
+    """The controller's state: the image registry, groups and instances.
+
+    Reads never raise for a missing item (they return None); writes are atomic:
+    a write that raises has changed nothing.
+    """
+
+    def add_image(self, image: ImageRecord, manifest: bytes) -> bool:
+        """Register ``image`` with its encoded manifest.
+
+        Returns True when created, False when the very same image is already
+        registered (idempotent). Raises AlreadyExistsError when a different image holds
+        the same ref or digest.
+        """
+        ...
+
+    def get_image_by_ref(self, ref: str) -> ImageRecord | None: ...
+
+    def get_image_by_digest(self, digest: str) -> ImageRecord | None: ...
+
+    def list_images(self) -> list[ImageRecord]:
+        """Every registered image, oldest first."""
+        ...
+
+    def get_manifest(self, manifest_digest: str) -> bytes:
+        """The encoded manifest stored under ``manifest_digest``. Raises NotFoundError."""
+        ...
+
+    def add_group(self, group: Group) -> bool:
+        """Declare ``group``: True when created, False when the same group exists.
+
+        Raises AlreadyExistsError when a group of that name exists with other settings.
+        """
+        ...
+
+    def update_group(self, group: Group) -> None:
+        """Replace the stored group of that name. Raises NotFoundError."""
+        ...
+
+    def get_group(self, name: str) -> Group | None: ...
+
+    def list_groups(self) -> list[Group]:
+        """Every group, by name."""
+        ...
+
+    def get_instance(self, instance_id: str) -> Instance | None: ...
+
+    def list_instances(self, group: str = "") -> list[Instance]:
+        """Instances (of ``group``, or all when empty), by id."""
+        ...
+
+    def save_instance(self, instance: Instance, *, durable: bool = True) -> None:
+        """Create or replace the instance record; readers see it at once.
+
+        With ``durable`` the record is on stable storage when this returns; without,
+        it may be written behind (a steady-state heartbeat) and is on storage after
+        the next :meth:`flush`. Raises NotFoundError when its group is not declared.
+        """
+        ...
+
+    def flush(self) -> None:
+        """Write every record saved without ``durable`` to stable storage."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release the store. Safe to call twice."""
+        ...

@@ -1,0 +1,361 @@
+"""The embedded store: SQLite in WAL mode, with an in-memory read cache.
+
+Why the cache: an agent reports every few seconds and a controller carries tens of
+thousands of agents, so the hot path (look up the instance, decide, save) must
+not wait on SQL. Every record is loaded at open and served from memory; writes
+go to SQLite.
+
+Durability: a ``durable`` save (a new instance, a state change, a taint) is
+committed (``synchronous=FULL``) before :meth:`SqliteStore.save_instance`
+returns. A steady-state heartbeat (``durable=False``: same state, newer seq) is
+written behind by a flusher thread every ``flush_interval`` seconds in one
+transaction; a crash loses at most that interval of heartbeats, never a state
+transition. The calls are synchronous and short; the gRPC server calls them on
+its event loop (durable writes are rare, one small transaction each).
+
+The SQL is portable (``ON CONFLICT … DO UPDATE``, no SQLite-only types) so a
+PostgreSQL adapter can share the schema and :mod:`controller.store.codec`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from controller.domain.model import Group, GroupMode, ImageRecord, Instance
+from controller.errors import ControllerError, NotFoundError
+from controller.store.codec import INSTANCE_COLUMNS, instance_from_row, instance_to_row
+from controller.store.memory import check_new_image, check_same_group
+
+log = logging.getLogger(__name__)
+
+# Each step runs once, in order, inside one transaction; never edit a released step.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE manifests (
+                digest TEXT PRIMARY KEY,
+                body BLOB NOT NULL)""",
+            """CREATE TABLE images (
+                ref TEXT PRIMARY KEY,
+                digest TEXT NOT NULL UNIQUE,
+                name TEXT NOT NULL,
+                version TEXT NOT NULL,
+                manifest_digest TEXT NOT NULL REFERENCES manifests(digest),
+                root BLOB NOT NULL,
+                entry_count BIGINT NOT NULL,
+                byte_count BIGINT NOT NULL,
+                registered_at DOUBLE PRECISION NOT NULL,
+                registered_by TEXT NOT NULL)""",
+            """CREATE TABLE groups (
+                name TEXT PRIMARY KEY,
+                desired_image_ref TEXT NOT NULL,
+                desired_image_digest TEXT NOT NULL,
+                mode TEXT NOT NULL,
+                provider TEXT NOT NULL,
+                max_concurrent_replacements INTEGER NOT NULL,
+                desired_size INTEGER NOT NULL,
+                breaker_open INTEGER NOT NULL,
+                image_history TEXT NOT NULL)""",
+            """CREATE TABLE instances (
+                id TEXT PRIMARY KEY,
+                group_name TEXT NOT NULL REFERENCES groups(name),
+                state TEXT NOT NULL,
+                image_ref TEXT NOT NULL,
+                image_digest TEXT NOT NULL,
+                root BLOB NOT NULL,
+                first_seen DOUBLE PRECISION NOT NULL,
+                last_report DOUBLE PRECISION NOT NULL,
+                seq BIGINT NOT NULL,
+                boot_id TEXT NOT NULL,
+                scanned_at_ms BIGINT NOT NULL,
+                suspicious INTEGER NOT NULL,
+                taint TEXT,
+                rss_bytes BIGINT NOT NULL,
+                cpu_millis BIGINT NOT NULL,
+                replaces TEXT NOT NULL)""",
+            "CREATE INDEX instances_group ON instances(group_name)",
+        ),
+    ),
+)
+
+_IMAGE_COLUMNS = (
+    "name, version, ref, digest, manifest_digest, root, entry_count, byte_count, "
+    "registered_at, registered_by"
+)
+_GROUP_COLUMNS = (
+    "name, desired_image_ref, desired_image_digest, mode, provider, "
+    "max_concurrent_replacements, desired_size, breaker_open, image_history"
+)
+_UPSERT_INSTANCE = (
+    f"INSERT INTO instances ({', '.join(INSTANCE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in INSTANCE_COLUMNS)}) "
+    "ON CONFLICT(id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in INSTANCE_COLUMNS[1:])
+)
+
+
+class SqliteStore:
+    """:class:`controller.ports.Store` on one SQLite file in ``data_dir``."""
+
+    def __init__(self, data_dir: Path, *, flush_interval: float = 1.0) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "corral.db"
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._db.execute("PRAGMA busy_timeout = 5000")
+        migrate(self._db)
+        images = [_image_from_row(r) for r in self._db.execute(_select_images())]
+        self._images_by_ref = {i.ref: i for i in images}
+        self._images_by_digest = {i.digest: i for i in images}
+        self._groups = {g.name: g for g in map(_group_from_row, self._db.execute(_select_groups()))}
+        self._instances = {
+            i.id: i
+            for i in map(
+                instance_from_row,
+                self._db.execute(f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instances"),
+            )
+        }
+        self._dirty: set[str] = set()
+        self._closed = threading.Event()
+        self._flusher = threading.Thread(
+            target=self._flush_loop, args=(flush_interval,), name="corral-store-flush", daemon=True
+        )
+        self._flusher.start()
+
+    # Images -------------------------------------------------------------------
+
+    def add_image(self, image: ImageRecord, manifest: bytes) -> bool:
+        with self._lock:
+            if check_new_image(
+                image, self.get_image_by_ref(image.ref), self.get_image_by_digest(image.digest)
+            ):
+                return False
+            with self._transaction():
+                self._db.execute(
+                    "INSERT INTO manifests (digest, body) VALUES (?, ?) "
+                    "ON CONFLICT(digest) DO NOTHING",
+                    (image.manifest_digest, manifest),
+                )
+                self._db.execute(
+                    f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _image_to_row(image),
+                )
+            self._images_by_ref[image.ref] = image
+            self._images_by_digest[image.digest] = image
+            return True
+
+    def get_image_by_ref(self, ref: str) -> ImageRecord | None:
+        return self._images_by_ref.get(ref)
+
+    def get_image_by_digest(self, digest: str) -> ImageRecord | None:
+        return self._images_by_digest.get(digest)
+
+    def list_images(self) -> list[ImageRecord]:
+        return sorted(self._images_by_ref.values(), key=lambda i: (i.registered_at, i.ref))
+
+    def get_manifest(self, manifest_digest: str) -> bytes:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT body FROM manifests WHERE digest = ?", (manifest_digest,)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no manifest {manifest_digest} is stored")
+        return bytes(row[0])
+
+    # Groups -------------------------------------------------------------------
+
+    def add_group(self, group: Group) -> bool:
+        with self._lock:
+            existing = self._groups.get(group.name)
+            if existing is not None:
+                return check_same_group(group, existing)
+            with self._transaction():
+                self._db.execute(
+                    f"INSERT INTO groups ({_GROUP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _group_to_row(group),
+                )
+            self._groups[group.name] = group
+            return True
+
+    def update_group(self, group: Group) -> None:
+        with self._lock:
+            if group.name not in self._groups:
+                raise NotFoundError(f"group {group.name!r} is not declared")
+            row = _group_to_row(group)
+            with self._transaction():
+                self._db.execute(
+                    "UPDATE groups SET desired_image_ref = ?, desired_image_digest = ?, "
+                    "mode = ?, provider = ?, max_concurrent_replacements = ?, "
+                    "desired_size = ?, breaker_open = ?, image_history = ? WHERE name = ?",
+                    (*row[1:], row[0]),
+                )
+            self._groups[group.name] = group
+
+    def get_group(self, name: str) -> Group | None:
+        return self._groups.get(name)
+
+    def list_groups(self) -> list[Group]:
+        return [self._groups[name] for name in sorted(self._groups)]
+
+    # Instances ----------------------------------------------------------------
+
+    def get_instance(self, instance_id: str) -> Instance | None:
+        return self._instances.get(instance_id)
+
+    def list_instances(self, group: str = "") -> list[Instance]:
+        return sorted(
+            (i for i in list(self._instances.values()) if not group or i.group == group),
+            key=lambda i: i.id,
+        )
+
+    def save_instance(self, instance: Instance, *, durable: bool = True) -> None:
+        if instance.group not in self._groups:
+            raise NotFoundError(f"group {instance.group!r} is not declared")
+        with self._lock:
+            if durable:
+                with self._transaction():
+                    self._db.execute(_UPSERT_INSTANCE, instance_to_row(instance))
+                self._dirty.discard(instance.id)
+            else:
+                self._dirty.add(instance.id)
+            self._instances[instance.id] = instance
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._dirty:
+                return
+            rows = [instance_to_row(self._instances[i]) for i in self._dirty]
+            with self._transaction():
+                self._db.executemany(_UPSERT_INSTANCE, rows)
+            self._dirty.clear()
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._flusher.join()
+        with self._lock:
+            self.flush()
+            self._db.close()
+
+    # Internals ----------------------------------------------------------------
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def _flush_loop(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            try:
+                self.flush()
+            except (sqlite3.Error, ControllerError):
+                log.exception("writing heartbeats behind failed; will retry")
+
+
+class _Transaction:
+    """BEGIN … COMMIT, or ROLLBACK when the block raises (a failed write changes nothing)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, value: object, traceback: object) -> None:
+        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Apply every migration step not applied yet; returns the schema version."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        "version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+    )
+    applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+    for version, statements in MIGRATIONS:
+        if version in applied:
+            continue
+        with _Transaction(db):
+            for statement in statements:
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                (version, time.time()),
+            )
+    return max(version for version, _ in MIGRATIONS)
+
+
+def _select_images() -> str:
+    return f"SELECT {_IMAGE_COLUMNS} FROM images ORDER BY registered_at, ref"
+
+
+def _select_groups() -> str:
+    return f"SELECT {_GROUP_COLUMNS} FROM groups"
+
+
+def _image_to_row(image: ImageRecord) -> tuple[object, ...]:
+    return (
+        image.name,
+        image.version,
+        image.ref,
+        image.digest,
+        image.manifest_digest,
+        image.root,
+        image.entry_count,
+        image.byte_count,
+        image.registered_at,
+        image.registered_by,
+    )
+
+
+def _image_from_row(row: tuple[object, ...]) -> ImageRecord:
+    name, version, ref, digest, manifest_digest, root, entries, size, at, by = row
+    return ImageRecord(
+        name=str(name),
+        version=str(version),
+        ref=str(ref),
+        digest=str(digest),
+        manifest_digest=str(manifest_digest),
+        root=bytes(root),  # type: ignore[call-overload]
+        entry_count=int(entries),  # type: ignore[call-overload]
+        byte_count=int(size),  # type: ignore[call-overload]
+        registered_at=float(at),  # type: ignore[arg-type]
+        registered_by=str(by),
+    )
+
+
+def _group_to_row(group: Group) -> tuple[object, ...]:
+    return (
+        group.name,
+        group.desired_image_ref,
+        group.desired_image_digest,
+        group.mode.value,
+        group.provider,
+        group.max_concurrent_replacements,
+        group.desired_size,
+        int(group.breaker_open),
+        json.dumps(list(group.image_history)),
+    )
+
+
+def _group_from_row(row: tuple[object, ...]) -> Group:
+    name, ref, digest, mode, provider, budget, size, breaker, history = row
+    return Group(
+        name=str(name),
+        desired_image_ref=str(ref),
+        desired_image_digest=str(digest),
+        mode=GroupMode(mode),
+        provider=str(provider),
+        max_concurrent_replacements=int(budget),  # type: ignore[call-overload]
+        desired_size=int(size),  # type: ignore[call-overload]
+        breaker_open=bool(breaker),
+        image_history=tuple(json.loads(str(history))),
+    )

@@ -1,0 +1,191 @@
+"""One contract for every Store adapter: memory and SQLite (PostgreSQL joins later)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from agent.diff import Change, ChangeKind
+from agent.manifest import Entry, EntryType
+from controller.domain.model import (
+    DriftKind,
+    Footprint,
+    Group,
+    GroupMode,
+    ImageRecord,
+    Instance,
+    InstanceState,
+    Taint,
+)
+from controller.errors import AlreadyExistsError, NotFoundError
+from controller.ports import Store
+from controller.store.memory import MemoryStore
+from controller.store.sqlite import SqliteStore
+
+IMAGE = ImageRecord(
+    name="web",
+    version="1",
+    ref="web@sha256:" + "a" * 64,
+    digest="sha256:" + "a" * 64,
+    manifest_digest="sha256:" + "b" * 64,
+    root=b"\x01" * 32,
+    entry_count=3,
+    byte_count=10,
+    registered_at=100.0,
+    registered_by="tester",
+)
+GROUP = Group(name="web", desired_image_ref=IMAGE.ref, desired_image_digest=IMAGE.digest)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    adapter: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path)
+    yield adapter
+    adapter.close()
+
+
+def _instance(**changes: object) -> Instance:
+    base = Instance(
+        id="i-1",
+        group="web",
+        state=InstanceState.CONFORMANT,
+        image_ref=IMAGE.ref,
+        image_digest=IMAGE.digest,
+        root=IMAGE.root,
+        first_seen=1.0,
+        last_report=2.0,
+        seq=3,
+        boot_id="boot",
+        scanned_at_ms=1500,
+        footprint=Footprint(rss_bytes=10, cpu_millis=20),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+class TestImages:
+    def test_registered_image_reads_back_by_ref_and_digest(self, store: Store) -> None:
+        assert store.add_image(IMAGE, b"manifest") is True
+        assert store.get_image_by_ref(IMAGE.ref) == IMAGE
+        assert store.get_image_by_digest(IMAGE.digest) == IMAGE
+        assert store.get_manifest(IMAGE.manifest_digest) == b"manifest"
+        assert store.list_images() == [IMAGE]
+
+    def test_same_image_again_is_idempotent(self, store: Store) -> None:
+        store.add_image(IMAGE, b"manifest")
+        assert store.add_image(replace(IMAGE, registered_at=999.0), b"manifest") is False
+        assert store.list_images() == [IMAGE]
+
+    @pytest.mark.parametrize(
+        "clash",
+        [
+            {"manifest_digest": "sha256:" + "c" * 64},
+            {"root": b"\x02" * 32},
+            {"ref": "other@sha256:" + "a" * 64},
+            {"digest": "sha256:" + "d" * 64},
+        ],
+    )
+    def test_different_image_under_same_ref_or_digest_is_refused(
+        self, store: Store, clash: dict[str, object]
+    ) -> None:
+        store.add_image(IMAGE, b"manifest")
+        with pytest.raises(AlreadyExistsError):
+            store.add_image(replace(IMAGE, **clash), b"other")  # type: ignore[arg-type]
+        assert store.list_images() == [IMAGE]
+
+    def test_missing_things_read_as_none_or_not_found(self, store: Store) -> None:
+        assert store.get_image_by_ref("nope") is None
+        assert store.get_image_by_digest("nope") is None
+        with pytest.raises(NotFoundError):
+            store.get_manifest("sha256:" + "0" * 64)
+
+
+class TestGroups:
+    def test_group_create_is_idempotent_and_refuses_a_different_one(self, store: Store) -> None:
+        assert store.add_group(GROUP) is True
+        assert store.add_group(GROUP) is False
+        with pytest.raises(AlreadyExistsError):
+            store.add_group(replace(GROUP, mode=GroupMode.ENFORCE))
+        assert store.list_groups() == [GROUP]
+
+    def test_update_group(self, store: Store) -> None:
+        store.add_group(GROUP)
+        changed = replace(GROUP, breaker_open=True, image_history=("old@sha256:" + "e" * 64,))
+        store.update_group(changed)
+        assert store.get_group("web") == changed
+        with pytest.raises(NotFoundError):
+            store.update_group(replace(GROUP, name="ghost"))
+
+
+class TestInstances:
+    def test_instance_round_trips_with_taint_and_evidence(self, store: Store) -> None:
+        store.add_group(GROUP)
+        entry = Entry(b"/etc/\xffx", EntryType.REGULAR, 0o644, 0, 0, 5, b"\x09" * 32)
+        taint = Taint(
+            kind=DriftKind.FILE,
+            reason="files differ",
+            actor="agent",
+            at=5.0,
+            changes=(
+                Change(ChangeKind.MODIFIED, entry.path, entry, ("content",)),
+                Change(ChangeKind.REMOVED, b"/bin/sh", None),
+            ),
+            evidence_verified=True,
+        )
+        tainted = _instance(state=InstanceState.TAINTED, taint=taint, suspicious=True)
+        store.save_instance(tainted)
+        assert store.get_instance("i-1") == tainted
+        assert store.list_instances("web") == [tainted]
+        assert store.list_instances("other") == []
+        assert store.list_instances() == [tainted]
+
+    def test_instance_of_undeclared_group_is_refused(self, store: Store) -> None:
+        with pytest.raises(NotFoundError):
+            store.save_instance(_instance(group="ghost"))
+        assert store.get_instance("i-1") is None
+
+    def test_heartbeat_written_behind_is_visible_at_once(self, store: Store) -> None:
+        store.add_group(GROUP)
+        store.save_instance(_instance())
+        store.save_instance(_instance(seq=4), durable=False)
+        assert store.get_instance("i-1") == _instance(seq=4)
+        store.flush()
+        assert store.get_instance("i-1") == _instance(seq=4)
+
+
+class TestSqliteDurability:
+    def test_state_survives_reopen(self, tmp_path: Path) -> None:
+        first = SqliteStore(tmp_path)
+        first.add_image(IMAGE, b"manifest")
+        first.add_group(GROUP)
+        first.save_instance(_instance())
+        first.save_instance(_instance(seq=9), durable=False)
+        first.close()
+        second = SqliteStore(tmp_path)
+        assert second.list_images() == [IMAGE]
+        assert second.get_group("web") == GROUP
+        assert second.get_instance("i-1") == _instance(seq=9)
+        assert second.get_manifest(IMAGE.manifest_digest) == b"manifest"
+        second.close()
+
+    def test_durable_write_is_on_disk_before_flush(self, tmp_path: Path) -> None:
+        first = SqliteStore(tmp_path, flush_interval=3600)
+        first.add_group(GROUP)
+        first.save_instance(_instance(state=InstanceState.TAINTED))
+        # A second connection sees the committed row without any flush.
+        reader = SqliteStore(tmp_path, flush_interval=3600)
+        assert reader.get_instance("i-1") == _instance(state=InstanceState.TAINTED)
+        reader.close()
+        first.close()
+
+    def test_migrations_run_once(self, tmp_path: Path) -> None:
+        SqliteStore(tmp_path).close()
+        SqliteStore(tmp_path).close()
+
+        db = sqlite3.connect(tmp_path / "corral.db")
+        assert db.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        db.close()
