@@ -33,13 +33,13 @@ PEEK_BYTES = 16 * 1024
 _PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----|PuTTY-User-Key-File-")
 _DOCKER_AUTH = re.compile(rb'"(?:auth|identitytoken|registrytoken)"\s*:\s*"[^"\s]+"')
 _KUBE_TOKEN = re.compile(
-    rb"^\s*-?\s*(?:token|client-key-data|password|id-token|refresh-token|access-token)"
-    rb"\s*:\s*['\"]?[^\s'\"#]",
+    rb"^[ \t]*-?[ \t]*(?:token|client-key-data|password|id-token|refresh-token|access-token)"
+    rb"[ \t]*:[ \t]*['\"]?[^\s'\"#]",
     re.MULTILINE,
 )
 _NETRC_PASSWORD = re.compile(rb"(?:^|\s)password\s+\S", re.MULTILINE)
 _ENV_ASSIGNMENT = re.compile(
-    rb"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*?)\s*$", re.MULTILINE
+    rb"^[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_.-]*)[ \t]*=[ \t]*(.*?)[ \t\r]*$", re.MULTILINE
 )
 _SECRET_WORDS = frozenset(
     {"KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "PASS", "PWD", "APIKEY", "CREDENTIALS"}
