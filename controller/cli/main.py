@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules that add subcommands, in the order `corral --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("controller.cli.bake",)
+COMMAND_MODULES: tuple[str, ...] = ("controller.cli.bake", "controller.cli.audit")
 
 
 def build_parser() -> argparse.ArgumentParser:
