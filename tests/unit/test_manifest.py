@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -186,3 +187,20 @@ def test_read_manifest_names_the_file(tmp_path: Path) -> None:
         read_manifest(str(bad))
     with pytest.raises(ManifestError, match="cannot read"):
         read_manifest(str(tmp_path / "missing.pb"))
+
+
+def _documented_root(leaves: list[bytes]) -> bytes:
+    """The reference computation from docs/manifest.md, with hashlib alone."""
+    hashes = [hashlib.sha256(leaf).digest() for leaf in leaves]
+    buckets: list[list[bytes]] = [[] for _ in range(1024)]
+    for h in hashes:
+        buckets[((h[0] << 8) | h[1]) & 1023].append(h)
+    vector = b"".join(hashlib.sha256(b"".join(sorted(b))).digest() for b in buckets)
+    return hashlib.sha256(b"corral/root/v1\0" + vector).digest()
+
+
+@settings(max_examples=20)
+@given(entry_lists)
+def test_root_follows_the_documented_algorithm(entries: list[Entry]) -> None:
+    leaves = [entry_to_proto(e).SerializeToString(deterministic=True) for e in entries]
+    assert root_of(entries) == _documented_root(leaves)

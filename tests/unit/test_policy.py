@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -199,3 +201,12 @@ def test_load_policy_errors(tmp_path: Path, text: str, message: str) -> None:
 def test_load_policy_missing_file(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="cannot read"):
         load_policy(str(tmp_path / "absent.toml"))
+
+
+def test_documented_examples_load() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "policy.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.DOTALL)
+    assert len(blocks) >= 3
+    for block in blocks:
+        data = tomllib.loads(block)
+        Policy.from_mapping(data.get("policy", data))
