@@ -21,3 +21,11 @@ class RetryableError(AgentError):
     def __init__(self, message: str, *, delay: float) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+class ReportRejectedError(AgentError):
+    """The controller refused a report; ``code`` names why (e.g. ``INVALID_ARGUMENT``)."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code

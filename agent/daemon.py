@@ -1,0 +1,98 @@
+"""The agent's process lifetime: the schedule, signals and a clean stop.
+
+An APScheduler ``BackgroundScheduler`` with a single worker thread runs the
+scan job at the configured interval, each run delayed by a random jitter so a
+fleet started together does not scan (and report) in lockstep. When delivery
+fails, a one-off retry job is armed at the backoff's delay, so buffered
+reports go out as soon as the controller is back rather than at the next scan.
+One worker means a retry never runs concurrently with a scan.
+
+SIGTERM and SIGINT stop the schedule, abandon a scan in progress at its next
+progress call, keep the stat cache and exit 0. Reports still buffered at that
+moment are not persisted: the next start scans afresh and reports the state
+then (the controller treats the gap as silence, never as drift).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from agent.runner import Runner, Schedule
+
+log = logging.getLogger(__name__)
+
+
+def _guarded(runner: Runner, step: str, work: Callable[[], float | None]) -> float | None:
+    try:
+        return work()
+    except Exception:  # the schedule must survive any one failed round
+        runner.count_unexpected()
+        log.exception("unexpected failure during %s", step)
+        return None
+
+
+def run_scheduled(
+    runner: Runner,
+    schedule: Schedule,
+    *,
+    stop: threading.Event,
+    poll_seconds: float = 1.0,
+) -> None:
+    """Scan and report on ``schedule`` until ``stop`` is set."""
+    scheduler = BackgroundScheduler(
+        executors={"default": ThreadPoolExecutor(max_workers=1)},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        timezone=UTC,
+    )
+
+    def arm_retry(delay: float | None) -> None:
+        if delay is None or stop.is_set():
+            return
+        scheduler.add_job(
+            retry,
+            "date",
+            run_date=datetime.now(UTC) + timedelta(seconds=delay),
+            id="retry",
+            replace_existing=True,
+        )
+
+    def tick() -> None:
+        arm_retry(_guarded(runner, "a scan", runner.tick))
+
+    def retry() -> None:
+        arm_retry(_guarded(runner, "a delivery retry", runner.flush))
+
+    scheduler.add_job(
+        tick,
+        IntervalTrigger(seconds=schedule.interval, jitter=schedule.jitter or None, timezone=UTC),
+        id="scan",
+        next_run_time=datetime.now(UTC),
+    )
+    scheduler.start()
+    try:
+        while not stop.wait(poll_seconds):
+            pass
+    finally:
+        runner.stop()
+        scheduler.shutdown(wait=True)
+        runner.save_cache()
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT set ``stop`` (call from the main thread)."""
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping on %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)

@@ -1,0 +1,267 @@
+"""The agent's gRPC transport against real servers on loopback.
+
+Each test runs a tiny ``AgentService`` servicer written here (not the real
+controller) on 127.0.0.1:0, so the agent's retry policy, deadlines and status
+mapping are checked against real gRPC behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agent.diff import Change, ChangeKind
+from agent.errors import ReportRejectedError, RetryableError
+from agent.manifest import Entry, EntryType, Manifest, digest_of
+from agent.policy import Policy
+from agent.report import Evidence, Footprint, InstanceState, PendingReport, ReportHeader
+from agent.scan import scan
+from agent.transport import GrpcTransport
+from protos.corral.v1 import agent_pb2, agent_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class FakeAgentService(agent_pb2_grpc.AgentServiceServicer):
+    """Fails the first ``fail_first`` calls with ``code``, optionally sleeps, then accepts."""
+
+    def __init__(
+        self,
+        *,
+        fail_first: int = 0,
+        code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        sleep: float = 0.0,
+    ) -> None:
+        self.fail_first = fail_first
+        self.code = code
+        self.sleep = sleep
+        self.calls = 0
+        self.reports: list[agent_pb2.ReportRequest] = []
+        self.drifts: list[agent_pb2.ReportDriftRequest] = []
+        self.lock = threading.Lock()
+
+    def _gate(self, context: grpc.ServicerContext) -> None:
+        with self.lock:
+            self.calls += 1
+            failing = self.calls <= self.fail_first
+        if failing:
+            context.abort(self.code, "not now")
+        if self.sleep:
+            time.sleep(self.sleep)
+
+    def Report(
+        self, request: agent_pb2.ReportRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.ReportResponse:
+        self._gate(context)
+        self.reports.append(request)
+        return agent_pb2.ReportResponse(state=agent_pb2.INSTANCE_STATE_CONFORMANT)
+
+    def ReportDrift(
+        self, request: agent_pb2.ReportDriftRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.ReportDriftResponse:
+        self._gate(context)
+        self.drifts.append(request)
+        return agent_pb2.ReportDriftResponse(state=agent_pb2.INSTANCE_STATE_TAINTED)
+
+
+def start(servicer: FakeAgentService) -> tuple[grpc.Server, str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def serve() -> Iterator[object]:
+    servers: list[grpc.Server] = []
+
+    def run(servicer: FakeAgentService) -> str:
+        server, address = start(servicer)
+        servers.append(server)
+        return address
+
+    yield run
+    for server in servers:
+        server.stop(grace=None)
+
+
+def header(seq: int = 1) -> ReportHeader:
+    return ReportHeader(
+        instance_id="i-0123456789abcdef0",
+        group="web",
+        image_ref="registry.example.com/web@sha256:" + "a" * 64,
+        image_digest="sha256:" + "a" * 64,
+        root=bytes(32),
+        seq=seq,
+        boot_id="8a7c0f64-3d2e-4a53-9e0b-1f2a3b4c5d6e",
+        scanned_at_ms=1_800_000_000_000,
+        footprint=Footprint(rss_bytes=50 << 20, cpu_millis=1500),
+        agent_version="0.1.0",
+    )
+
+
+def test_unavailable_is_retried_by_the_channel_itself(serve) -> None:  # type: ignore[no-untyped-def]
+    servicer = FakeAgentService(fail_first=2)
+    transport = GrpcTransport(serve(servicer), deadline=5.0, agent_version="t")
+    try:
+        delivery = transport.deliver(PendingReport(header()))
+    finally:
+        transport.close()
+    assert delivery.state is InstanceState.CONFORMANT
+    assert servicer.calls == 3 and len(servicer.reports) == 1
+    assert servicer.reports[0].header.instance_id == "i-0123456789abcdef0"
+
+
+def test_a_longer_outage_is_retryable_then_the_report_is_delivered(serve) -> None:  # type: ignore[no-untyped-def]
+    servicer = FakeAgentService(fail_first=6)
+    transport = GrpcTransport(serve(servicer), deadline=5.0, agent_version="t")
+    try:
+        with pytest.raises(RetryableError, match="UNAVAILABLE"):
+            transport.deliver(PendingReport(header()))
+        delivery = transport.deliver(PendingReport(header()))
+    finally:
+        transport.close()
+    assert delivery.state is InstanceState.CONFORMANT
+    assert len(servicer.reports) == 1
+
+
+def test_a_slow_controller_hits_the_deadline_and_is_retryable(serve) -> None:  # type: ignore[no-untyped-def]
+    servicer = FakeAgentService(sleep=1.0)
+    transport = GrpcTransport(serve(servicer), deadline=0.2, agent_version="t")
+    started = time.monotonic()
+    try:
+        with pytest.raises(RetryableError, match="DEADLINE_EXCEEDED"):
+            transport.deliver(PendingReport(header()))
+    finally:
+        transport.close()
+    assert time.monotonic() - started < 0.9
+
+
+def test_nobody_listening_is_retryable(tmp_path: Path) -> None:
+    transport = GrpcTransport("127.0.0.1:1", deadline=0.5, agent_version="t")
+    try:
+        with pytest.raises(RetryableError):
+            transport.deliver(PendingReport(header()))
+    finally:
+        transport.close()
+
+
+def test_a_refusal_is_not_retried_and_names_the_code(serve) -> None:  # type: ignore[no-untyped-def]
+    servicer = FakeAgentService(fail_first=1, code=grpc.StatusCode.INVALID_ARGUMENT)
+    transport = GrpcTransport(serve(servicer), deadline=5.0, agent_version="t")
+    try:
+        with pytest.raises(ReportRejectedError) as caught:
+            transport.deliver(PendingReport(header()))
+    finally:
+        transport.close()
+    assert caught.value.code == "INVALID_ARGUMENT" and servicer.calls == 1
+
+
+def test_already_exists_means_the_report_had_arrived(serve) -> None:  # type: ignore[no-untyped-def]
+    servicer = FakeAgentService(fail_first=1, code=grpc.StatusCode.ALREADY_EXISTS)
+    transport = GrpcTransport(serve(servicer), deadline=5.0, agent_version="t")
+    try:
+        delivery = transport.deliver(PendingReport(header()))
+    finally:
+        transport.close()
+    assert delivery.duplicate
+
+
+def test_drift_evidence_reaches_the_controller(serve) -> None:  # type: ignore[no-untyped-def]
+    servicer = FakeAgentService()
+    transport = GrpcTransport(serve(servicer), deadline=5.0, agent_version="t")
+    entry = Entry(b"/etc/motd", EntryType.REGULAR, 0o644, 0, 0, 6, b"\x01" * 32)
+    evidence = Evidence(
+        changes=(
+            Change(ChangeKind.MODIFIED, b"/etc/motd", entry, ("content",)),
+            Change(ChangeKind.REMOVED, b"/etc/\xffname", None),
+        ),
+        truncated=True,
+        total_changes=7,
+    )
+    try:
+        delivery = transport.deliver(PendingReport(header(), evidence))
+    finally:
+        transport.close()
+    assert delivery.state is InstanceState.TAINTED
+    [request] = servicer.drifts
+    assert [c.path for c in request.changes] == [b"/etc/motd", b"/etc/\xffname"]
+    assert request.changes[0].entry.sha256 == b"\x01" * 32
+    assert list(request.changes[0].attributes) == ["content"]
+    assert not request.changes[1].HasField("entry")
+    assert request.truncated and request.total_changes == 7
+
+
+def _bake(root: Path, out: Path) -> None:
+    policy = Policy(include=("/",), exclude=())
+    manifest = Manifest.build(policy, scan(str(root), policy, workers=0).entries)
+    encoded = manifest.encode()
+    digest = digest_of(encoded)
+    out.mkdir()
+    (out / "manifest.pb").write_bytes(encoded)
+    image = {
+        "name": "demo",
+        "version": "1",
+        "image_ref": f"demo@{digest}",
+        "image_digest": digest,
+        "manifest_digest": digest,
+        "root": manifest.root.hex(),
+        "entry_count": len(manifest.entries),
+        "byte_count": manifest.byte_count,
+        "policy": policy.to_json(),
+    }
+    (out / "image.json").write_text(json.dumps(image))
+
+
+def test_the_agent_process_delivers_once_the_controller_recovers(
+    serve,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    (root / "etc" / "motd").write_text("hello\n")
+    _bake(root, tmp_path / "image")
+    servicer = FakeAgentService(fail_first=5)  # more than one call's channel retries
+    address = serve(servicer)
+    command = [
+        sys.executable,
+        "-m",
+        "agent.cli",
+        "run",
+        "--once",
+        "--controller",
+        address,
+        "--root",
+        str(root),
+        "--image-json",
+        str(tmp_path / "image" / "image.json"),
+        "--group",
+        "web",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--nice",
+        str(os.nice(0)),
+    ]
+    done = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    [request] = servicer.reports
+    assert request.header.instance_id == "0123456789abcdef0123456789abcdef"
+    assert request.header.group == "web"
+    assert len(request.header.root) == 32
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert any(line["message"] == "scan done" for line in lines)
+    assert all(line.get("instance_id") == request.header.instance_id for line in lines)
