@@ -42,3 +42,7 @@ class PermissionDeniedError(ControllerError):
 
 class ResourceExhaustedError(ControllerError):
     """A size or rate bound was exceeded (RESOURCE_EXHAUSTED)."""
+
+
+class ConfigError(ControllerError):
+    """The controller's configuration (file, environment or flags) is invalid."""

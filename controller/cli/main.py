@@ -14,7 +14,14 @@ import sys
 from collections.abc import Sequence
 
 # Modules that add subcommands, in the order `corral --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("controller.cli.bake", "controller.cli.audit")
+COMMAND_MODULES: tuple[str, ...] = (
+    "controller.cli.bake",
+    "controller.cli.images",
+    "controller.cli.group",
+    "controller.cli.fleet",
+    "controller.cli.taint",
+    "controller.cli.audit",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

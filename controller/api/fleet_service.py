@@ -1,0 +1,169 @@
+"""``corral.v1.FleetService``: what operators and auditors call.
+
+Registers images (client-streaming: the manifest arrives in chunks, bounded in
+total size), declares groups, lists and shows instances, taints by hand. Rollout,
+rollback and resume belong to the replacement engine and answer UNIMPLEMENTED
+until it serves them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from controller.api.convert import (
+    NAME,
+    check_match,
+    group_from_proto,
+    group_to_proto,
+    image_from_proto,
+    image_to_proto,
+    instance_to_proto,
+    status_of,
+)
+from controller.domain.model import ImageRecord, InstanceState
+from controller.errors import (
+    ControllerError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from controller.service import ControllerService
+from protos.corral.v1 import fleet_pb2, fleet_pb2_grpc
+
+Context = grpc.aio.ServicerContext[object, object]
+ACTOR_METADATA = "corral-actor"
+MAX_REASON = 1024
+_NOT_YET = "this controller does not run the replacement engine yet"
+
+
+def actor_of(context: Context) -> str:
+    """Who is calling: the ``corral-actor`` metadata the CLI sends, else the peer address."""
+    for key, value in context.invocation_metadata() or ():
+        if key == ACTOR_METADATA and isinstance(value, str) and value:
+            return value[:128]
+    return str(context.peer())
+
+
+class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
+    """The operators' API over :class:`~controller.service.ControllerService`."""
+
+    def __init__(self, service: ControllerService, *, max_manifest_bytes: int) -> None:
+        self._service = service
+        self._max_manifest_bytes = max_manifest_bytes
+
+    async def RegisterImage(
+        self, request_iterator: AsyncIterator[fleet_pb2.RegisterImageRequest], context: Context
+    ) -> fleet_pb2.RegisterImageResponse:
+        try:
+            image, manifest = await self._receive_image(request_iterator)
+            record, created = self._service.register_image(image, manifest, actor=actor_of(context))
+        except ControllerError as exc:
+            await context.abort(status_of(exc), str(exc))
+        return fleet_pb2.RegisterImageResponse(image=image_to_proto(record), created=created)
+
+    async def _receive_image(
+        self, requests: AsyncIterator[fleet_pb2.RegisterImageRequest]
+    ) -> tuple[ImageRecord, bytes]:
+        image: ImageRecord | None = None
+        chunks: list[bytes] = []
+        size = 0
+        async for request in requests:
+            if request.HasField("image"):
+                if image is not None:
+                    raise InvalidArgumentError("image: only the first message may carry it")
+                image = image_from_proto(request.image)
+            elif image is None:
+                raise InvalidArgumentError("image: the first message must carry the image")
+            size += len(request.manifest_chunk)
+            if size > self._max_manifest_bytes:
+                raise ResourceExhaustedError(
+                    f"manifest is larger than the {self._max_manifest_bytes} bytes this "
+                    "controller accepts (max_manifest_bytes)"
+                )
+            chunks.append(request.manifest_chunk)
+        if image is None:
+            raise InvalidArgumentError("image: no message carried the image")
+        return image, b"".join(chunks)
+
+    async def ListImages(
+        self, request: fleet_pb2.ListImagesRequest, context: Context
+    ) -> fleet_pb2.ListImagesResponse:
+        images = self._service.store.list_images()
+        return fleet_pb2.ListImagesResponse(images=[image_to_proto(i) for i in images])
+
+    async def CreateGroup(
+        self, request: fleet_pb2.CreateGroupRequest, context: Context
+    ) -> fleet_pb2.CreateGroupResponse:
+        try:
+            group, created = self._service.create_group(group_from_proto(request.group))
+        except ControllerError as exc:
+            await context.abort(status_of(exc), str(exc))
+        return fleet_pb2.CreateGroupResponse(group=self._group(group.name), created=created)
+
+    async def ListGroups(
+        self, request: fleet_pb2.ListGroupsRequest, context: Context
+    ) -> fleet_pb2.ListGroupsResponse:
+        names = [group.name for group in self._service.store.list_groups()]
+        return fleet_pb2.ListGroupsResponse(groups=[self._group(name) for name in names])
+
+    async def ListInstances(
+        self, request: fleet_pb2.ListInstancesRequest, context: Context
+    ) -> fleet_pb2.ListInstancesResponse:
+        store = self._service.store
+        try:
+            if request.group:
+                check_match("group", request.group, NAME, what="group name")
+                if store.get_group(request.group) is None:
+                    raise NotFoundError(f"group {request.group!r} is not declared")
+        except ControllerError as exc:
+            await context.abort(status_of(exc), str(exc))
+        instances = store.list_instances(request.group)
+        return fleet_pb2.ListInstancesResponse(instances=[instance_to_proto(i) for i in instances])
+
+    async def GetInstance(
+        self, request: fleet_pb2.GetInstanceRequest, context: Context
+    ) -> fleet_pb2.GetInstanceResponse:
+        instance = self._service.store.get_instance(request.instance_id)
+        if instance is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no instance {request.instance_id!r} has reported"
+            )
+        return fleet_pb2.GetInstanceResponse(instance=instance_to_proto(instance))
+
+    async def TaintInstance(
+        self, request: fleet_pb2.TaintInstanceRequest, context: Context
+    ) -> fleet_pb2.TaintInstanceResponse:
+        try:
+            reason = request.reason.strip()
+            if not reason or len(reason) > MAX_REASON:
+                raise InvalidArgumentError(f"reason: give 1-{MAX_REASON} characters saying why")
+            instance = self._service.taint(
+                request.instance_id, reason=reason, actor=actor_of(context)
+            )
+        except ControllerError as exc:
+            await context.abort(status_of(exc), str(exc))
+        return fleet_pb2.TaintInstanceResponse(instance=instance_to_proto(instance))
+
+    async def Rollout(
+        self, request: fleet_pb2.RolloutRequest, context: Context
+    ) -> fleet_pb2.RolloutResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_YET)
+
+    async def Rollback(
+        self, request: fleet_pb2.RollbackRequest, context: Context
+    ) -> fleet_pb2.RollbackResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_YET)
+
+    async def ResumeGroup(
+        self, request: fleet_pb2.ResumeGroupRequest, context: Context
+    ) -> fleet_pb2.ResumeGroupResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_YET)
+
+    def _group(self, name: str) -> fleet_pb2.Group:
+        store = self._service.store
+        group = store.get_group(name)
+        assert group is not None
+        live = sum(1 for i in store.list_instances(name) if i.state != InstanceState.RETIRED)
+        return group_to_proto(group, size=live)

@@ -1,0 +1,73 @@
+"""The gRPC server: AgentService, FleetService and the standard health service.
+
+``grpc.aio`` on one event loop. Messages above ``max_message_bytes`` are refused
+by gRPC itself with RESOURCE_EXHAUSTED; keepalive settings let agents ping every
+30 s without being told ``too_many_pings``, and connections are recycled every
+30 minutes so load rebalances across replicas.
+"""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from controller.api.agent_service import AgentServicer
+from controller.api.fleet_service import FleetServicer
+from controller.api.interceptor import MetricsInterceptor
+from controller.service import ControllerService
+from protos.corral.v1 import agent_pb2_grpc, fleet_pb2_grpc
+
+SERVICES = ("corral.v1.AgentService", "corral.v1.FleetService")
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_connection_age_ms", 30 * 60_000),
+        ("grpc.max_connection_age_grace_ms", 60_000),
+    ]
+
+
+class ControllerServer:
+    """The wired server; :meth:`start` binds, :meth:`stop` drains gracefully."""
+
+    def __init__(
+        self,
+        service: ControllerService,
+        *,
+        listen: str,
+        max_message_bytes: int,
+        max_manifest_bytes: int,
+    ) -> None:
+        self.server = grpc.aio.server(
+            interceptors=[MetricsInterceptor(service.metrics)],
+            options=server_options(max_message_bytes),
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(service), self.server)
+        fleet_pb2_grpc.add_FleetServiceServicer_to_server(
+            FleetServicer(service, max_manifest_bytes=max_manifest_bytes), self.server
+        )
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port(listen)
+        if not self.port:
+            raise OSError(f"cannot listen on {listen}")
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ("", *SERVICES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Report NOT_SERVING, finish in-flight calls for up to ``grace`` seconds, stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()

@@ -1,0 +1,121 @@
+"""``corral images register DIR`` and ``corral images list``: the image registry.
+
+``register`` reads a bake output (DIR/image.json + DIR/manifest.pb) and streams
+the manifest to the controller in 1 MiB chunks. Registering the same image again
+is harmless; a different manifest under a registered reference is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from controller.cli.client import (
+    EXIT_USAGE,
+    ClientError,
+    FleetClient,
+    add_controller_argument,
+    print_json,
+    print_table,
+    run_with_client,
+)
+from protos.corral.v1 import fleet_pb2
+
+CHUNK = 1024 * 1024
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    images = subparsers.add_parser("images", help="register and list images")
+    commands = images.add_subparsers(dest="images_command", required=True, metavar="ACTION")
+    reg = commands.add_parser("register", help="register a bake output with the controller")
+    reg.add_argument("dir", metavar="DIR", help="directory holding image.json and manifest.pb")
+    reg.add_argument("--json", action="store_true", help="print the registered image as JSON")
+    add_controller_argument(reg)
+    reg.set_defaults(handler=lambda args: run_with_client(args, _register))
+    listing = commands.add_parser("list", help="list registered images")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    add_controller_argument(listing)
+    listing.set_defaults(handler=lambda args: run_with_client(args, _list))
+
+
+def image_json(image: fleet_pb2.Image) -> dict[str, Any]:
+    return {
+        "name": image.name,
+        "version": image.version,
+        "image_ref": image.ref,
+        "image_digest": image.digest,
+        "manifest_digest": image.manifest_digest,
+        "root": image.root.hex(),
+        "entry_count": image.entry_count,
+        "byte_count": image.byte_count,
+        "registered_at_ms": image.registered_at_ms,
+        "registered_by": image.registered_by,
+    }
+
+
+def _read_bake(directory: Path) -> tuple[fleet_pb2.Image, Path]:
+    try:
+        document = json.loads((directory / "image.json").read_text())
+        image = fleet_pb2.Image(
+            name=document["name"],
+            version=str(document["version"]),
+            ref=document["image_ref"],
+            digest=document["image_digest"],
+            manifest_digest=document["manifest_digest"],
+            root=bytes.fromhex(document["root"]),
+            entry_count=int(document["entry_count"]),
+            byte_count=int(document["byte_count"]),
+        )
+    except OSError as exc:
+        raise ClientError(
+            f"cannot read {directory}/image.json: {exc.strerror}", exit_code=EXIT_USAGE
+        ) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ClientError(
+            f"{directory}/image.json is not a bake output ({exc!r})", exit_code=EXIT_USAGE
+        ) from None
+    manifest = directory / "manifest.pb"
+    if not manifest.is_file():
+        raise ClientError(f"{manifest} is missing: run `corral bake` again", exit_code=EXIT_USAGE)
+    return image, manifest
+
+
+def _requests(image: fleet_pb2.Image, manifest: Path) -> Iterator[fleet_pb2.RegisterImageRequest]:
+    with manifest.open("rb") as handle:
+        first = True
+        while True:
+            chunk = handle.read(CHUNK)
+            if first:
+                yield fleet_pb2.RegisterImageRequest(image=image, manifest_chunk=chunk)
+                first = False
+            elif chunk:
+                yield fleet_pb2.RegisterImageRequest(manifest_chunk=chunk)
+            if not chunk:
+                return
+
+
+def _register(client: FleetClient, args: argparse.Namespace) -> int:
+    image, manifest = _read_bake(Path(args.dir))
+    response = client.stream(client.stub.RegisterImage, _requests(image, manifest))
+    if args.json:
+        print_json({**image_json(response.image), "created": response.created})
+    elif response.created:
+        print(f"registered {response.image.ref}")
+    else:
+        print(f"already registered: {response.image.ref}")
+    return 0
+
+
+def _list(client: FleetClient, args: argparse.Namespace) -> int:
+    response = client.call(client.stub.ListImages, fleet_pb2.ListImagesRequest())
+    if args.json:
+        print_json([image_json(image) for image in response.images])
+        return 0
+    print_table(
+        ("REF", "VERSION", "ENTRIES", "REGISTERED BY"),
+        [(i.ref, i.version, str(i.entry_count), i.registered_by) for i in response.images],
+    )
+    return 0

@@ -1,0 +1,88 @@
+"""``corral-controller serve``: run the controller until SIGTERM or SIGINT.
+
+    corral-controller serve --listen HOST:PORT --data-dir DIR
+                            [--metrics-listen HOST:PORT] [--config FILE]
+
+Defaults: gRPC on 127.0.0.1:7070, metrics on 127.0.0.1:9470. On SIGTERM the
+health service reports NOT_SERVING, in-flight calls finish (5 s grace), pending
+heartbeats are flushed and the store is closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from controller.app import start_controller
+from controller.config import ControllerConfig, load_config
+from controller.errors import ControllerError
+from controller.logs import configure_logging
+from controller.metrics import serve_metrics
+from controller.ports import SystemClock
+
+log = logging.getLogger("corral.controller")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corral-controller", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="serve agents and operators")
+    serve.add_argument("--listen", help="gRPC address HOST:PORT (default 127.0.0.1:7070)")
+    serve.add_argument("--data-dir", help="where the SQLite store lives")
+    serve.add_argument(
+        "--metrics-listen", help="Prometheus address HOST:PORT (default 127.0.0.1:9470; '' off)"
+    )
+    serve.add_argument("--config", type=Path, help="TOML config file")
+    serve.add_argument("--log-level", help="debug, info, warning, error")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(
+            args.config,
+            env=os.environ,
+            overrides={
+                "listen": args.listen,
+                "data_dir": args.data_dir,
+                "metrics_listen": args.metrics_listen,
+                "log_level": args.log_level,
+            },
+        )
+    except ControllerError as exc:
+        print(f"corral-controller: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    try:
+        asyncio.run(serve(config, registry=REGISTRY))
+    except (ControllerError, OSError) as exc:
+        log.error("controller stopped: %s", exc)
+        return 1
+    return 0
+
+
+async def serve(config: ControllerConfig, *, registry: CollectorRegistry) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    controller = await start_controller(config, clock=SystemClock(), registry=registry)
+    if config.metrics_listen:
+        serve_metrics(registry, config.metrics_listen)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("shutting down")
+    await controller.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The controller's settings: defaults < TOML file < ``CORRAL_*`` environment < flags.
+
+Parsed once, at start-up, into frozen dataclasses; nothing reads the environment
+at import time. Groups may be declared in the file::
+
+    listen = "0.0.0.0:7070"
+    metrics_listen = "0.0.0.0:9470"
+    data_dir = "/var/lib/corral"
+    report_interval = 30        # seconds; what agents are configured with
+    stale_after = 90            # silent this long → unknown (default 3 x report_interval)
+
+    [[groups]]
+    name = "web"
+    image = "web@sha256:…"
+    mode = "observe"            # or "enforce"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from controller.domain.model import GroupMode
+from controller.errors import ConfigError
+
+DEFAULT_LISTEN = "127.0.0.1:7070"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9470"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """A group declared in the config file."""
+
+    name: str
+    image: str
+    mode: GroupMode = GroupMode.OBSERVE
+    provider: str = "local"
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Everything ``corral-controller serve`` needs."""
+
+    listen: str = DEFAULT_LISTEN
+    #: Where Prometheus scrapes; empty disables the metrics server.
+    metrics_listen: str = DEFAULT_METRICS_LISTEN
+    data_dir: str = "/var/lib/corral"
+    #: How often agents report (seconds); the default staleness derives from it.
+    report_interval: float = 30.0
+    #: Silence longer than this marks an instance unknown; 0 means 3 x report_interval.
+    stale_after: float = 0.0
+    #: How often the staleness sweep runs (seconds).
+    sweep_interval: float = 10.0
+    #: Largest gRPC message accepted; bigger ones get RESOURCE_EXHAUSTED.
+    max_message_bytes: int = 4 * MIB
+    #: Largest manifest RegisterImage accepts (it arrives in chunks).
+    max_manifest_bytes: int = 256 * MIB
+    #: Heartbeats are written behind at this interval (seconds).
+    flush_interval: float = 1.0
+    log_level: str = "info"
+    groups: tuple[GroupConfig, ...] = field(default=())
+
+    @property
+    def effective_stale_after(self) -> float:
+        return self.stale_after or 3 * self.report_interval
+
+
+_SCALARS = {f.name: f.type for f in fields(ControllerConfig) if f.name != "groups"}
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ControllerConfig:
+    """Build the config from ``path`` (TOML), ``env`` (``CORRAL_*``) and ``overrides``.
+
+    Raises ConfigError naming the offending key and source.
+    """
+    config = ControllerConfig()
+    if path is not None:
+        config = _apply(config, _read_toml(path), source=str(path))
+    environment = {
+        key.removeprefix("CORRAL_").lower(): value
+        for key, value in (env or {}).items()
+        if key.startswith("CORRAL_") and key.removeprefix("CORRAL_").lower() in _SCALARS
+    }
+    config = _apply(config, environment, source="environment")
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    return _apply(config, given, source="command line")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _apply(config: ControllerConfig, values: Mapping[str, Any], *, source: str) -> ControllerConfig:
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "groups":
+            changes["groups"] = tuple(_group(item, source=source) for item in value)
+            continue
+        if key not in _SCALARS:
+            raise ConfigError(f"{source}: unknown setting {key!r}")
+        changes[key] = _coerce(key, value, source=source)
+    return replace(config, **changes)
+
+
+def _coerce(key: str, value: Any, *, source: str) -> Any:
+    kind = _SCALARS[key]
+    try:
+        if kind == "float":
+            number = float(value)
+            if number < 0:
+                raise ValueError("must not be negative")
+            return number
+        if kind == "int":
+            integer = int(value)
+            if integer <= 0:
+                raise ValueError("must be positive")
+            return integer
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {key} = {value!r} is not valid: {exc}") from exc
+    return str(value)
+
+
+def _group(item: Any, *, source: str) -> GroupConfig:
+    if not isinstance(item, dict) or "name" not in item or "image" not in item:
+        raise ConfigError(f"{source}: each [[groups]] entry needs a name and an image")
+    unknown = set(item) - {"name", "image", "mode", "provider", "size"}
+    if unknown:
+        raise ConfigError(f"{source}: group {item['name']!r}: unknown keys {sorted(unknown)}")
+    try:
+        mode = GroupMode(item.get("mode", "observe"))
+    except ValueError:
+        raise ConfigError(
+            f"{source}: group {item['name']!r}: mode must be 'observe' or 'enforce'"
+        ) from None
+    return GroupConfig(
+        name=str(item["name"]),
+        image=str(item["image"]),
+        mode=mode,
+        provider=str(item.get("provider", "local")),
+        size=int(item.get("size", 0)),
+    )

@@ -1,0 +1,235 @@
+"""The controller's one place for effects: it applies pure decisions.
+
+Each call reads what it needs from the store, asks the pure core
+(:mod:`controller.domain`) what to do, then stores the result, counts it and
+logs it. A call that raises has stored nothing (except the ``suspicious`` flag
+that inconsistent evidence sets, by design). Nothing here knows about gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+from agent.errors import ManifestError
+from agent.manifest import decode, digest_of
+from controller.domain.drift import Decision, attach_evidence, decide, mark_suspicious
+from controller.domain.evidence import check_evidence
+from controller.domain.model import (
+    DriftKind,
+    Evidence,
+    Group,
+    ImageRecord,
+    Instance,
+    InstanceState,
+    Report,
+    Taint,
+)
+from controller.domain.states import on_silence, transition
+from controller.errors import (
+    ControllerError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from controller.manifests import ManifestCache
+from controller.metrics import ControllerMetrics
+from controller.ports import Clock, Store
+
+log = logging.getLogger("corral.controller")
+
+
+class ControllerService:
+    """Reports in, decisions applied; images, groups and taints for operators."""
+
+    def __init__(
+        self, store: Store, *, clock: Clock, metrics: ControllerMetrics, stale_after: float
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.stale_after = stale_after
+        self.manifests = ManifestCache(store)
+
+    # Agent reports ------------------------------------------------------------
+
+    def report(self, report: Report, evidence: Evidence | None = None) -> Decision:
+        """Take one agent report (with drift evidence, or None). Raises ControllerError."""
+        started = time.perf_counter()
+        try:
+            decision = self._report(report, evidence)
+        except ControllerError as exc:
+            self.count_rejected(exc)
+            log.info(
+                "report refused: %s",
+                exc,
+                extra={"instance_id": report.instance_id, "group": report.group},
+            )
+            raise
+        self.metrics.reports.labels(result=decision.outcome.value).inc()
+        self.metrics.report_handling.observe(time.perf_counter() - started)
+        return decision
+
+    def count_rejected(self, error: ControllerError) -> None:
+        """Count a refused report (also one refused before it reached the service)."""
+        self.metrics.reports.labels(result="rejected").inc()
+        self.metrics.reports_rejected.labels(reason=error.reason).inc()
+
+    def _report(self, report: Report, evidence: Evidence | None) -> Decision:
+        store = self.store
+        instance = store.get_instance(report.instance_id)
+        group = store.get_group(report.group)
+        running = store.get_image_by_digest(report.image_digest)
+        desired = None
+        if group is not None:
+            desired = store.get_image_by_ref(group.desired_image_ref) or (
+                store.get_image_by_digest(group.desired_image_digest)
+            )
+        decision = decide(
+            instance,
+            group=group,
+            desired=desired,
+            running=running,
+            report=report,
+            now=self.clock.now(),
+        )
+        updated = decision.instance
+        if evidence is not None and running is not None:
+            updated = self._check_evidence(instance, updated, running, report, evidence)
+            if updated is not decision.instance:
+                decision = replace(decision, instance=updated, durable=True, evidence_wanted=False)
+        if updated is not instance:
+            store.save_instance(updated, durable=decision.durable)
+        if decision.new_taint is not None:
+            self._count_taint(updated, decision.new_taint, source="agent")
+        elif decision.durable:
+            log.info("instance %s", updated.state.value, extra=_fields(updated))
+        return decision
+
+    def _check_evidence(
+        self,
+        stored: Instance | None,
+        updated: Instance,
+        running: ImageRecord,
+        report: Report,
+        evidence: Evidence,
+    ) -> Instance:
+        try:
+            verdict = check_evidence(
+                self.manifests.index_for(running), evidence, reported_root=report.root
+            )
+        except InvalidArgumentError:
+            self.metrics.evidence_rejected.labels(group=updated.group).inc()
+            if stored is not None and not stored.suspicious:
+                self.store.save_instance(mark_suspicious(stored))
+            log.warning("inconsistent drift evidence", extra=_fields(updated))
+            raise
+        return attach_evidence(updated, evidence, verified=verdict.verified)
+
+    # Operators ----------------------------------------------------------------
+
+    def register_image(
+        self, image: ImageRecord, manifest: bytes, *, actor: str
+    ) -> tuple[ImageRecord, bool]:
+        """Register ``image`` after checking its manifest. Returns (record, created)."""
+        _check_pinned(image)
+        if digest_of(manifest) != image.manifest_digest:
+            raise InvalidArgumentError(
+                f"manifest bytes hash to {digest_of(manifest)}, not {image.manifest_digest}: "
+                "the upload is incomplete or image.json belongs to another bake"
+            )
+        try:
+            decoded = decode(manifest)
+        except ManifestError as exc:
+            raise InvalidArgumentError(f"manifest rejected: {exc}") from exc
+        if decoded.root != image.root or len(decoded.entries) != image.entry_count:
+            raise InvalidArgumentError(
+                "image.json does not describe this manifest (root or entry count differ)"
+            )
+        record = replace(image, registered_at=self.clock.now(), registered_by=actor)
+        created = self.store.add_image(record, manifest)
+        stored = self.store.get_image_by_ref(image.ref) or record
+        if created:
+            log.info("image registered", extra={"image": image.ref, "actor": actor})
+            self._resolve_group_digests(stored)
+        return stored, created
+
+    def create_group(self, group: Group) -> tuple[Group, bool]:
+        """Declare a group whose desired image must be registered. Returns (group, created)."""
+        image = self.store.get_image_by_ref(group.desired_image_ref)
+        if image is None:
+            raise FailedPreconditionError(
+                f"image {group.desired_image_ref!r} is not registered: run "
+                "`corral images register DIR` first"
+            )
+        group = replace(group, desired_image_digest=image.digest)
+        created = self.store.add_group(group)
+        if created:
+            log.info("group created", extra={"group": group.name, "image": image.ref})
+        return self.store.get_group(group.name) or group, created
+
+    def declare_group(self, group: Group) -> None:
+        """Declare a group from the config file; its image may be registered later."""
+        image = self.store.get_image_by_ref(group.desired_image_ref)
+        if image is not None:
+            group = replace(group, desired_image_digest=image.digest)
+        existing = self.store.get_group(group.name)
+        if existing is None:
+            self.store.add_group(group)
+        elif existing.desired_image_ref != group.desired_image_ref or existing.mode != group.mode:
+            log.warning(
+                "group %s in the config file differs from the stored group; the stored "
+                "one wins (it may have been rolled out since)",
+                group.name,
+                extra={"group": group.name},
+            )
+
+    def taint(self, instance_id: str, *, reason: str, actor: str) -> Instance:
+        """Taint an instance by hand. Idempotent for an instance already tainted."""
+        instance = self.store.get_instance(instance_id)
+        if instance is None:
+            raise NotFoundError(f"no instance {instance_id!r} has reported")
+        if instance.state in (InstanceState.TAINTED, InstanceState.REPLACING):
+            return instance
+        new_taint = Taint(kind=DriftKind.MANUAL, reason=reason, actor=actor, at=self.clock.now())
+        updated = replace(transition(instance, InstanceState.TAINTED), taint=new_taint)
+        self.store.save_instance(updated)
+        self._count_taint(updated, new_taint, source="operator")
+        return updated
+
+    def sweep_stale(self) -> int:
+        """Mark instances silent for longer than ``stale_after`` as unknown; returns how many."""
+        now = self.clock.now()
+        marked = 0
+        for instance in self.store.list_instances():
+            silent = on_silence(instance, now=now, stale_after=self.stale_after)
+            if silent is not None:
+                self.store.save_instance(silent)
+                log.warning("instance silent, now unknown", extra=_fields(silent))
+                marked += 1
+        return marked
+
+    def _resolve_group_digests(self, image: ImageRecord) -> None:
+        for group in self.store.list_groups():
+            if group.desired_image_ref == image.ref and not group.desired_image_digest:
+                self.store.update_group(replace(group, desired_image_digest=image.digest))
+
+    def _count_taint(self, instance: Instance, taint: Taint, *, source: str) -> None:
+        self.metrics.taints.labels(group=instance.group, source=source).inc()
+        self.metrics.drift_detections.labels(group=instance.group, kind=taint.kind.value).inc()
+        log.warning("instance tainted: %s", taint.reason, extra=_fields(instance))
+
+
+def _check_pinned(image: ImageRecord) -> None:
+    name, at, digest = image.ref.partition("@")
+    pinned = (at and name and digest == image.digest) or image.ref == image.digest
+    if not pinned:
+        raise InvalidArgumentError(
+            f"image reference {image.ref!r} is not pinned to digest {image.digest!r}: "
+            "use NAME@DIGEST (or the immutable provider id itself)"
+        )
+
+
+def _fields(instance: Instance) -> dict[str, str]:
+    return {"instance_id": instance.id, "group": instance.group, "image": instance.image_ref}
