@@ -45,6 +45,12 @@ _SECRET_WORDS = frozenset(
     {"KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "PASS", "PWD", "APIKEY", "CREDENTIALS"}
 )
 _KEY_NAMES = ("*.pem", "*.key", "*.p8", "*.ppk", "id_*", "*_key")
+# Every name any check below can flag; the rest of a large tree is skipped at once.
+_CANDIDATE = re.compile(
+    rb"id_.*|.*_key|.*\.(?:pem|key|p8|ppk|json)|credentials|config|[._]netrc|\.pgpass"
+    rb"|\.env(?:\..*)?|msal_token_cache.*",
+    re.DOTALL,
+)
 _ENV_TEMPLATES = (".example", ".sample", ".template", ".dist", ".defaults")
 
 
@@ -202,6 +208,8 @@ def find_secrets(
         if entry.type is not EntryType.REGULAR or entry.error is not EntryError.NONE:
             continue
         name = entry.path.rsplit(b"/", 1)[-1]
+        if not _CANDIDATE.fullmatch(name):
+            continue
         cache: list[bytes] = []
 
         def peek(path: bytes = entry.path, cache: list[bytes] = cache) -> bytes:
