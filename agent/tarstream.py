@@ -1,0 +1,237 @@
+"""Write a tar stream whose bytes depend only on what is archived, and hash it on the way.
+
+Image digests are the SHA-256 of a tarball, so its bytes must not depend on the
+Python version, the host or the time of the build. corral therefore writes the
+POSIX (pax/ustar) headers itself instead of relying on :mod:`tarfile`'s choices:
+
+- a plain ustar header when the name fits in 100 bytes of ASCII and every
+  number fits its octal field; otherwise a pax extended header (``path``,
+  ``linkpath``, ``uid``, ``gid``, ``size`` records, with ``hdrcharset=BINARY``
+  when a name is not UTF-8) before the ustar header, as POSIX specifies;
+- user and group names are always empty (owners are numeric);
+- the archive ends with two zero blocks and is padded to a 10 KiB record.
+
+:class:`HashingSink` hashes the stream as it writes it, so the digest costs
+no second read of the tarball.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+
+BLOCK = 512
+RECORD = 20 * BLOCK
+REGULAR = b"0"
+SYMLINK = b"2"
+CHAR_DEVICE = b"3"
+BLOCK_DEVICE = b"4"
+DIRECTORY = b"5"
+FIFO = b"6"
+_PAX = b"x"
+_PAX_NAME = b"././@PaxHeader"
+_MAGIC = b"ustar\x0000"
+_ID_LIMIT = 8**7
+_SIZE_LIMIT = 8**11
+_FLUSH = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """One member's metadata. ``name`` is relative (``b"etc/hosts"``, ``b"."`` for the root)."""
+
+    name: bytes
+    kind: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int = 0
+    mtime: int = 0
+    linkname: bytes = b""
+    devmajor: int = 0
+    devminor: int = 0
+
+
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s64s8s8s167s")
+_NO_DEVICE = bytes(8)
+
+
+def _ustar(
+    name: bytes, header: Header, *, kind: bytes, size: int, uid: int, gid: int, link: bytes
+) -> bytes:
+    device = header.kind in (CHAR_DEVICE, BLOCK_DEVICE)
+    block = _USTAR.pack(
+        name,
+        b"%07o" % (header.mode & 0o7777),
+        b"%07o" % uid,
+        b"%07o" % gid,
+        b"%011o" % size,
+        b"%011o" % header.mtime,
+        b"        ",
+        kind,
+        link,
+        _MAGIC,
+        b"",  # uname, gname
+        b"%07o" % header.devmajor if device else _NO_DEVICE,
+        b"%07o" % header.devminor if device else _NO_DEVICE,
+        b"",  # prefix + padding
+    )
+    return block[:148] + b"%06o\0" % sum(block) + block[155:]
+
+
+def simple_header(
+    name: bytes,
+    kind: bytes,
+    *,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int = 0,
+    linkname: bytes = b"",
+) -> bytes | None:
+    """The ustar header of a non-device member with mtime 0, or None when it needs pax.
+
+    The fast path for the common member: same bytes as :func:`encode_header`.
+    """
+    if (
+        len(name) > 99  # room for a directory's "/"
+        or len(linkname) > 100
+        or not (name.isascii() and linkname.isascii())
+        or uid >= _ID_LIMIT
+        or gid >= _ID_LIMIT
+        or size >= _SIZE_LIMIT
+    ):
+        return None
+    if kind == DIRECTORY:
+        name = b"./" if name == b"." else name + b"/"
+    block = _USTAR.pack(
+        name,
+        b"%07o" % (mode & 0o7777),
+        b"%07o" % uid,
+        b"%07o" % gid,
+        b"%011o" % size,
+        b"00000000000",
+        b"        ",
+        kind,
+        linkname,
+        _MAGIC,
+        b"",
+        _NO_DEVICE,
+        _NO_DEVICE,
+        b"",
+    )
+    return block[:148] + b"%06o\0" % sum(block) + block[155:]
+
+
+def _record(key: bytes, value: bytes) -> bytes:
+    """One pax record, ``"LEN key=value\\n"`` where LEN counts itself."""
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(b"%d" % length) + len(body) != length:
+        length += 1
+    return b"%d" % length + body
+
+
+def _is_portable(value: bytes, limit: int) -> bool:
+    return len(value) <= limit and value.isascii()
+
+
+def encode_header(header: Header) -> bytes:
+    """The header block(s) for ``header``: ustar, preceded by a pax header when needed."""
+    name = header.name + b"/" if header.kind == DIRECTORY and header.name != b"." else header.name
+    if header.kind == DIRECTORY and header.name == b".":
+        name = b"./"
+    records: list[bytes] = []
+    if not _is_portable(name, 100):
+        records.append(_record(b"path", name))
+    if not _is_portable(header.linkname, 100):
+        records.append(_record(b"linkpath", header.linkname))
+    for key, value, limit in (
+        (b"uid", header.uid, _ID_LIMIT),
+        (b"gid", header.gid, _ID_LIMIT),
+        (b"size", header.size, _SIZE_LIMIT),
+    ):
+        if value >= limit:
+            records.append(_record(key, b"%d" % value))
+    plain = _ustar(
+        name,
+        header,
+        kind=header.kind,
+        size=header.size if header.size < _SIZE_LIMIT else 0,
+        uid=header.uid if header.uid < _ID_LIMIT else 0,
+        gid=header.gid if header.gid < _ID_LIMIT else 0,
+        link=header.linkname,
+    )
+    if not records:
+        return plain
+    if not all(_utf8(value) for value in (name, header.linkname)):
+        records.insert(0, _record(b"hdrcharset", b"BINARY"))
+    payload = b"".join(records)
+    extended = _ustar(
+        _PAX_NAME,
+        Header(_PAX_NAME, _PAX, 0o644, 0, 0),
+        kind=_PAX,
+        size=len(payload),
+        uid=0,
+        gid=0,
+        link=b"",
+    )
+    return extended + payload + bytes(-len(payload) % BLOCK) + plain
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class HashingSink:
+    """Writes a stream to a file descriptor and hashes it.
+
+    Small writes are gathered into 1 MiB pieces before they are hashed and
+    written. Call :meth:`close` once; it returns the SHA-256 hex digest.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self.offset = 0
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.offset += len(data)
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= _FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            piece = b"".join(self._pending)
+            self._pending = []
+            self._pending_size = 0
+            self._hash.update(piece)
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(self._fd, view) :]
+
+    def pad(self) -> None:
+        """Zero bytes up to the next block boundary (after a member's content)."""
+        if self.offset % BLOCK:
+            self.write(bytes(-self.offset % BLOCK))
+
+    def finish_archive(self) -> None:
+        """The end-of-archive marker, padded to a whole record like tar(1)."""
+        self.write(bytes(2 * BLOCK))
+        if self.offset % RECORD:
+            self.write(bytes(-self.offset % RECORD))
+
+    def close(self) -> str:
+        """Write what is pending; returns the hex SHA-256 of everything written."""
+        self._flush()
+        return self._hash.hexdigest()
