@@ -16,6 +16,7 @@ from collections.abc import Sequence
 # Modules that add subcommands, in the order `corral --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "controller.cli.bake",
+    "controller.cli.image",
     "controller.cli.images",
     "controller.cli.group",
     "controller.cli.fleet",
