@@ -1,0 +1,136 @@
+"""The record encoding auditors re-hash by hand, and the event constructors' bounds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from agent.diff import Change, ChangeKind
+from controller.audit import events as ev
+from controller.audit.errors import InvalidEventError
+from controller.audit.record import Event, EventKind, canonical_json, make_record
+
+
+def test_hash_is_sha256_of_sorted_compact_utf8_json() -> None:
+    event = ev.instance_transition(
+        "i-é",
+        at_ms=5,
+        actor="agent:i-é",
+        group="web",
+        image="web@sha256:" + "a" * 64,
+        from_state="pending",
+        to_state="conformant",
+        reason="first report",
+    )
+    record = make_record(1, "0" * 64, event)
+    body = record.body()
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert record.hash == hashlib.sha256(text.encode("utf-8")).hexdigest()
+    assert b" " not in canonical_json(body).replace(b"first report", b"")
+    assert "i-é".encode() in canonical_json(body)
+
+
+def test_pinned_vector_never_changes() -> None:
+    """A change to the encoding would orphan every stored chain: pin one hash."""
+    event = Event(
+        kind=EventKind.OPERATOR_ACTION,
+        at_ms=1,
+        actor="operator:alice",
+        reason="r",
+        data={"action": "x"},
+    )
+    assert make_record(1, "0" * 64, event).hash == PINNED
+
+
+PINNED = hashlib.sha256(
+    b'{"actor":"operator:alice","at_ms":1,"data":{"action":"x"},"group":null,"image":null,'
+    b'"instance":null,"kind":"operator.action","prev":"' + b"0" * 64 + b'","reason":"r",'
+    b'"related":null,"seq":1,"v":1}'
+).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"x": 1.5}, {"x": float("nan")}, {"x": {1: 2}}, {"x": object()}, {"x": "a" * 70_000}],
+)
+def test_non_canonical_or_oversized_data_is_refused(data: dict[str, object]) -> None:
+    with pytest.raises(InvalidEventError):
+        Event(kind=EventKind.OPERATOR_ACTION, at_ms=1, actor="controller", data=data)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"actor": ""}, {"at_ms": -1}, {"reason": "x" * 2000}, {"actor": "\ud800"}],
+)
+def test_bad_fields_are_refused(kwargs: dict[str, object]) -> None:
+    fields: dict[str, object] = {
+        "kind": EventKind.OPERATOR_ACTION,
+        "at_ms": 1,
+        "actor": "controller",
+    }
+    fields.update(kwargs)
+    with pytest.raises(InvalidEventError):
+        Event(**fields)  # type: ignore[arg-type]
+
+
+def test_drift_evidence_stays_bounded() -> None:
+    paths = [f"/etc/file-{n}" + "x" * 1000 for n in range(500)]
+    event = ev.drift_evidence(
+        "i-1",
+        at_ms=1,
+        actor="agent:i-1",
+        group="web",
+        image="img",
+        kind="file",
+        added=500,
+        first_paths=paths,
+    )
+    assert len(event.data["first_paths"]) == ev.MAX_EVIDENCE_PATHS  # type: ignore[arg-type]
+    assert event.data["paths_truncated"] is True
+    assert len(canonical_json(dict(event.data))) < 8_000
+
+
+def test_summarize_changes_counts_kinds_and_keeps_first_paths() -> None:
+    changes = [Change(ChangeKind.ADDED, b"/etc/\xffnew", None)] + [
+        Change(ChangeKind.MODIFIED, f"/bin/{n}".encode(), None, ("content",)) for n in range(30)
+    ]
+    summary = ev.summarize_changes(changes)
+    assert (summary["added"], summary["removed"], summary["modified"]) == (1, 0, 30)
+    assert summary["first_paths"][0] == "/etc/%FFnew"  # type: ignore[index]
+    assert len(summary["first_paths"]) == ev.MAX_EVIDENCE_PATHS  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ev.instance_transition(
+            "i", at_ms=1, actor="c", group="g", image="x", from_state=None, to_state="bogus"
+        ),
+        lambda: ev.taint(
+            "i",
+            at_ms=1,
+            actor="c",
+            group="g",
+            image="x",
+            source="martian",
+            drift_kind="file",
+            reason="",
+        ),
+        lambda: ev.taint(
+            "i",
+            at_ms=1,
+            actor="c",
+            group="g",
+            image="x",
+            source="agent",
+            drift_kind="vibes",
+            reason="",
+        ),
+        lambda: ev.drift_evidence("i", at_ms=1, actor="c", group="g", image="x", kind="manual"),
+    ],
+)
+def test_constructors_refuse_unknown_words(make: object) -> None:
+    with pytest.raises(InvalidEventError):
+        make()  # type: ignore[operator]
