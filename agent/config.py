@@ -32,6 +32,7 @@ CORRAL_AGENT_LOG_LEVEL                  DEBUG, INFO, WARNING or ERROR
 CORRAL_AGENT_TLS_CA_FILE                PEM file of the CA that signs the controller
 CORRAL_AGENT_TLS_CERT_FILE              PEM client certificate chain (mTLS)
 CORRAL_AGENT_TLS_KEY_FILE               PEM client private key (mTLS); never logged
+CORRAL_AGENT_ONCE                       one scan and its delivery, then exit
 ======================================  ==========================================
 
 Secrets (TLS keys) are only ever named by path; their content is read by the
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ from typing import Any
 
 from agent.errors import AgentError
 
+_GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 ENV_PREFIX = "CORRAL_AGENT_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 
@@ -116,8 +119,11 @@ class AgentConfig:
             raise ConfigError("tls_cert_file and tls_key_file go together")
         if self.tls_cert_file is not None and self.tls_ca_file is None:
             raise ConfigError("tls_cert_file needs tls_ca_file (the controller's CA)")
-        if not self.group:
-            raise ConfigError("group must not be empty")
+        if not _GROUP.fullmatch(self.group):
+            raise ConfigError(
+                f"group {self.group!r} is not a group name: 1-63 letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit"
+            )
 
     @property
     def scan_jitter(self) -> float:

@@ -30,7 +30,7 @@ from typing import Any
 from agent.errors import AgentError, PolicyError
 from agent.policy import Policy
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -65,7 +65,7 @@ def check_instance_id(value: str) -> str:
     if not _ID.match(value):
         raise IdentityError(
             f"instance id {value!r} is not valid: 1-128 characters from "
-            "letters, digits and . _ : @ / -, starting with a letter or digit"
+            "letters, digits and . _ : -, starting with a letter or digit"
         )
     return value
 

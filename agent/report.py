@@ -83,8 +83,6 @@ class Delivery:
 
     state: InstanceState
     evidence_wanted: bool = False
-    duplicate: bool = False
-    """The controller already had this report (a retry whose first try arrived)."""
 
 
 def change_size(change: Change) -> int:

@@ -8,9 +8,9 @@ own, and maps what still fails to the agent's errors:
 
 - ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``RESOURCE_EXHAUSTED``, ``ABORTED``,
   ``CANCELLED`` → :class:`RetryableError` (keep the report, back off, retry);
-- ``ALREADY_EXISTS`` → delivered (the controller already holds this ``seq``:
-  an earlier try arrived but its answer was lost);
-- anything else → :class:`ReportRejectedError` with the status code name and the
+- anything else (``INVALID_ARGUMENT``, ``FAILED_PRECONDITION`` for an undeclared
+  group or a stale ``seq``, ``ALREADY_EXISTS`` for a ``seq`` already used with a
+  different root, ...) → :class:`ReportRejectedError` with the status code name and the
   controller's message (retrying the same report cannot help).
 
 Keepalive pings every 60 s while a call is open (the controller must allow
@@ -200,8 +200,6 @@ class GrpcTransport:
     def _failed(self, exc: grpc.RpcError) -> Delivery:
         code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
         details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
-        if code == grpc.StatusCode.ALREADY_EXISTS:
-            return Delivery(state=InstanceState.UNSPECIFIED, duplicate=True)
         message = f"controller {self._target}: {code.name}: {details}"
         if code in _RETRYABLE:
             raise RetryableError(message, delay=0.0) from None

@@ -168,14 +168,15 @@ def test_a_refusal_is_not_retried_and_names_the_code(serve) -> None:  # type: ig
     assert caught.value.code == "INVALID_ARGUMENT" and servicer.calls == 1
 
 
-def test_already_exists_means_the_report_had_arrived(serve) -> None:  # type: ignore[no-untyped-def]
+def test_a_seq_conflict_is_a_refusal(serve) -> None:  # type: ignore[no-untyped-def]
     servicer = FakeAgentService(fail_first=1, code=grpc.StatusCode.ALREADY_EXISTS)
     transport = GrpcTransport(serve(servicer), deadline=5.0, agent_version="t")
     try:
-        delivery = transport.deliver(PendingReport(header()))
+        with pytest.raises(ReportRejectedError) as caught:
+            transport.deliver(PendingReport(header()))
     finally:
         transport.close()
-    assert delivery.duplicate
+    assert caught.value.code == "ALREADY_EXISTS"
 
 
 def test_drift_evidence_reaches_the_controller(serve) -> None:  # type: ignore[no-untyped-def]
