@@ -125,6 +125,9 @@ class SqliteStore:
             )
         }
         self._dirty: set[str] = set()
+        # _lock serialises SQL; _cache_lock guards the dicts only and is held briefly,
+        # so a heartbeat never waits for a flush or a durable commit in progress.
+        self._cache_lock = threading.Lock()
         self._closed = threading.Event()
         self._flusher = threading.Thread(
             target=self._flush_loop, args=(flush_interval,), name="corral-store-flush", daemon=True
@@ -220,23 +223,33 @@ class SqliteStore:
     def save_instance(self, instance: Instance, *, durable: bool = True) -> None:
         if instance.group not in self._groups:
             raise NotFoundError(f"group {instance.group!r} is not declared")
-        with self._lock:
-            if durable:
+        if durable:
+            with self._lock:
                 with self._transaction():
                     self._db.execute(_UPSERT_INSTANCE, instance_to_row(instance))
-                self._dirty.discard(instance.id)
-            else:
-                self._dirty.add(instance.id)
+                with self._cache_lock:
+                    self._dirty.discard(instance.id)
+                    self._instances[instance.id] = instance
+            return
+        # Hot path: no SQL and no wait on a flush in progress.
+        with self._cache_lock:
+            self._dirty.add(instance.id)
             self._instances[instance.id] = instance
 
     def flush(self) -> None:
         with self._lock:
-            if not self._dirty:
+            with self._cache_lock:
+                pending = [self._instances[i] for i in self._dirty]
+                self._dirty.clear()
+            if not pending:
                 return
-            rows = [instance_to_row(self._instances[i]) for i in self._dirty]
-            with self._transaction():
-                self._db.executemany(_UPSERT_INSTANCE, rows)
-            self._dirty.clear()
+            try:
+                with self._transaction():
+                    self._db.executemany(_UPSERT_INSTANCE, map(instance_to_row, pending))
+            except BaseException:
+                with self._cache_lock:
+                    self._dirty.update(i.id for i in pending)
+                raise
 
     def close(self) -> None:
         if self._closed.is_set():
