@@ -62,6 +62,9 @@ class LaunchSpec:
     """``HOST:PORT`` of the controller the new instance's agent reports to."""
     labels: Mapping[str, str] = field(default_factory=dict)
     """Extra labels or tags to put on the instance (the ``io.corral.*`` ones are added)."""
+    not_before: float | None = None
+    """Unix time the replacement was recorded. A terminate-first provider adopts only
+    capacity launched after it, never an instance that was already running."""
 
     def corral_labels(self) -> dict[str, str]:
         """The labels every provider puts on what it launches, plus ``labels``."""
