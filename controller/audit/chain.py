@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from controller.audit.errors import InvalidEventError
-from controller.audit.record import GENESIS_HASH, hash_body
+from controller.audit.record import GENESIS_HASH
 
 
 class Linked(Protocol):
@@ -33,7 +33,9 @@ class Linked(Protocol):
     @property
     def hash(self) -> str: ...
 
-    def body(self) -> Mapping[str, Any]: ...
+    def digest(self) -> str:
+        """The hash recomputed from the content; raises InvalidEventError if unhashable."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +151,7 @@ def _check_one(record: Linked, expected_seq: int, prev: str) -> str:
             f" (sha256={prev}): a record was reordered, deleted or rewritten"
         )
     try:
-        actual = hash_body(record.body())
+        actual = record.digest()
     except InvalidEventError as error:
         return f"its content is not canonical JSON ({error}): edited"
     if actual != record.hash:

@@ -33,7 +33,7 @@ from controller.audit.chain import (
 )
 from controller.audit.errors import AuditError, ExportFormatError
 from controller.audit.ports import AuditLog
-from controller.audit.record import canonical_json
+from controller.audit.record import canonical_json, hash_stored_body
 
 FORMAT_VERSION = 1
 
@@ -104,8 +104,8 @@ class _Line:
     def hash(self) -> str:
         return str(self.fields.get("hash"))
 
-    def body(self) -> Mapping[str, Any]:
-        return {k: v for k, v in self.fields.items() if k != "hash"}
+    def digest(self) -> str:
+        return hash_stored_body({k: v for k, v in self.fields.items() if k != "hash"})
 
 
 def verify_export(path: Path, *, key: bytes | None = None) -> VerifyResult:

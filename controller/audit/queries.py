@@ -127,17 +127,28 @@ class FleetReplay:
 
     def _transition(self, record: Record) -> None:
         event = record.event
-        instance, to = event.instance_id or "", str(event.data.get("to"))
-        group, image = event.group or "", event.image or ""
-        self.latest[instance] = InstanceAt(instance, group, image, to, event.at_ms, record.seq)
+        self.transition(
+            seq=record.seq,
+            instance=event.instance_id or "",
+            group=event.group or "",
+            image=event.image or "",
+            at_ms=event.at_ms,
+            to=str(event.data.get("to")),
+        )
+
+    def transition(
+        self, *, seq: int, instance: str, group: str, image: str, at_ms: int, to: str
+    ) -> None:
+        """Apply one instance state transition (adapters may call this with bare columns)."""
+        self.latest[instance] = InstanceAt(instance, group, image, to, at_ms, seq)
         current = self.open_runs.get(instance)
         if current is not None and (to == RETIRED or current[0] != image):
             run = current[1]
-            self.closed_runs.append((current[0], _until(run, event.at_ms)))
+            self.closed_runs.append((current[0], _until(run, at_ms)))
             del self.open_runs[instance]
             current = None
         if current is None and to != RETIRED:
-            self.open_runs[instance] = (image, ImageRun(instance, group, event.at_ms, None))
+            self.open_runs[instance] = (image, ImageRun(instance, group, at_ms, None))
 
     def _desired(self, group: str, image: str, at_ms: int, actor: str, how: str) -> None:
         previous = self.desired.pop(group, None)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,15 +36,19 @@ from controller.audit.chain import (
 )
 from controller.audit.errors import AuditError, CheckpointError
 from controller.audit.record import (
-    ENCODING_VERSION,
     GENESIS_HASH,
     Event,
     EventKind,
     Record,
     canonical_json,
     make_record,
+    stored_body_hash,
+    trusted_event,
 )
 from controller.audit.snapshot import checkpoint_event, clamp
+
+# An instance transition as bare columns, for the query fast path.
+_TRANSITION = "seq, instance_id, group_name, image, at_ms, json_extract(data, '$.to')"
 
 _COLUMNS = (
     "seq, at_ms, kind, actor, reason, instance_id, related_instance_id, group_name, image,"
@@ -335,21 +339,27 @@ class SqliteAuditLog:
         return queries.instance_history((_record(r) for r in rows), instance_id)
 
     def image_history(self) -> tuple[queries.ImageHistory, ...]:
-        kinds = [
-            str(k)
-            for k in (
-                EventKind.INSTANCE_STATE,
-                EventKind.IMAGE_REGISTERED,
-                EventKind.CHECKPOINT,
-                *queries.DESIRED_KINDS,
-            )
-        ]
-        marks = ",".join("?" * len(kinds))
+        state = queries.FleetReplay()
         with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM audit_records WHERE kind IN ({marks}) ORDER BY seq", kinds
+            first = conn.execute(
+                f"SELECT {_COLUMNS} FROM audit_records ORDER BY seq LIMIT 1"
+            ).fetchone()
+            if first is not None and first[2] == EventKind.CHECKPOINT:
+                state.apply(_record(first))
+            _apply_transitions(
+                state,
+                conn.execute(
+                    f"SELECT {_TRANSITION} FROM audit_records INDEXED BY audit_records_kind"
+                    " WHERE kind = 'instance.state' ORDER BY seq"
+                ),
             )
-            state = queries.replay(_record(r) for r in rows)
+            others = conn.execute(
+                f"SELECT {_COLUMNS} FROM audit_records INDEXED BY audit_records_kind"
+                " WHERE kind IN ('image.registered', 'group.created', 'group.rollout',"
+                " 'group.rollback') ORDER BY seq"
+            )
+            for row in others:
+                state.apply(_record(row))
         return queries.images_from(state)
 
 
@@ -362,14 +372,12 @@ def _state_after(conn: sqlite3.Connection, last_seq: int) -> queries.FleetReplay
     """
     state = queries.FleetReplay()
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM audit_records WHERE seq IN ("
-        " SELECT MAX(seq) FROM audit_records"
-        " WHERE kind = 'instance.state' AND instance_id IS NOT NULL AND seq <= ?"
-        " GROUP BY instance_id)",
+        f"SELECT {_TRANSITION} FROM audit_records WHERE seq IN ("
+        " SELECT MAX(seq) FROM audit_records INDEXED BY audit_records_transitions"
+        " WHERE kind = 'instance.state' AND seq <= ? GROUP BY instance_id)",
         (last_seq,),
     )
-    for row in rows:
-        state.apply(_record(row))
+    _apply_transitions(state, rows)
     desired = conn.execute(
         f"SELECT {_COLUMNS} FROM audit_records WHERE seq IN ("
         " SELECT MAX(seq) FROM audit_records"
@@ -394,6 +402,18 @@ def _state_after(conn: sqlite3.Connection, last_seq: int) -> queries.FleetReplay
     if checkpoint is not None:
         state.load_snapshot(json.loads(checkpoint[0]).get("snapshot"))
     return state
+
+
+def _apply_transitions(state: queries.FleetReplay, rows: Iterable[tuple[Any, ...]]) -> None:
+    for seq, instance, group, image, at_ms, to in rows:
+        state.transition(
+            seq=seq,
+            instance=instance or "",
+            group=group or "",
+            image=image or "",
+            at_ms=at_ms,
+            to=str(to),
+        )
 
 
 def _insert(conn: sqlite3.Connection, records: list[Record]) -> None:
@@ -426,17 +446,22 @@ def _insert(conn: sqlite3.Connection, records: list[Record]) -> None:
 
 def _record(row: tuple[Any, ...]) -> Record:
     seq, at_ms, kind, actor, reason, instance, related, group, image, data, prev, digest = row
-    event = Event(
-        kind=EventKind(kind),
-        at_ms=at_ms,
-        actor=actor,
-        reason=reason,
-        instance_id=instance,
-        related_instance_id=related,
-        group=group,
-        image=image,
-        data=json.loads(data),
-    )
+    try:
+        event = trusted_event(
+            kind=EventKind(kind),
+            at_ms=at_ms,
+            actor=actor,
+            reason=reason,
+            instance_id=instance,
+            related_instance_id=related,
+            group=group,
+            image=image,
+            data=json.loads(data),
+        )
+    except ValueError as error:
+        raise AuditError(
+            f"record {seq} is unreadable ({error}); run `corral audit verify`"
+        ) from error
     return Record(seq, prev, digest, event)
 
 
@@ -458,23 +483,18 @@ class _StoredRow:
     def hash(self) -> str:
         return str(self.row[11])
 
-    def body(self) -> Mapping[str, Any]:
+    def digest(self) -> str:
         _, at_ms, kind, actor, reason, instance, related, group, image, data, prev, _ = self.row
-        try:
-            parsed: Any = json.loads(data)
-        except (TypeError, ValueError):
-            parsed = data
-        return {
-            "v": ENCODING_VERSION,
-            "seq": self.seq,
-            "prev": prev,
-            "at_ms": at_ms,
-            "kind": kind,
-            "actor": actor,
-            "reason": reason,
-            "instance": instance,
-            "related": related,
-            "group": group,
-            "image": image,
-            "data": parsed,
-        }
+        return stored_body_hash(
+            seq=self.row[0],
+            prev=prev,
+            at_ms=at_ms,
+            kind=kind,
+            actor=actor,
+            reason=reason,
+            instance=instance,
+            related=related,
+            group=group,
+            image=image,
+            data_text=data,
+        )

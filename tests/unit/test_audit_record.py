@@ -6,11 +6,21 @@ import hashlib
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.diff import Change, ChangeKind
 from controller.audit import events as ev
 from controller.audit.errors import InvalidEventError
-from controller.audit.record import Event, EventKind, canonical_json, make_record
+from controller.audit.record import (
+    Event,
+    EventKind,
+    JsonValue,
+    canonical_json,
+    hash_stored_body,
+    make_record,
+    stored_body_hash,
+)
 
 
 def test_hash_is_sha256_of_sorted_compact_utf8_json() -> None:
@@ -134,3 +144,68 @@ def test_summarize_changes_counts_kinds_and_keeps_first_paths() -> None:
 def test_constructors_refuse_unknown_words(make: object) -> None:
     with pytest.raises(InvalidEventError):
         make()  # type: ignore[operator]
+
+
+texts = st.text(max_size=30)
+optional = st.none() | texts
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | texts,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seq=st.integers(1, 2**40),
+    at_ms=st.integers(0, 2**45),
+    kind=st.sampled_from(list(EventKind)),
+    actor=texts.filter(bool),
+    reason=texts,
+    instance=optional,
+    related=optional,
+    group=optional,
+    image=optional,
+    data=st.dictionaries(texts, json_values, max_size=5),
+)
+def test_the_stored_row_hash_equals_the_record_hash(
+    seq: int,
+    at_ms: int,
+    kind: EventKind,
+    actor: str,
+    reason: str,
+    instance: str | None,
+    related: str | None,
+    group: str | None,
+    image: str | None,
+    data: dict[str, JsonValue],
+) -> None:
+    try:
+        event = Event(
+            kind=kind,
+            at_ms=at_ms,
+            actor=actor,
+            reason=reason,
+            instance_id=instance,
+            related_instance_id=related,
+            group=group,
+            image=image,
+            data=data,
+        )
+    except InvalidEventError:
+        return  # e.g. a lone surrogate: refused before it could be stored
+    record = make_record(seq, "ab" * 32, event)
+    stored = stored_body_hash(
+        seq=seq,
+        prev="ab" * 32,
+        at_ms=at_ms,
+        kind=str(kind),
+        actor=actor,
+        reason=reason,
+        instance=instance,
+        related=related,
+        group=group,
+        image=image,
+        data_text=canonical_json(data).decode("utf-8"),
+    )
+    assert stored == record.hash == hash_stored_body(record.body())
