@@ -1,0 +1,87 @@
+"""Plugs security into a ``grpc.aio`` server: the listening port and the interceptor.
+
+:class:`ServerSecurity` is the whole configuration (TLS files, ``--insecure``,
+trust domain, per-role rates); :func:`server_interceptors` returns what to pass
+to ``grpc.aio.server(interceptors=...)`` after the metrics interceptor, and
+:func:`bind` adds the port, TLS or plaintext, after applying the
+loopback-or-TLS rule. Without TLS there is no identity to check, so no
+security interceptor is installed and :func:`~.interceptor.current_identity`
+is None.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc.aio import ServerInterceptor
+
+from controller.security.identity import DEFAULT_TRUST_DOMAIN, Role, check_trust_domain
+from controller.security.interceptor import SecurityInterceptor
+from controller.security.listen import check_listen
+from controller.security.ratelimit import Rate, RateLimiter
+from controller.security.tls import TlsFiles, server_credentials
+
+log = logging.getLogger("corral.security")
+
+#: An agent reports every 30 s or so; a burst covers an outbox drained after an outage.
+DEFAULT_RATES: dict[Role, Rate] = {
+    Role.AGENT: Rate(per_second=2.0, burst=60.0),
+    Role.OPERATOR: Rate(per_second=20.0, burst=200.0),
+    Role.AUDITOR: Rate(per_second=20.0, burst=200.0),
+}
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    """How the controller's gRPC listener is protected."""
+
+    tls: TlsFiles | None = None
+    #: Allow plaintext on a non-loopback address (logged loudly at every start).
+    insecure: bool = False
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    rates: dict[Role, Rate] = field(default_factory=lambda: dict(DEFAULT_RATES))
+    #: Re-read the certificate files when they change (rotation without restart).
+    reload: bool = True
+    #: How many identities' buckets are remembered per role.
+    max_identities: int = 100_000
+
+    def __post_init__(self) -> None:
+        check_trust_domain(self.trust_domain)
+
+
+def server_interceptors(
+    security: ServerSecurity, *, clock: Callable[[], float] = time.monotonic
+) -> list[ServerInterceptor]:
+    """The interceptors to add (after metrics); none when the server has no TLS."""
+    if security.tls is None:
+        return []
+    limiters = {
+        role: RateLimiter(rate, clock=clock, max_identities=security.max_identities)
+        for role, rate in security.rates.items()
+    }
+    return [SecurityInterceptor(trust_domain=security.trust_domain, limiters=limiters)]
+
+
+def bind(server: grpc.aio.Server, listen: str, security: ServerSecurity) -> int:
+    """Add ``listen`` to ``server`` as ``security`` says; return the bound port.
+
+    Raises ConfigError (plaintext off loopback without ``insecure``),
+    CertificateError (unusable TLS files) or OSError (cannot bind).
+    """
+    warning = check_listen(
+        listen, tls_configured=security.tls is not None, insecure=security.insecure
+    )
+    if warning is not None:
+        log.warning(warning)
+    if security.tls is None:
+        port = server.add_insecure_port(listen)
+    else:
+        credentials = server_credentials(security.tls, reload=security.reload)
+        port = server.add_secure_port(listen, credentials)
+    if not port:
+        raise OSError(f"cannot listen on {listen}")
+    return port
