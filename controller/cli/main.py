@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "controller.cli.fleet",
     "controller.cli.taint",
     "controller.cli.audit",
+    "controller.cli.certs",
 )
 
 
