@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from agent.metrics import AgentMetrics
 from agent.outbox import Outbox
 from agent.pacing import ScanPacer, ScanStoppedError
 from agent.ports import Clock, Transport
+from agent.readbudget import TokenBucket
 from agent.report import Evidence, Footprint, PendingReport, ReportHeader, bound_evidence
 from agent.scan import ScanResult, StatCache, scan
 from agent.sequence import SequenceNumbers
@@ -103,9 +105,12 @@ def load_baseline(path: str) -> BaselineLoader:
 
 def _accepts(function: Callable[..., Any], keyword: str) -> bool:
     try:
-        return keyword in inspect.signature(function).parameters
+        parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):
         return False
+    if keyword in parameters:
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 class Runner:
@@ -126,7 +131,7 @@ class Runner:
         footprint: Callable[[], Footprint],
         clock: Clock = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         scanner: Scanner = scan,
         cache: StatCache | None = None,
         cache_path: str | None = None,
@@ -143,7 +148,8 @@ class Runner:
         self._footprint = footprint
         self._clock = clock
         self._monotonic = monotonic
-        self._sleep = sleep
+        self._stop_event = threading.Event()
+        self._sleep: Callable[[float], None] = sleep or self._wait
         self._scanner = scanner
         self._cache_path = cache_path
         self._cache = cache if cache is not None else StatCache()
@@ -157,6 +163,17 @@ class Runner:
         self._scan_options: dict[str, Any] = {}
         if _accepts(scanner, "workers"):
             self._scan_options["workers"] = limits.workers
+        self._pace_reads = limits.read_budget
+        if limits.read_budget and _accepts(scanner, "read_budget"):
+            # The scanner meters reads itself (before hashing); the pacer only stops scans.
+            self._scan_options["read_budget"] = TokenBucket(
+                limits.read_budget, clock=monotonic, sleep=self._sleep
+            )
+            self._pace_reads = 0
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep, but wake at once when the agent is told to stop."""
+        self._stop_event.wait(seconds)
 
     def count_unexpected(self) -> None:
         """Count a failure the scheduler caught (a bug, logged by the caller)."""
@@ -165,6 +182,7 @@ class Runner:
     def stop(self) -> None:
         """Ask a running scan to give up at its next progress call."""
         self._stopping = True
+        self._stop_event.set()
 
     # -- scanning ---------------------------------------------------------------
 
@@ -175,7 +193,7 @@ class Runner:
             self._schedule, scans_since_full=self._scans_since_full, seconds_since_full=since
         )
         pacer = ScanPacer(
-            budget=self._limits.read_budget,
+            budget=self._pace_reads,
             should_stop=lambda: self._stopping,
             clock=self._monotonic,
             sleep=self._sleep,

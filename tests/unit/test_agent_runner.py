@@ -339,3 +339,13 @@ def test_the_watched_root_is_never_written(harness: Harness) -> None:
         harness.clock.advance(30)
     assert snapshot() == before
     assert sorted(p.name for p in harness.state.iterdir()) == ["seq.json", "statcache"]
+
+
+def test_the_read_budget_reaches_the_scanner_and_slows_it_on_the_fake_clock(
+    tmp_path: Path,
+) -> None:
+    harness = Harness(tmp_path, read_budget=10)  # 10 bytes/s; the tree holds 116 bytes
+    started = harness.clock.mono
+    harness.runner.tick()
+    assert harness.clock.mono - started >= 5  # paid for at least half of it in sleeps
+    assert len(harness.transport.sent) == 1
