@@ -34,6 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.providers.base import (
+    LABEL_GROUP,
+    LABEL_IDEMPOTENCY_KEY,
+    LABEL_IMAGE_DIGEST,
+    LABEL_INSTANCE,
     InstanceState,
     LaunchedInstance,
     LaunchSpec,
@@ -151,15 +155,22 @@ class ExecProvider(Provider):
             state = InstanceState(data.get("state", InstanceState.RUNNING))
         except ValueError:
             state = InstanceState.RUNNING
+        instance_group = str(data.get("group") or group)
+        image_digest = str(data.get("image_digest", ""))
+        key = str(data.get("idempotency_key", ""))
+        known = {LABEL_GROUP: instance_group, LABEL_INSTANCE: data["instance_id"]}
+        known.update({LABEL_IMAGE_DIGEST: image_digest} if image_digest else {})
+        known.update({LABEL_IDEMPOTENCY_KEY: key} if key else {})
+        extra = {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
         return LaunchedInstance(
             instance_id=data["instance_id"],
-            group=str(data.get("group") or group),
+            group=instance_group,
             state=state,
-            image_digest=str(data.get("image_digest", "")),
-            idempotency_key=str(data.get("idempotency_key", "")),
+            image_digest=image_digest,
+            idempotency_key=key,
             provider_id=str(data.get("provider_id", "")),
             root_path=data.get("root_path") if isinstance(data.get("root_path"), str) else None,
-            labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+            labels={**extra, **known},
         )
 
     @staticmethod
