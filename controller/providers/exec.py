@@ -4,7 +4,8 @@ How a single VM, or anything corral has no adapter for, is redeployed. Each
 operation is an argv template (never a shell string); placeholders
 ``{group}``, ``{image_ref}``, ``{image_digest}``, ``{instance_id}`` and
 ``{idempotency_key}`` are substituted per argument, so a value can never
-become a second argument or a shell construct. The commands answer on stdout
+become a second argument or a shell construct (``{{`` and ``}}`` are literal
+braces). The commands answer on stdout
 in JSON:
 
 - ``launch`` prints the launched instance: ``{"instance_id": ..., "state"?,
@@ -74,16 +75,25 @@ def _check_template(operation: str, template: Sequence[str]) -> None:
         raise PermanentProviderError(f"exec provider: no {operation} command configured")
     for argument in template:
         try:
-            fields = {name for _, name, _, _ in string.Formatter().parse(argument) if name}
+            fields = [
+                "{"
+                + (name or "")
+                + (f"!{conversion}" if conversion else "")
+                + (f":{spec}" if spec else "")
+                + "}"
+                for _, name, spec, conversion in string.Formatter().parse(argument)
+                if name is not None
+            ]
         except ValueError as exc:
             raise PermanentProviderError(
                 f"exec provider: {operation} argument {argument!r}: {exc}"
             ) from exc
-        unknown = fields - PLACEHOLDERS
+        unknown = {field for field in fields if field.strip("{}") not in PLACEHOLDERS}
         if unknown:
             raise PermanentProviderError(
                 f"exec provider: {operation} argument {argument!r} uses unknown placeholder(s) "
-                f"{', '.join(sorted(unknown))}; known: {', '.join(sorted(PLACEHOLDERS))}"
+                f"{', '.join(sorted(unknown))} (write {{{{ and }}}} for literal braces); "
+                f"known: {', '.join(sorted(PLACEHOLDERS))}"
             )
 
 
