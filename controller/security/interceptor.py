@@ -13,7 +13,6 @@ with :func:`current_identity` / :func:`current_actor`.
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 import logging
 import math
@@ -25,6 +24,7 @@ from grpc.aio import ServerInterceptor
 
 from controller.errors import ControllerError, PermissionDeniedError
 from controller.security.authz import AGENT_RPCS, authorize, is_health, require_instance
+from controller.security.caller import caller, current_actor, current_identity
 from controller.security.errors import RateLimitedError
 from controller.security.identity import (
     DEFAULT_TRUST_DOMAIN,
@@ -43,22 +43,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 RETRY_AFTER_METADATA = "retry-after-ms"
 
 log = logging.getLogger("corral.security")
-_identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
-    "corral_identity", default=None
-)
 
 __all__ = ["SecurityInterceptor", "current_actor", "current_identity", "require_instance"]
-
-
-def current_identity() -> Identity | None:
-    """The authenticated caller of the RPC being served; None on a server without mTLS."""
-    return _identity.get()
-
-
-def current_actor() -> str | None:
-    """``operator:alice``, ``agent:i-1`` … for the caller being served, or None."""
-    identity = _identity.get()
-    return None if identity is None else identity.actor
 
 
 class SecurityInterceptor(ServerInterceptor):
@@ -162,22 +148,22 @@ class SecurityInterceptor(ServerInterceptor):
 
             async def generate(request: Any, context: Context) -> AsyncIterator[Any]:
                 identity = await self.admit(method, first(request), context)
-                token = _identity.set(identity)
+                token = caller.set(identity)
                 try:
                     async for response in behavior(request, context):
                         yield response
                 finally:
-                    _identity.reset(token)
+                    caller.reset(token)
 
             return generate
 
         async def call(request: Any, context: Context) -> Any:
             identity = await self.admit(method, first(request), context)
-            token = _identity.set(identity)
+            token = caller.set(identity)
             try:
                 return await behavior(request, context)
             finally:
-                _identity.reset(token)
+                caller.reset(token)
 
         return call
 

@@ -353,7 +353,9 @@ def test_a_flood_from_one_agent_does_not_slow_the_others(server: RunningServer, 
     assert codes.get("RESOURCE_EXHAUSTED", 0) > 0
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
     assert retry_hints and all(int(hint) > 0 for hint in retry_hints)
-    assert flood_p99 < max(10 * base_p99, 200.0)
+    # Generous: clients, flood and server share one process and two busy cores here.
+    assert flood_p50 < max(10 * base_p50, 20.0)
+    assert flood_p99 < max(10 * base_p99, 500.0)
 
 
 def test_the_server_certificate_is_reloaded_without_restart(tmp_path: Path, pki: Pki) -> None:
