@@ -114,6 +114,11 @@ def verify_export(path: Path, *, key: bytes | None = None) -> VerifyResult:
         data = path.read_bytes()
     except OSError as error:
         raise AuditError(f"cannot read {path}: {error.strerror}") from error
+    return verify_export_bytes(data, key=key)
+
+
+def verify_export_bytes(data: bytes, *, key: bytes | None = None) -> VerifyResult:
+    """Verify the bytes of an export (see ``verify_export``)."""
     raw_lines = data.split(b"\n")
     if len(raw_lines) < 3 or raw_lines[-1] != b"":
         return _bad(None, "the file is truncated or does not end with a newline")

@@ -67,7 +67,8 @@ class MemoryAuditLog:
             records, base, head = list(self._records), self._base, self._head
             checkpoints = list(self._checkpoints.values())
         result = verify_chain(records, base=base, head=head)
-        hashes = {r.seq: r.hash for r in records if r.seq in self._checkpoints}
+        wanted = {c.seq for c in checkpoints}
+        hashes = {r.seq: r.hash for r in records if r.seq in wanted}
         return verify_checkpoints(result, checkpoints, hashes, base=base, key=key)
 
     def checkpoint(self, *, at_ms: int, actor: str, key: bytes | None = None) -> Checkpoint:

@@ -15,7 +15,6 @@ docs/audit.md).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.audit import queries
+from controller.audit import queries, sqlite_queries
 from controller.audit.chain import (
     Checkpoint,
     Position,
@@ -38,22 +37,13 @@ from controller.audit.errors import AuditError, CheckpointError
 from controller.audit.record import (
     GENESIS_HASH,
     Event,
-    EventKind,
     Record,
     canonical_json,
     make_record,
     stored_body_hash,
-    trusted_event,
 )
 from controller.audit.snapshot import checkpoint_event, clamp
-
-# An instance transition as bare columns, for the query fast path.
-_TRANSITION = "seq, instance_id, group_name, image, at_ms, json_extract(data, '$.to')"
-
-_COLUMNS = (
-    "seq, at_ms, kind, actor, reason, instance_id, related_instance_id, group_name, image,"
-    " data, prev_hash, hash"
-)
+from controller.audit.sqlite_queries import COLUMNS, record_from_row
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS audit_records (
@@ -235,11 +225,11 @@ class SqliteAuditLog:
         high = until_ms if until_ms is not None else 2**62
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM audit_records WHERE at_ms BETWEEN ? AND ? ORDER BY seq",
+                f"SELECT {COLUMNS} FROM audit_records WHERE at_ms BETWEEN ? AND ? ORDER BY seq",
                 (low, high),
             )
             for row in rows:
-                yield _record(row)
+                yield record_from_row(row)
 
     def verify(self, *, key: bytes | None = None) -> VerifyResult:
         with self._read() as conn:
@@ -247,11 +237,12 @@ class SqliteAuditLog:
                 "SELECT seq, hash, base_seq, base_hash FROM audit_head WHERE id = 1"
             ).fetchone()
             if row is None:
-                raise AuditError("the audit head row is missing: the log was tampered with")
+                problem = "the audit_head row is missing: the log was tampered with"
+                return VerifyResult(False, 0, 0, 0, "", None, problem)
             head, base = Position(row[0], row[1]), Position(row[2], row[3])
             stored = (
                 _StoredRow(r)
-                for r in conn.execute(f"SELECT {_COLUMNS} FROM audit_records ORDER BY seq")
+                for r in conn.execute(f"SELECT {COLUMNS} FROM audit_records ORDER BY seq")
             )
             result = verify_chain(stored, base=base, head=head)
             checkpoints = self._checkpoints(conn)
@@ -266,7 +257,7 @@ class SqliteAuditLog:
     def checkpoint(self, *, at_ms: int, actor: str, key: bytes | None = None) -> Checkpoint:
         with self._write() as conn:
             seq, digest = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
-            state = _state_after(conn, seq)
+            state = sqlite_queries.state_after(conn, seq)
             record = append_in(
                 conn, checkpoint_event(Position(seq, digest), state, at_ms=at_ms, actor=actor)
             )
@@ -322,103 +313,20 @@ class SqliteAuditLog:
 
     def conformance_at(self, at_ms: int, *, group: str | None = None) -> queries.Conformance:
         with self._read() as conn:
-            (last,) = conn.execute(
-                "SELECT MAX(seq) FROM audit_records WHERE at_ms <= ?", (at_ms,)
-            ).fetchone()
-            state = _state_after(conn, last or 0)
-        return queries.conformance_from(state.latest.values(), at_ms=at_ms, group=group)
+            return sqlite_queries.conformance_at(conn, at_ms, group=group)
 
     def instance_history(self, instance_id: str) -> queries.InstanceHistory:
         with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM audit_records WHERE instance_id = ?"
-                f" UNION SELECT {_COLUMNS} FROM audit_records WHERE related_instance_id = ?"
-                " ORDER BY seq",
-                (instance_id, instance_id),
-            ).fetchall()
-        return queries.instance_history((_record(r) for r in rows), instance_id)
+            return sqlite_queries.instance_history(conn, instance_id)
 
     def image_history(self) -> tuple[queries.ImageHistory, ...]:
-        state = queries.FleetReplay()
         with self._read() as conn:
-            first = conn.execute(
-                f"SELECT {_COLUMNS} FROM audit_records ORDER BY seq LIMIT 1"
-            ).fetchone()
-            if first is not None and first[2] == EventKind.CHECKPOINT:
-                state.apply(_record(first))
-            _apply_transitions(
-                state,
-                conn.execute(
-                    f"SELECT {_TRANSITION} FROM audit_records INDEXED BY audit_records_kind"
-                    " WHERE kind = 'instance.state' ORDER BY seq"
-                ),
-            )
-            others = conn.execute(
-                f"SELECT {_COLUMNS} FROM audit_records INDEXED BY audit_records_kind"
-                " WHERE kind IN ('image.registered', 'group.created', 'group.rollout',"
-                " 'group.rollback') ORDER BY seq"
-            )
-            for row in others:
-                state.apply(_record(row))
-        return queries.images_from(state)
-
-
-def _state_after(conn: sqlite3.Connection, last_seq: int) -> queries.FleetReplay:
-    """The fleet after record ``last_seq``, from indexes rather than a full replay.
-
-    Latest transition of each instance, latest desired image of each group, every
-    image registration, and the newest checkpoint's snapshot for whatever was
-    pruned before it.
-    """
-    state = queries.FleetReplay()
-    rows = conn.execute(
-        f"SELECT {_TRANSITION} FROM audit_records WHERE seq IN ("
-        " SELECT MAX(seq) FROM audit_records INDEXED BY audit_records_transitions"
-        " WHERE kind = 'instance.state' AND seq <= ? GROUP BY instance_id)",
-        (last_seq,),
-    )
-    _apply_transitions(state, rows)
-    desired = conn.execute(
-        f"SELECT {_COLUMNS} FROM audit_records WHERE seq IN ("
-        " SELECT MAX(seq) FROM audit_records"
-        " WHERE kind IN ('group.created', 'group.rollout', 'group.rollback') AND seq <= ?"
-        " GROUP BY group_name)",
-        (last_seq,),
-    )
-    for row in desired:
-        state.apply(_record(row))
-    images = conn.execute(
-        f"SELECT {_COLUMNS} FROM audit_records WHERE kind = 'image.registered' AND seq <= ?"
-        " ORDER BY seq",
-        (last_seq,),
-    )
-    for row in images:
-        state.apply(_record(row))
-    checkpoint = conn.execute(
-        "SELECT data FROM audit_records WHERE kind = 'audit.checkpoint' AND seq <= ?"
-        " ORDER BY seq DESC LIMIT 1",
-        (last_seq,),
-    ).fetchone()
-    if checkpoint is not None:
-        state.load_snapshot(json.loads(checkpoint[0]).get("snapshot"))
-    return state
-
-
-def _apply_transitions(state: queries.FleetReplay, rows: Iterable[tuple[Any, ...]]) -> None:
-    for seq, instance, group, image, at_ms, to in rows:
-        state.transition(
-            seq=seq,
-            instance=instance or "",
-            group=group or "",
-            image=image or "",
-            at_ms=at_ms,
-            to=str(to),
-        )
+            return sqlite_queries.image_history(conn)
 
 
 def _insert(conn: sqlite3.Connection, records: list[Record]) -> None:
     conn.executemany(
-        f"INSERT INTO audit_records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO audit_records ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 r.seq,
@@ -442,27 +350,6 @@ def _insert(conn: sqlite3.Connection, records: list[Record]) -> None:
         "UPDATE audit_head SET seq = ?, hash = ?, at_ms = ? WHERE id = 1",
         (last.seq, last.hash, last.event.at_ms),
     )
-
-
-def _record(row: tuple[Any, ...]) -> Record:
-    seq, at_ms, kind, actor, reason, instance, related, group, image, data, prev, digest = row
-    try:
-        event = trusted_event(
-            kind=EventKind(kind),
-            at_ms=at_ms,
-            actor=actor,
-            reason=reason,
-            instance_id=instance,
-            related_instance_id=related,
-            group=group,
-            image=image,
-            data=json.loads(data),
-        )
-    except ValueError as error:
-        raise AuditError(
-            f"record {seq} is unreadable ({error}); run `corral audit verify`"
-        ) from error
-    return Record(seq, prev, digest, event)
 
 
 @dataclass(frozen=True, slots=True)

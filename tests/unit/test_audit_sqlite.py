@@ -16,7 +16,8 @@ import pytest
 from controller.audit import events as ev
 from controller.audit.errors import AuditError
 from controller.audit.record import make_record
-from controller.audit.sqlite import SqliteAuditLog, _record, append_in, install_schema
+from controller.audit.sqlite import SqliteAuditLog, append_in, install_schema
+from controller.audit.sqlite_queries import record_from_row
 
 IMAGE = "web@sha256:" + "a" * 64
 COUNT = 8
@@ -147,7 +148,7 @@ def test_a_consistently_rehashed_edit_is_caught_at_the_next_record(db: Path) -> 
         f"SELECT seq, {', '.join(COLUMNS)} FROM audit_records WHERE seq = 4"
     ).fetchone()
     conn.close()
-    record = _record(row)
+    record = record_from_row(row)
     forged = make_record(4, record.prev_hash, replace(record.event, actor="operator:mallory"))
     tamper(
         db,
@@ -244,3 +245,9 @@ def test_read_only_open_refuses_a_missing_or_foreign_file(tmp_path: Path) -> Non
     sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)").connection.close()
     with pytest.raises(AuditError):
         SqliteAuditLog.open(tmp_path / "other.db", read_only=True)
+
+
+def test_a_deleted_head_row_fails_verification(db: Path) -> None:
+    tamper(db, ("DELETE FROM audit_head", ()))
+    ok, _, problem = verify(db)
+    assert not ok and "audit_head" in problem
