@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import operator
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -105,9 +106,63 @@ def entry_from_proto(message: manifest_pb2.Entry) -> Entry:
     )
 
 
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_TABLE_LIMIT = 1 << 14
+_VARINTS = [_varint_bytes(value) for value in range(_TABLE_LIMIT)]  # 1 and 2-byte varints
+
+
+def _varint(value: int) -> bytes:
+    return _VARINTS[value] if value < _TABLE_LIMIT else _varint_bytes(value)
+
+
 def encode_entry(entry: Entry) -> bytes:
-    """The canonical bytes of one entry: the leaf that the root hashes."""
-    return entry_to_proto(entry).SerializeToString(deterministic=True)
+    """The canonical bytes of one entry: the leaf that the root hashes.
+
+    This is exactly ``entry_to_proto(entry).SerializeToString(deterministic=True)``
+    (fields in number order, zero values omitted), written by hand because a
+    bake encodes every entry of the image and building a protobuf message per
+    entry costs more than the encoding itself. tests/unit/test_manifest_codec.py
+    holds the two to the same bytes.
+    """
+    path, kind, mode, uid, gid, size, digest, target, major, minor, error = entry
+    out = b"\x0a" + _varint(len(path)) + path
+    if kind:
+        out += b"\x10" + _varint(kind)
+    if mode:
+        out += b"\x18" + _varint(mode)
+    if uid:
+        out += b"\x20" + _varint(uid)
+    if gid:
+        out += b"\x28" + _varint(gid)
+    if size:
+        out += b"\x30" + _varint(size)
+    if digest:
+        out += b"\x3a" + _varint(len(digest)) + digest
+    if target:
+        out += b"\x42" + _varint(len(target)) + target
+    if major:
+        out += b"\x48" + _varint(major)
+    if minor:
+        out += b"\x50" + _varint(minor)
+    if error:
+        out += b"\x58" + _varint(error)
+    return out
+
+
+_path_of = operator.itemgetter(0)  # Entry.path, as a C-level sort key
+_ENTRIES_FIELD = b"\x22"  # Manifest.entries: field 4, length-delimited
+
+
+def _record(encoded: bytes) -> bytes:
+    return _ENTRIES_FIELD + _varint(len(encoded)) + encoded
 
 
 def leaf_hash(entry: Entry) -> bytes:
@@ -117,7 +172,7 @@ def leaf_hash(entry: Entry) -> bytes:
 
 def root_of(entries: Iterable[Entry]) -> bytes:
     """The Merkle root over ``entries`` (order does not matter)."""
-    return compute_root(leaf_hash(entry) for entry in entries)
+    return compute_root(map(leaf_hash, entries))
 
 
 @dataclass(frozen=True)
@@ -127,20 +182,40 @@ class Manifest:
     policy: Policy
     entries: Sequence[Entry]
     root: bytes
+    _records: Sequence[bytes] | None = field(default=None, repr=False, compare=False)
+    """Each entry as encoded inside the manifest message (field 4), kept by :meth:`build`."""
 
     @classmethod
     def build(cls, policy: Policy, entries: Iterable[Entry]) -> Manifest:
-        """Sort ``entries`` and compute the root."""
-        ordered = sorted(entries, key=lambda entry: entry.path)
-        return cls(policy=policy, entries=ordered, root=root_of(ordered))
+        """Sort ``entries`` and compute the root.
+
+        Each entry is encoded once, here: its leaf hash feeds the root and its
+        bytes are kept for :meth:`encode`.
+        """
+        ordered = sorted(entries, key=_path_of)
+        records = []
+        leaves = []
+        sha256 = hashlib.sha256
+        for entry in ordered:
+            encoded = encode_entry(entry)
+            leaves.append(sha256(encoded).digest())
+            records.append(_ENTRIES_FIELD + _varint(len(encoded)) + encoded)
+        return cls(policy=policy, entries=ordered, root=compute_root(leaves), _records=records)
 
     def encode(self) -> bytes:
-        """The canonical encoding written to ``manifest.pb``."""
-        message = manifest_pb2.Manifest(
+        """The canonical encoding written to ``manifest.pb``.
+
+        The header fields (1-3) come from protobuf itself; the entries (field 4,
+        written last in field order) are appended as length-delimited records,
+        which is byte for byte what the protobuf serializer writes.
+        """
+        header = manifest_pb2.Manifest(
             format_version=FORMAT_VERSION, policy=self.policy.to_proto(), root=self.root
-        )
-        message.entries.extend(entry_to_proto(entry) for entry in self.entries)
-        return message.SerializeToString(deterministic=True)
+        ).SerializeToString(deterministic=True)
+        records = self._records
+        if records is None:
+            records = [_record(encode_entry(entry)) for entry in self.entries]
+        return b"".join([header, *records])
 
     @property
     def byte_count(self) -> int:

@@ -35,8 +35,9 @@ def _root(bucket_hashes: Iterable[bytes]) -> bytes:
 def compute_root(leaves: Iterable[bytes]) -> bytes:
     """The root over a set of leaf hashes (their order does not matter)."""
     buckets: list[list[bytes]] = [[] for _ in range(BUCKETS)]
+    mask = BUCKETS - 1
     for leaf in leaves:
-        buckets[bucket_of(leaf)].append(leaf)
+        buckets[((leaf[0] << 8) | leaf[1]) & mask].append(leaf)  # bucket_of, inlined
     return _root(_bucket_hash(bucket) if bucket else _EMPTY for bucket in buckets)
 
 

@@ -1,0 +1,194 @@
+"""The stat cache skips unchanged files, notices every change, and survives on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from agent import scan as scan_module
+from agent import statcache
+from agent.manifest import EntryType, root_of
+from agent.policy import Policy
+from agent.scan import scan
+from agent.statcache import StatCache
+
+OPEN = Policy(exclude=())
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    for index in range(20):
+        write(tmp_path / f"d{index % 3}/f{index}", b"content %d" % index)
+    (tmp_path / "link").symlink_to("d0/f0")
+    return tmp_path
+
+
+def fresh_cache() -> StatCache:
+    """A cache that trusts files written a moment ago (tests write, then scan at once)."""
+    return StatCache(racy_window_ns=0)
+
+
+def test_rescan_of_an_unchanged_tree_hashes_nothing(tree: Path) -> None:
+    cache = fresh_cache()
+    first = scan(tree, OPEN, cache=cache)
+    second = scan(tree, OPEN, cache=cache)
+
+    assert (first.files_hashed, first.files_cached) == (20, 0)
+    assert (second.files_hashed, second.files_cached) == (0, 20)
+    assert second.entries == first.entries
+    assert second.root == first.root == root_of(second.entries)
+    assert len(cache) == 20
+
+
+def test_same_size_and_mtime_but_new_ctime_is_rehashed(tree: Path) -> None:
+    cache = fresh_cache()
+    scan(tree, OPEN, cache=cache)
+    target = tree / "d1/f1"
+    before = target.stat()
+    target.write_bytes(b"CONTENT 1")  # same length
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # mtime put back
+    assert target.stat().st_ctime_ns != before.st_ctime_ns
+
+    result = scan(tree, OPEN, cache=cache)
+
+    assert result.files_hashed == 1
+    changed = next(e for e in result.entries if e.path == b"/d1/f1")
+    assert changed.sha256 == hashlib.sha256(b"CONTENT 1").digest()
+    assert result.root == root_of(result.entries)
+
+
+def test_full_rehash_ignores_the_cache(tree: Path) -> None:
+    cache = fresh_cache()
+    scan(tree, OPEN, cache=cache)
+    result = scan(tree, OPEN, cache=cache, full_rehash=True)
+    assert (result.files_hashed, result.files_cached) == (20, 0)
+    assert len(cache) == 20
+
+
+def test_files_touched_within_the_racy_window_are_not_cached(tree: Path) -> None:
+    cache = StatCache()  # default window: files written just now are too fresh to trust
+    scan(tree, OPEN, cache=cache)
+    assert len(cache) == 0
+    assert scan(tree, OPEN, cache=cache).files_hashed == 20
+
+
+def test_deleted_files_leave_the_cache(tree: Path) -> None:
+    cache = fresh_cache()
+    scan(tree, OPEN, cache=cache)
+    (tree / "d2/f2").unlink()
+    scan(tree, OPEN, cache=cache)
+    assert len(cache) == 19
+    assert cache.lookup(b"/d2/f2", (tree / "d0/f0").stat()) is None
+
+
+def test_a_changed_policy_reuses_digests_but_not_leaves(tree: Path) -> None:
+    cache = fresh_cache()
+    scan(tree, OPEN, cache=cache)
+    ignoring = Policy(exclude=(), ignore_attributes=("mode",))
+
+    result = scan(tree, ignoring, cache=cache)
+
+    assert result.files_hashed == 0
+    assert all(entry.mode == 0 for entry in result.entries)
+    assert result.root == root_of(result.entries)
+    again = scan(tree, ignoring, cache=cache)
+    assert again.root == result.root
+
+
+def test_a_cache_filled_by_store_is_used_by_the_scan(tree: Path) -> None:
+    """Another component that already read a file (the artifact builder) can seed the cache."""
+    cache = fresh_cache()
+    target = tree / "d0/f0"
+    cache.store(b"/d0/f0", target.stat(), b"\x01" * 32)
+    result = scan(tree, OPEN, cache=cache)
+    entry = next(e for e in result.entries if e.path == b"/d0/f0")
+    assert entry.sha256 == b"\x01" * 32
+    assert result.files_cached == 1
+    assert result.root == root_of(result.entries)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2, 3])
+def test_results_do_not_depend_on_the_worker_count(
+    tree: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scan_module, "BATCH_FILES", 3)  # many batches, many in flight
+    reference = scan(tree, OPEN, workers=0)
+    result = scan(tree, OPEN, workers=workers)
+    assert result.entries == reference.entries
+    assert result.root == reference.root
+    cache = fresh_cache()
+    scan(tree, OPEN, cache=cache, workers=workers)
+    assert scan(tree, OPEN, cache=cache, workers=workers).root == reference.root
+
+
+def test_the_cache_round_trips_through_a_file(
+    tree: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    cache = fresh_cache()
+    scan(tree, OPEN, cache=cache)
+    state_dir = tmp_path_factory.mktemp("state")
+    path = state_dir / "statcache"
+    cache.save(path)
+
+    loaded = StatCache.load(path, racy_window_ns=0)
+
+    assert loaded == cache
+    result = scan(tree, OPEN, cache=loaded)
+    assert (result.files_hashed, result.files_cached) == (0, 20)
+    assert not (state_dir / "statcache.tmp").exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[:-1],
+        lambda data: data[:10],
+        lambda data: b"",
+        lambda data: data[:40] + bytes([data[40] ^ 1]) + data[41:],
+        lambda data: b"not a cache at all, just some text" * 3,
+    ],
+    ids=["truncated-checksum", "truncated-header", "empty", "bit-flip", "foreign"],
+)
+def test_a_corrupt_cache_file_starts_empty_with_a_warning(
+    tree: Path, tmp_path: Path, damage: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = fresh_cache()
+    scan(tree, OPEN, cache=cache)
+    path = tmp_path / "statcache"
+    path.write_bytes(damage(cache.encode()))  # type: ignore[operator]
+
+    with caplog.at_level(logging.WARNING, logger="agent.statcache"):
+        loaded = StatCache.load(path)
+
+    assert len(loaded) == 0
+    assert "starting empty" in caplog.text
+
+
+def test_another_format_version_is_not_trusted(tmp_path: Path) -> None:
+    body = statcache._HEADER.pack(statcache.MAGIC, statcache.VERSION + 1, 0, 0)
+    path = tmp_path / "statcache"
+    path.write_bytes(body + hashlib.sha256(body).digest())
+    with pytest.raises(ValueError, match="format version"):
+        StatCache.decode(path.read_bytes())
+    assert len(StatCache.load(path)) == 0
+
+
+def test_a_missing_cache_file_starts_empty(tmp_path: Path) -> None:
+    assert len(StatCache.load(tmp_path / "absent")) == 0
+
+
+def test_only_regular_files_are_cached(tree: Path) -> None:
+    cache = fresh_cache()
+    result = scan(tree, OPEN, cache=cache)
+    regular = {e.path for e in result.entries if e.type is EntryType.REGULAR}
+    assert set(cache.records) == regular
