@@ -37,8 +37,8 @@ from agent.logs import configure_logging
 from agent.metrics import AgentMetrics, new_registry, serve_metrics
 from agent.outbox import Outbox
 from agent.report import Footprint
-from agent.runner import Limits, Runner, Schedule, Subject, load_baseline
-from agent.scan import StatCache
+from agent.runner import Limits, Runner, Schedule, Subject
+from agent.scanjob import SubprocessScanner
 from agent.sequence import SequenceNumbers
 from agent.transport import GrpcTransport, TlsFiles
 
@@ -148,7 +148,6 @@ def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
         config.controller, deadline=config.deadline, agent_version=version, tls=tls
     )
     process = psutil.Process()
-    cache_path = os.path.join(state_dir, "statcache")
     return Runner(
         subject=Subject(
             instance_id=instance_id,
@@ -157,6 +156,7 @@ def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
             agent_version=version,
             image=image,
             root=config.root,
+            manifest_path=config.manifest_path,
         ),
         schedule=_schedule(config),
         limits=Limits(
@@ -165,6 +165,7 @@ def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
             read_budget=config.read_budget,
             workers=config.workers,
         ),
+        scanner=SubprocessScanner(cache_path=os.path.join(state_dir, "statcache")),
         transport=transport,
         outbox=Outbox(capacity=config.outbox_capacity),
         sequence=SequenceNumbers(
@@ -175,10 +176,7 @@ def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
         ),
         backoff=Backoff(base=1.0, cap=min(300.0, max(config.interval, 1.0) * 4)),
         metrics=metrics,
-        baseline=load_baseline(config.manifest_path),
         footprint=lambda: footprint_of(process),
-        cache=StatCache.load(cache_path),
-        cache_path=cache_path,
     )
 
 
@@ -220,7 +218,6 @@ def run(config: AgentConfig) -> int:
     if config.once:
         runner.tick()
         delivered = runner.drain(attempts=ONCE_ATTEMPTS)
-        runner.save_cache()
         return 0 if delivered else 1
     run_scheduled(runner, _schedule(config), stop=stop)
     log.info("agent stopped")

@@ -7,8 +7,9 @@ fails, a one-off retry job is armed at the backoff's delay, so buffered
 reports go out as soon as the controller is back rather than at the next scan.
 One worker means a retry never runs concurrently with a scan.
 
-SIGTERM and SIGINT stop the schedule, abandon a scan in progress at its next
-progress call, keep the stat cache and exit 0. Reports still buffered at that
+SIGTERM and SIGINT stop the schedule, end a scan in progress (its child
+process is terminated; the stat cache file is only ever replaced atomically)
+and exit 0. Reports still buffered at that
 moment are not persisted: the next start scans afresh and reports the state
 then (the controller treats the gap as silence, never as drift).
 """
@@ -84,7 +85,6 @@ def run_scheduled(
     finally:
         runner.stop()
         scheduler.shutdown(wait=True)
-        runner.save_cache()
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

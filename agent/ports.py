@@ -2,7 +2,8 @@
 
 The runner (the imperative shell) talks to the controller, reads the clock and
 scans through these; tests substitute fakes, production wires
-:class:`agent.transport.GrpcTransport`, the system clock and :func:`agent.scan.scan`.
+:class:`agent.transport.GrpcTransport`, the system clock and
+:class:`agent.scanjob.SubprocessScanner`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from agent.report import Delivery, PendingReport
+from agent.scanjob import ScanOutcome, ScanRequest
 
 
 class Transport(Protocol):
@@ -26,6 +28,22 @@ class Transport(Protocol):
 
     def close(self) -> None:
         """Release the connection; deliver() may not be called afterwards."""
+        ...
+
+
+class Scanner(Protocol):
+    """Scans the root and compares it with the baseline (see :mod:`agent.scanjob`)."""
+
+    def run(self, request: ScanRequest) -> ScanOutcome:
+        """Scan as asked. Raises ScanStoppedError after stop(), AgentError/OSError on failure."""
+        ...
+
+    def has_cache(self) -> bool:
+        """True when a stat cache from an earlier scan (or run) is available."""
+        ...
+
+    def stop(self) -> None:
+        """Abandon a scan in progress; later scans are refused."""
         ...
 
 

@@ -1,12 +1,13 @@
 """The agent's loop: scan the root, compare with the baseline, report, retry.
 
-Each tick scans the root (incrementally, with the stat cache warm; now and
-then a full rehash), computes the root and turns it into a report:
+Each tick asks the scanner port (:mod:`agent.scanjob`: by default a child
+process, so the agent itself stays small) to scan the root, incrementally
+with the stat cache warm and now and then with a full rehash, and to compare
+the root with the baked baseline root:
 
-- root == the baked baseline root → a header-only report (constant size);
-- otherwise → a drift report with the changes against the baked manifest,
-  bounded (:func:`agent.report.bound_evidence`). The manifest is loaded only
-  then and released after, so a conformant agent holds no baseline in memory.
+- equal → a header-only report (constant size);
+- different → a drift report with the changes against the baked manifest,
+  bounded (:func:`agent.report.bound_evidence`).
 
 Reports go through the :class:`~agent.outbox.Outbox` and are delivered oldest
 first; a retryable failure stops delivery and arms the backoff, the scheduler
@@ -18,32 +19,24 @@ The watched root is only ever read; the agent writes to its state dir only.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from agent.backoff import Backoff
-from agent.diff import diff
 from agent.errors import AgentError, ReportRejectedError, RetryableError
 from agent.identity import ImageIdentity
-from agent.manifest import Entry, read_manifest
 from agent.metrics import AgentMetrics
 from agent.outbox import Outbox
-from agent.pacing import ScanPacer, ScanStoppedError
-from agent.ports import Clock, Transport
-from agent.readbudget import TokenBucket
-from agent.report import Evidence, Footprint, PendingReport, ReportHeader, bound_evidence
-from agent.scan import ScanResult, StatCache, scan
+from agent.pacing import ScanStoppedError
+from agent.ports import Clock, Scanner, Transport
+from agent.report import Evidence, Footprint, PendingReport, ReportHeader
+from agent.scanjob import ScanOutcome, ScanRequest
 from agent.sequence import SequenceNumbers
 
 log = logging.getLogger(__name__)
-
-Scanner = Callable[..., ScanResult]
-BaselineLoader = Callable[[], Sequence[Entry]]
 
 
 @dataclass(frozen=True)
@@ -65,7 +58,7 @@ class Limits:
     read_budget: int = 0
     """Bytes per second a scan may read (0: unlimited)."""
     workers: int = 0
-    """Hashing processes for a scan (0: hash in the agent's own process)."""
+    """Hashing processes for a scan (0: hash in the scanning process)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +71,7 @@ class Subject:
     agent_version: str
     image: ImageIdentity
     root: str
+    manifest_path: str
 
 
 def full_rehash_due(
@@ -93,26 +87,6 @@ def full_rehash_due(
     return False
 
 
-def load_baseline(path: str) -> BaselineLoader:
-    """A loader of the baked manifest's entries (read only when drift is found)."""
-
-    def load() -> Sequence[Entry]:
-        manifest, _ = read_manifest(path)
-        return manifest.entries
-
-    return load
-
-
-def _accepts(function: Callable[..., Any], keyword: str) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-    if keyword in parameters:
-        return True
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-
-
 class Runner:
     """One agent's scan → report → deliver cycle, driven by a scheduler or a test."""
 
@@ -122,54 +96,37 @@ class Runner:
         subject: Subject,
         schedule: Schedule,
         limits: Limits,
+        scanner: Scanner,
         transport: Transport,
         outbox: Outbox,
         sequence: SequenceNumbers,
         backoff: Backoff,
         metrics: AgentMetrics,
-        baseline: BaselineLoader,
         footprint: Callable[[], Footprint],
         clock: Clock = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] | None = None,
-        scanner: Scanner = scan,
-        cache: StatCache | None = None,
-        cache_path: str | None = None,
     ) -> None:
         self.subject = subject
         self._schedule = schedule
         self._limits = limits
+        self._scanner = scanner
         self._transport = transport
         self.outbox = outbox
         self._sequence = sequence
         self._backoff = backoff
         self._metrics = metrics
-        self._baseline = baseline
         self._footprint = footprint
         self._clock = clock
         self._monotonic = monotonic
         self._stop_event = threading.Event()
         self._sleep: Callable[[float], None] = sleep or self._wait
-        self._scanner = scanner
-        self._cache_path = cache_path
-        self._cache = cache if cache is not None else StatCache()
+        self._stopping = False
         self._scans_since_full: int | None = None
         self._last_full: float | None = None
-        if len(self._cache):
+        if scanner.has_cache():
             # A cache kept from the last run is trusted: the full-rehash clock starts now.
             self._scans_since_full, self._last_full = 0, monotonic()
-        self._last_drift: tuple[bytes, Evidence] | None = None
-        self._stopping = False
-        self._scan_options: dict[str, Any] = {}
-        if _accepts(scanner, "workers"):
-            self._scan_options["workers"] = limits.workers
-        self._pace_reads = limits.read_budget
-        if limits.read_budget and _accepts(scanner, "read_budget"):
-            # The scanner meters reads itself (before hashing); the pacer only stops scans.
-            self._scan_options["read_budget"] = TokenBucket(
-                limits.read_budget, clock=monotonic, sleep=self._sleep
-            )
-            self._pace_reads = 0
 
     def _wait(self, seconds: float) -> None:
         """Sleep, but wake at once when the agent is told to stop."""
@@ -180,33 +137,32 @@ class Runner:
         self._metrics.errors.labels(reason="unexpected").inc()
 
     def stop(self) -> None:
-        """Ask a running scan to give up at its next progress call."""
+        """Stop: abandon a scan in progress, deliver nothing more."""
         self._stopping = True
         self._stop_event.set()
+        self._scanner.stop()
 
     # -- scanning ---------------------------------------------------------------
 
-    def _scan(self) -> ScanResult | None:
+    def _scan(self) -> ScanOutcome | None:
         started = self._monotonic()
         since = None if self._last_full is None else started - self._last_full
         full = full_rehash_due(
             self._schedule, scans_since_full=self._scans_since_full, seconds_since_full=since
         )
-        pacer = ScanPacer(
-            budget=self._pace_reads,
-            should_stop=lambda: self._stopping,
-            clock=self._monotonic,
-            sleep=self._sleep,
+        request = ScanRequest(
+            root=self.subject.root,
+            policy=self.subject.image.policy,
+            full_rehash=full,
+            baseline_root=self.subject.image.root,
+            manifest_path=self.subject.manifest_path,
+            max_changes=self._limits.max_changes,
+            max_evidence_bytes=self._limits.max_evidence_bytes,
+            workers=self._limits.workers,
+            read_budget=self._limits.read_budget,
         )
         try:
-            result = self._scanner(
-                self.subject.root,
-                self.subject.image.policy,
-                cache=self._cache,
-                full_rehash=full,
-                progress=pacer,
-                **self._scan_options,
-            )
+            outcome = self._scanner.run(request)
         except ScanStoppedError:
             log.info("scan abandoned: stopping")
             return None
@@ -215,47 +171,32 @@ class Runner:
             log.error("scan of %s failed: %s", self.subject.root, exc)
             return None
         mode = "full" if full else "incremental"
-        self._metrics.scan_duration.labels(mode=mode).observe(result.seconds)
-        self._metrics.bytes_hashed.inc(result.bytes_hashed)
-        self._metrics.files_hashed.inc(result.files_hashed)
-        self._metrics.scan_errors.inc(result.errors)
+        self._metrics.scan_duration.labels(mode=mode).observe(outcome.seconds)
+        self._metrics.bytes_hashed.inc(outcome.bytes_hashed)
+        self._metrics.files_hashed.inc(outcome.files_hashed)
+        self._metrics.scan_errors.inc(outcome.errors)
+        if outcome.evidence_problem is not None:
+            self._metrics.errors.labels(reason="evidence_unavailable").inc()
+            log.error("%s", outcome.evidence_problem)
+        if outcome.cache_problem is not None:
+            self._metrics.errors.labels(reason="state_write_failed").inc()
+            log.warning("%s", outcome.cache_problem)
         if full:
             self._scans_since_full, self._last_full = 0, started
         else:
             self._scans_since_full = (self._scans_since_full or 0) + 1
-        if result.files_hashed:
-            self.save_cache()
         log.info(
             "scan done",
             extra={
                 "mode": mode,
-                "entries": len(result.entries),
-                "files_hashed": result.files_hashed,
-                "bytes_hashed": result.bytes_hashed,
-                "scan_errors": result.errors,
-                "seconds": round(result.seconds, 3),
+                "entries": outcome.entry_count,
+                "files_hashed": outcome.files_hashed,
+                "bytes_hashed": outcome.bytes_hashed,
+                "scan_errors": outcome.errors,
+                "seconds": round(outcome.seconds, 3),
             },
         )
-        return result
-
-    def _evidence(self, result: ScanResult) -> Evidence:
-        if self._last_drift is not None and self._last_drift[0] == result.root:
-            return self._last_drift[1]
-        try:
-            baseline = self._baseline()
-        except AgentError as exc:
-            self._metrics.errors.labels(reason="evidence_unavailable").inc()
-            log.error("cannot load the baseline manifest for drift evidence: %s", exc)
-            return Evidence(changes=(), truncated=True, total_changes=0)
-        changes = diff(baseline, result.entries)
-        del baseline
-        evidence = bound_evidence(
-            changes,
-            max_changes=self._limits.max_changes,
-            max_bytes=self._limits.max_evidence_bytes,
-        )
-        self._last_drift = (result.root, evidence)
-        return evidence
+        return outcome
 
     def _header(self, root: bytes, scanned_at_ms: int) -> ReportHeader:
         image = self.subject.image
@@ -274,18 +215,13 @@ class Runner:
 
     def scan_once(self) -> PendingReport | None:
         """Scan and queue the report (delivery is :meth:`flush`'s job)."""
-        result = self._scan()
-        if result is None:
+        outcome = self._scan()
+        if outcome is None:
             return None
         scanned_at_ms = int(self._clock() * 1000)
-        drifted = result.root != self.subject.image.root
-        self._metrics.drift.set(1 if drifted else 0)
-        evidence = self._evidence(result) if drifted else None
-        if not drifted:
-            self._last_drift = None
-        root = result.root
-        del result  # the live entries are not needed past this point
-        report = PendingReport(self._header(root, scanned_at_ms), evidence)
+        evidence = outcome.evidence
+        self._metrics.drift.set(0 if evidence is None else 1)
+        report = PendingReport(self._header(outcome.root, scanned_at_ms), evidence)
         if evidence is not None:
             log.warning(
                 "root differs from the image's baseline",
@@ -304,16 +240,6 @@ class Runner:
                 extra={"seq": dropped.header.seq, "drift": dropped.is_drift},
             )
         self._metrics.buffered_reports.set(len(self.outbox))
-
-    def save_cache(self) -> None:
-        """Keep the stat cache in the state dir so a restart need not re-hash everything."""
-        if self._cache_path is None:
-            return
-        try:
-            self._cache.save(self._cache_path)
-        except OSError as exc:
-            self._metrics.errors.labels(reason="state_write_failed").inc()
-            log.warning("cannot save the stat cache to %s: %s", self._cache_path, exc)
 
     # -- delivery -----------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -18,8 +19,9 @@ from agent.metrics import AgentMetrics
 from agent.outbox import Outbox
 from agent.policy import Policy
 from agent.report import Delivery, Footprint, InstanceState, PendingReport
-from agent.runner import Limits, Runner, Schedule, Subject, full_rehash_due, load_baseline
+from agent.runner import Limits, Runner, Schedule, Subject, full_rehash_due
 from agent.scan import StatCache, scan
+from agent.scanjob import InProcessScanner, ScanOutcome, ScanRequest
 from agent.sequence import SequenceNumbers
 
 POLICY = Policy(include=("/",), exclude=("/var/log",))
@@ -100,6 +102,18 @@ class FakeTransport:
         pass
 
 
+class SpyScanner(InProcessScanner):
+    """Scans in-process and records whether each scan was a full rehash."""
+
+    def __init__(self, scans: list[bool], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scans = scans
+
+    def run(self, request: ScanRequest) -> ScanOutcome:
+        self.scans.append(request.full_rehash)
+        return super().run(request)
+
+
 class Harness:
     def __init__(self, tmp_path: Path, **limits: int) -> None:
         self.root = tmp_path / "root"
@@ -112,10 +126,13 @@ class Harness:
         self.transport = FakeTransport()
         self.registry = CollectorRegistry()
         self.scans: list[bool] = []
-
-        def spy_scan(*args: object, **kwargs: object) -> object:
-            self.scans.append(bool(kwargs["full_rehash"]))
-            return scan(*args, **kwargs)  # type: ignore[arg-type]
+        self.scanner = SpyScanner(
+            self.scans,
+            cache=StatCache(racy_window_ns=0),
+            cache_path=str(self.state / "statcache"),
+            clock=self.clock.monotonic,
+            sleep=self.clock.sleep,
+        )
 
         self.runner = Runner(
             subject=Subject(
@@ -125,9 +142,11 @@ class Harness:
                 agent_version="0.1.0",
                 image=self.image,
                 root=str(self.root),
+                manifest_path=str(tmp_path / "image" / "manifest.pb"),
             ),
             schedule=Schedule(interval=30, jitter=3, full_rehash_every=3),
             limits=Limits(**limits),
+            scanner=self.scanner,
             transport=self.transport,
             outbox=Outbox(capacity=8),
             sequence=SequenceNumbers(
@@ -135,14 +154,10 @@ class Harness:
             ),
             backoff=Backoff(base=1, cap=60, random=lambda: 1.0, clock=self.clock.monotonic),
             metrics=AgentMetrics(self.registry),
-            baseline=load_baseline(str(tmp_path / "image" / "manifest.pb")),
             footprint=lambda: Footprint(rss_bytes=40 << 20, cpu_millis=1234),
             clock=self.clock.time,
             monotonic=self.clock.monotonic,
             sleep=self.clock.sleep,
-            scanner=spy_scan,
-            cache=StatCache(racy_window_ns=0),
-            cache_path=str(self.state / "statcache"),
         )
 
     def metric(self, name: str, **labels: str) -> float:
@@ -291,17 +306,18 @@ def test_a_restarted_runner_trusts_its_saved_stat_cache(tmp_path: Path) -> None:
         subject=first.runner.subject,
         schedule=Schedule(interval=30, jitter=0, full_rehash_every=10),
         limits=Limits(),
+        scanner=InProcessScanner(
+            cache=StatCache.load(first.state / "statcache", racy_window_ns=0),
+            cache_path=str(first.state / "statcache"),
+        ),
         transport=rebuilt.transport,
         outbox=Outbox(capacity=4),
         sequence=SequenceNumbers(boot_id="b", state_dir=None, clock=rebuilt.clock.time),
         backoff=Backoff(),
         metrics=AgentMetrics(registry),
-        baseline=lambda: [],
         footprint=lambda: Footprint(0, 0),
         clock=rebuilt.clock.time,
         monotonic=rebuilt.clock.monotonic,
-        cache=StatCache.load(first.state / "statcache", racy_window_ns=0),
-        cache_path=str(first.state / "statcache"),
     )
     runner.tick()
     assert registry.get_sample_value("corral_agent_files_hashed_total") == 0
@@ -349,3 +365,15 @@ def test_the_read_budget_reaches_the_scanner_and_slows_it_on_the_fake_clock(
     harness.runner.tick()
     assert harness.clock.mono - started >= 5  # paid for at least half of it in sleeps
     assert len(harness.transport.sent) == 1
+
+
+def test_drift_without_a_readable_manifest_is_still_reported_and_counted(
+    harness: Harness, tmp_path: Path
+) -> None:
+    (tmp_path / "image" / "manifest.pb").write_bytes(b"not a manifest")
+    (harness.root / "etc" / "motd").write_text("owned\n")
+    harness.runner.tick()
+    [report] = harness.transport.sent
+    assert report.evidence is not None
+    assert report.evidence.truncated and report.evidence.total_changes == 0
+    assert harness.metric("corral_agent_errors_total", reason="evidence_unavailable") == 1
