@@ -1,0 +1,80 @@
+"""The docker provider on a private Podman service: digests, root paths, host agents."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from controller.providers import LaunchSpec, PermanentProviderError
+from controller.providers.docker import DockerConfig, DockerProvider
+from tests.fixtures.podman import PodmanEngine, podman_engine
+
+__all__ = ["podman_engine"]
+
+pytestmark = pytest.mark.podman
+
+STAND_IN_AGENT = (sys.executable, "-c", "import time; time.sleep(3600)")
+
+
+def spec(image_ref: str, image_digest: str, instance_id: str) -> LaunchSpec:
+    return LaunchSpec(
+        group="web",
+        image_ref=image_ref,
+        image_digest=image_digest,
+        instance_id=instance_id,
+        idempotency_key=f"key-{instance_id}",
+        controller="127.0.0.1:1",
+    )
+
+
+def test_images_must_be_pinned_and_present(podman_engine: PodmanEngine) -> None:
+    provider = DockerProvider(DockerConfig(base_url=podman_engine.base_url))
+    name = podman_engine.image_ref.split("@")[0]
+    with pytest.raises(PermanentProviderError, match="not pinned"):
+        provider.launch(spec(f"{name}:1", podman_engine.image_digest, "i-tag"))
+    absent = "sha256:" + "0" * 64
+    with pytest.raises(PermanentProviderError, match="not on the engine"):
+        provider.launch(spec(f"{name}@{absent}", absent, "i-absent"))
+    assert provider.list("web") == []
+
+
+def test_host_agent_watches_the_merged_root(podman_engine: PodmanEngine, tmp_path: Path) -> None:
+    provider = DockerProvider(
+        DockerConfig(
+            base_url=podman_engine.base_url,
+            agent_prefix=STAND_IN_AGENT,
+            state_dir=str(tmp_path / "agents"),
+            artifacts_dir=str(tmp_path / "artifacts"),
+        )
+    )
+    instance_id = f"i-{uuid.uuid4().hex[:8]}"
+    launched = provider.launch(
+        spec(podman_engine.image_ref, podman_engine.image_digest, instance_id)
+    )
+    try:
+        assert launched.state == "running"
+        assert launched.root_path is not None
+        assert os.path.isfile(os.path.join(launched.root_path, "bin", "busybox"))
+        agents = [
+            pid
+            for pid in os.listdir("/proc")
+            if pid.isdigit()
+            and launched.root_path.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        record = json.loads((tmp_path / "agents" / f"{instance_id}.json").read_text())
+        log = (tmp_path / "agents" / instance_id / "agent.log").read_text()
+        assert len(agents) == 1, f"agent {record['pid']} not running; its log: {log!r}"
+        argv = Path(f"/proc/{agents[0]}/cmdline").read_bytes().decode().split("\0")
+        assert argv[argv.index("--root") + 1] == launched.root_path
+        assert argv[argv.index("--instance-id") + 1] == instance_id
+    finally:
+        provider.terminate(instance_id)
+    assert not Path(f"/proc/{agents[0]}").exists() or (
+        launched.root_path.encode() not in Path(f"/proc/{agents[0]}/cmdline").read_bytes()
+    )
+    assert provider.describe(instance_id) is None
