@@ -8,9 +8,11 @@ with ``$Latest`` or ``$Default`` the replacement would run whatever was last
 saved, not the image corral verified, so every call on such a group is refused.
 
 ``launch`` *adopts* the replacement: the group's newest instance not yet
-carrying an ``io.corral.idempotency-key`` tag (and launched after
-``spec.not_before`` when given) is tagged with the spec's ``io.corral.*`` tags
-and returned. A retried launch finds the instance tagged with its key. While
+carrying an ``io.corral.idempotency-key`` tag is tagged with the spec's
+``io.corral.*`` tags and returned. With ``spec.not_before`` (when the engine
+recorded the replacement), only instances launched in or after that second
+qualify, so an instance that was already running is never taken for the
+replacement. A retried launch finds the instance tagged with its key. While
 the group has not started a replacement, launch returns a ``pending``
 instance with an empty id; the engine calls it again later. Instance ids are
 EC2 ids (the id the agent on the instance reports with).
@@ -23,6 +25,7 @@ throttling, contention and connection failures are temporary.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,7 +213,8 @@ class AwsAsgProvider(Provider):
             if LABEL_IDEMPOTENCY_KEY in keys:
                 continue
             if spec.not_before is not None and (
-                not isinstance(launched, dt.datetime) or launched.timestamp() < spec.not_before
+                not isinstance(launched, dt.datetime)
+                or launched.timestamp() < math.floor(spec.not_before)  # EC2 keeps whole seconds
             ):
                 continue
             candidates.append((launched or dt.datetime.min, member["InstanceId"], member, details))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -56,13 +57,15 @@ def test_terminate_first_adopts_the_relaunched_instance(moto_aws: MotoAws) -> No
     assert provider.replacement_strategy == "terminate_first"
     before = {i.instance_id for i in provider.list(group)}
     old = sorted(before)[0]
+    time.sleep(1.1)  # EC2 launch times have whole seconds: survivors must be older
+    recorded = time.time()  # the engine records the replacement before terminating
     provider.terminate(old)
     after = {i.instance_id for i in provider.list(group)}
     assert old not in after and len(after) == 2  # capacity kept: the group relaunched
     (new,) = after - before
-    adopted = provider.launch(spec(group, "taint-9"))
-    assert adopted.instance_id == new  # the newest unclaimed instance, not the survivor
-    assert provider.launch(spec(group, "taint-9")).instance_id == new
+    adopted = provider.launch(spec(group, "taint-9", not_before=recorded))
+    assert adopted.instance_id == new  # launched after the replacement began: not the survivor
+    assert provider.launch(spec(group, "taint-9", not_before=recorded)).instance_id == new
 
 
 def test_no_replacement_yet_gives_a_pending_marker(moto_aws: MotoAws) -> None:
