@@ -1,11 +1,11 @@
-"""Content hashing for the scanner: one file, a batch of files, and a pool of processes.
+"""Content hashing for the scanner: one file, or a batch of files with one buffer.
 
 Hashing is where a scan spends its time. On a typical image most files are a
 few KiB, so the cost per file (open, read, close, and Python's own overhead)
 outweighs SHA-256 itself; threads do not help, processes do. A batch therefore
 reads every file with one reused buffer and as few system calls as possible,
-and :class:`HashPool` spreads batches over forked worker processes so that all
-cores hash while the parent walks the tree.
+and :mod:`agent.hashpool` spreads batches over forked worker processes so that
+all cores hash while the parent walks the tree.
 
 A file that vanished or cannot be read yields an :class:`EntryError` code
 instead of a digest; hashing never raises for one bad file.
@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import multiprocessing
 import os
-from collections import deque
 from collections.abc import Sequence
-from multiprocessing.pool import AsyncResult, Pool
 
 from agent.manifest import EntryError
 
@@ -86,52 +83,3 @@ def hash_batch(jobs: Sequence[FileJob]) -> list[Outcome]:
     """Hash every file of a batch, in order, with this process's buffer."""
     view = _shared_buffer()
     return [hash_file(path, ino, size, view) for path, ino, size in jobs]
-
-
-class HashPool:
-    """Forked worker processes that hash batches while the caller keeps walking.
-
-    Batches are submitted with a caller-chosen tag and come back, with their
-    tag and in submission order, from :meth:`submit` (those already finished)
-    and :meth:`drain` (all the rest). At most ``MAX_IN_FLIGHT`` batches per
-    worker are outstanding: a walk that runs ahead waits for the oldest, which
-    bounds the memory held for pending files. Processes are forked on the first
-    submit, so a scan that finds nothing to hash never starts one.
-    """
-
-    MAX_IN_FLIGHT = 4
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self._pool: Pool | None = None
-        self._pending: deque[tuple[object, AsyncResult[list[Outcome]]]] = deque()
-
-    def submit(self, tag: object, jobs: list[FileJob]) -> list[tuple[object, list[Outcome]]]:
-        """Queue a batch; returns the batches finished so far (waiting if too many are out)."""
-        if self._pool is None:
-            self._pool = multiprocessing.get_context("fork").Pool(self.workers)
-        self._pending.append((tag, self._pool.apply_async(hash_batch, (jobs,))))
-        done = []
-        limit = self.MAX_IN_FLIGHT * self.workers
-        while self._pending and (len(self._pending) > limit or self._pending[0][1].ready()):
-            tag, result = self._pending.popleft()
-            done.append((tag, result.get()))
-        return done
-
-    def drain(self) -> list[tuple[object, list[Outcome]]]:
-        """Wait for every submitted batch."""
-        done = [(tag, result.get()) for tag, result in self._pending]
-        self._pending.clear()
-        return done
-
-    def close(self) -> None:
-        """Stop the workers (waiting for them when every batch was collected)."""
-        if self._pool is None:
-            return
-        if self._pending:
-            self._pool.terminate()
-        else:
-            self._pool.close()
-        self._pool.join()
-        self._pool = None
-        self._pending.clear()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
@@ -161,10 +161,6 @@ _path_of = operator.itemgetter(0)  # Entry.path, as a C-level sort key
 _ENTRIES_FIELD = b"\x22"  # Manifest.entries: field 4, length-delimited
 
 
-def _record(encoded: bytes) -> bytes:
-    return _ENTRIES_FIELD + _varint(len(encoded)) + encoded
-
-
 def leaf_hash(entry: Entry) -> bytes:
     """SHA-256 of the entry's canonical bytes."""
     return hashlib.sha256(encode_entry(entry)).digest()
@@ -182,8 +178,8 @@ class Manifest:
     policy: Policy
     entries: Sequence[Entry]
     root: bytes
-    _records: Sequence[bytes] | None = field(default=None, repr=False, compare=False)
-    """Each entry as encoded inside the manifest message (field 4), kept by :meth:`build`."""
+    _body: bytearray | None = field(default=None, repr=False, compare=False)
+    """The entries as encoded inside the manifest message (field 4), kept by :meth:`build`."""
 
     @classmethod
     def build(cls, policy: Policy, entries: Iterable[Entry]) -> Manifest:
@@ -193,14 +189,17 @@ class Manifest:
         bytes are kept for :meth:`encode`.
         """
         ordered = sorted(entries, key=_path_of)
-        records = []
-        leaves = []
+        body = bytearray()
         sha256 = hashlib.sha256
-        for entry in ordered:
-            encoded = encode_entry(entry)
-            leaves.append(sha256(encoded).digest())
-            records.append(_ENTRIES_FIELD + _varint(len(encoded)) + encoded)
-        return cls(policy=policy, entries=ordered, root=compute_root(leaves), _records=records)
+
+        def leaves() -> Iterator[bytes]:
+            for entry in ordered:
+                encoded = encode_entry(entry)
+                body.extend(_ENTRIES_FIELD + _varint(len(encoded)) + encoded)
+                yield sha256(encoded).digest()
+
+        root = compute_root(leaves())
+        return cls(policy=policy, entries=ordered, root=root, _body=body)
 
     def encode(self) -> bytes:
         """The canonical encoding written to ``manifest.pb``.
@@ -212,10 +211,13 @@ class Manifest:
         header = manifest_pb2.Manifest(
             format_version=FORMAT_VERSION, policy=self.policy.to_proto(), root=self.root
         ).SerializeToString(deterministic=True)
-        records = self._records
-        if records is None:
-            records = [_record(encode_entry(entry)) for entry in self.entries]
-        return b"".join([header, *records])
+        body = self._body
+        if body is None:
+            body = bytearray()
+            for entry in self.entries:
+                encoded = encode_entry(entry)
+                body.extend(_ENTRIES_FIELD + _varint(len(encoded)) + encoded)
+        return header + body
 
     @property
     def byte_count(self) -> int:

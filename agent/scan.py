@@ -26,7 +26,8 @@ from functools import cached_property
 from hashlib import sha256
 from operator import itemgetter
 
-from agent.hashing import FileJob, HashPool, Outcome, hash_file
+from agent.hashing import FileJob, Outcome, hash_file
+from agent.hashpool import HashPool
 from agent.manifest import Entry, EntryError, EntryType, leaf_hash, root_of
 from agent.merkle import compute_root
 from agent.policy import Policy

@@ -1,0 +1,88 @@
+"""Hashing processes never outlive a scan, and a dead one fails the scan loudly."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent import scan as scan_module
+from agent.hashpool import HashPool, WorkerError
+from agent.policy import Policy
+from agent.scan import scan
+
+OPEN = Policy(exclude=())
+
+
+def children() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    for index in range(300):
+        path = tmp_path / f"d{index % 5}" / f"f{index}"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"%d" % index)
+    return tmp_path
+
+
+def test_the_pool_hashes_batches_and_returns_them_with_their_tags(tmp_path: Path) -> None:
+    files = []
+    for index in range(10):
+        path = tmp_path / f"f{index}"
+        path.write_bytes(b"x" * index)
+        st = path.stat()
+        files.append((os.fsencode(path), st.st_ino, st.st_size))
+    pool = HashPool(2)
+    try:
+        finished = []
+        for start in range(0, 10, 2):
+            finished += pool.submit(start, files[start : start + 2])
+        finished += pool.drain()
+    finally:
+        pool.close()
+    assert sorted(tag for tag, _ in finished) == [0, 2, 4, 6, 8]  # type: ignore[type-var]
+    for tag, outcomes in finished:
+        assert isinstance(tag, int)
+        assert outcomes == [hashlib.sha256(b"x" * i).digest() for i in (tag, tag + 1)]
+    assert children() == []
+
+
+def test_no_worker_outlives_a_scan(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scan_module, "BATCH_FILES", 7)
+    scan(tree, OPEN, workers=2)
+    assert children() == []
+
+
+def test_an_abandoned_scan_stops_its_workers(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scan_module, "BATCH_FILES", 7)
+    monkeypatch.setattr(scan_module, "_PROGRESS_EVERY", 50)
+
+    def stop(entries: int, hashed: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        scan(tree, OPEN, workers=2, progress=stop)
+    assert children() == []
+
+
+def test_a_worker_that_dies_fails_the_scan(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scan_module, "BATCH_FILES", 7)
+    monkeypatch.setattr(scan_module, "_PROGRESS_EVERY", 50)
+    killed: list[int] = []
+
+    def kill_a_worker(entries: int, hashed: int) -> None:
+        workers = children()
+        if workers and not killed:
+            killed.append(workers[0].pid)
+            os.kill(workers[0].pid, signal.SIGKILL)
+
+    with pytest.raises(WorkerError, match="died"):
+        scan(tree, OPEN, workers=2, progress=kill_a_worker)
+    assert killed
+    assert children() == []
