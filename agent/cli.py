@@ -111,11 +111,10 @@ def lower_priority(nice: int) -> None:
 
 
 def footprint_of(process: psutil.Process) -> Footprint:
+    """The agent's RSS now, and CPU used since start including its finished scan children."""
     times = process.cpu_times()
-    return Footprint(
-        rss_bytes=process.memory_info().rss,
-        cpu_millis=int((times.user + times.system) * 1000),
-    )
+    cpu = times.user + times.system + times.children_user + times.children_system
+    return Footprint(rss_bytes=process.memory_info().rss, cpu_millis=int(cpu * 1000))
 
 
 def _state_dir(config: AgentConfig, runner_policy_excludes: bool) -> str:

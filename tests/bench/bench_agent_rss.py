@@ -17,11 +17,13 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent import futures
 from pathlib import Path
 
@@ -110,6 +112,28 @@ def import_floor() -> float:
     return int(done.stdout) / MB
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def scrape_scan_seconds(port: int) -> dict[str, tuple[float, float]]:
+    """(sum, count) of corral_agent_scan_duration_seconds by mode, from /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found: dict[str, list[float]] = {"full": [0.0, 0.0], "incremental": [0.0, 0.0]}
+    for line in text.splitlines():
+        for mode, slot in found.items():
+            prefix = f'corral_agent_scan_duration_seconds_%s{{mode="{mode}"}} '
+            if line.startswith(prefix % "sum"):
+                slot[0] = float(line.split()[-1])
+            elif line.startswith(prefix % "count"):
+                slot[1] = float(line.split()[-1])
+    return {mode: (total, count) for mode, (total, count) in found.items()}
+
+
 def peak_rss(pid: int) -> float:
     with open(f"/proc/{pid}/status", encoding="ascii") as handle:
         for line in handle:
@@ -150,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     agent_pb2_grpc.add_AgentServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    metrics_port = free_port()
     command = [
         sys.executable, "-m", "agent.cli", "run",
         "--controller", f"127.0.0.1:{port}",
@@ -160,10 +185,26 @@ def main(argv: list[str] | None = None) -> int:
         "--full-rehash-every", "1000",
         "--workers", str(args.workers),
         "--nice", str(os.nice(0)), "--log-level", "WARNING",
+        "--metrics-listen", f"127.0.0.1:{metrics_port}",
     ]  # fmt: skip
     agent = subprocess.Popen(command, cwd=REPO)
     process = psutil.Process(agent.pid)
     samples: list[float] = []
+    tree_peak = [0.0, 0.0]  # the agent alone, the agent plus its scan child
+    sampling = threading.Event()
+
+    def sample_tree() -> None:
+        while not sampling.wait(0.02):
+            try:
+                own = process.memory_info().rss
+                children = sum(c.memory_info().rss for c in process.children(recursive=True))
+            except psutil.Error:
+                continue
+            tree_peak[0] = max(tree_peak[0], own / MB)
+            tree_peak[1] = max(tree_peak[1], (own + children) / MB)
+
+    sampler = threading.Thread(target=sample_tree, daemon=True)
+    sampler.start()
     try:
         started = time.monotonic()
         if not service.wait_for(1, timeout=1800):
@@ -177,11 +218,13 @@ def main(argv: list[str] | None = None) -> int:
             children = sum(c.memory_info().rss for c in process.children(recursive=True))
             samples.append((process.memory_info().rss + children) / MB)
         peak = peak_rss(agent.pid)
+        scan_seconds = scrape_scan_seconds(metrics_port)
         stopping = time.monotonic()
         agent.send_signal(signal.SIGTERM)
         code = agent.wait(timeout=60)
         stopped = time.monotonic() - stopping
     finally:
+        sampling.set()
         if agent.poll() is None:
             agent.kill()
         server.stop(grace=None)
@@ -192,12 +235,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"first report after {first_scan:.1f} s (full scan + start-up)")
     print(f"agent RSS steady state: {steady:.1f} MB (agent's own report: {reported:.1f} MB)")
     print(f"agent RSS peak (VmHWM): {peak:.1f} MB")
+    print(f"peak during a scan, agent + its scan process: {tree_peak[1]:.1f} MB (sampled)")
+    for mode, (total, count) in scan_seconds.items():
+        if count:
+            print(f"{mode} scans: {count}, {total / count:.2f} s each on average")
     print(
         f"import floor (python+grpc+protobuf+prometheus-client+apscheduler): "
         f"{import_floor():.1f} MB"
     )
     print(f"steady RSS / target ({TARGET_MB:.0f} MB): {steady / TARGET_MB:.2f}")
-    print(f"CPU used by the agent: {headers[-1].footprint.cpu_millis / 1000:.1f} s")
+    print(
+        f"CPU used by the agent and its scans: {headers[-1].footprint.cpu_millis / 1000:.1f} s "
+        f"over {len(headers)} scans"
+    )
     print(f"SIGTERM → exit {code} in {stopped:.2f} s")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
