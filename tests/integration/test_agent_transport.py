@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -266,3 +268,73 @@ def test_the_agent_process_delivers_once_the_controller_recovers(
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert any(line["message"] == "scan done" for line in lines)
     assert all(line.get("instance_id") == request.header.instance_id for line in lines)
+
+
+def _agent_command(address: str, tmp_path: Path, *extra: str) -> list[str]:
+    root = tmp_path / "root"
+    if not root.exists():
+        (root / "etc").mkdir(parents=True)
+        (root / "etc" / "machine-id").write_text("fedcba9876543210fedcba9876543210\n")
+        (root / "etc" / "motd").write_text("hello\n")
+        _bake(root, tmp_path / "image")
+    return [
+        sys.executable, "-m", "agent.cli", "run",
+        "--controller", address,
+        "--root", str(root),
+        "--image-json", str(tmp_path / "image" / "image.json"),
+        "--state-dir", str(tmp_path / "state"),
+        "--nice", str(os.nice(0)),
+        "--interval", "30",
+        *extra,
+    ]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_an_agent_started_before_its_controller_delivers_once_it_is_up(tmp_path: Path) -> None:
+    port = _free_port()
+    agent = subprocess.Popen(
+        _agent_command(f"127.0.0.1:{port}", tmp_path), cwd=REPO, stderr=subprocess.PIPE
+    )
+    try:
+        time.sleep(1.5)  # the agent scans and fails to deliver at least once
+        servicer = FakeAgentService()
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
+        assert server.add_insecure_port(f"127.0.0.1:{port}") == port
+        server.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not servicer.reports and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            server.stop(grace=None)
+        assert len(servicer.reports) == 1
+        assert servicer.reports[0].header.instance_id == "fedcba9876543210fedcba9876543210"
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _out, err = agent.communicate(timeout=20)
+    assert agent.returncode == 0, err.decode()
+    assert b"controller unreachable" in err
+
+
+def test_sigterm_stops_a_running_agent_cleanly(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    servicer = FakeAgentService()
+    agent = subprocess.Popen(
+        _agent_command(serve(servicer), tmp_path), cwd=REPO, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 20
+    while not servicer.reports and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    agent.send_signal(signal.SIGTERM)
+    _out, err = agent.communicate(timeout=20)
+    assert agent.returncode == 0, err.decode()
+    assert time.monotonic() - started < 5
+    assert len(servicer.reports) == 1
+    assert b"stopping on SIGTERM" in err
