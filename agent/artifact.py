@@ -187,8 +187,8 @@ def _archive(
 ) -> tuple[_Archiver, str]:
     """Write the tarball of ``base`` to ``tar_path``; returns the archiver and its hex digest."""
     fd = os.open(tar_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    sink = HashingSink(fd)
     try:
-        sink = HashingSink(fd)
         archiver = _Archiver(base, sink, owner)
         root_st = os.stat(base or b"/")
         device = root_st.st_dev if policy.one_filesystem else None
@@ -199,7 +199,10 @@ def _archive(
         sink.finish_archive()
         return archiver, sink.close()
     finally:
-        os.close(fd)
+        try:
+            sink.close()  # stops the worker on every path; a no-op after success
+        finally:
+            os.close(fd)
 
 
 def build_artifact(

@@ -11,15 +11,18 @@ POSIX (pax/ustar) headers itself instead of relying on :mod:`tarfile`'s choices:
 - user and group names are always empty (owners are numeric);
 - the archive ends with two zero blocks and is padded to a 10 KiB record.
 
-:class:`HashingSink` hashes the stream as it writes it, so the digest costs
-no second read of the tarball.
+:class:`HashingSink` hashes the stream as it writes it, in a worker thread,
+so the digest costs no second read of the tarball and overlaps the reading
+and hashing of the files that go into it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import struct
+import threading
 from dataclasses import dataclass
 
 BLOCK = 512
@@ -190,10 +193,12 @@ def _utf8(value: bytes) -> bool:
 
 
 class HashingSink:
-    """Writes a stream to a file descriptor and hashes it.
+    """Writes a stream to a file descriptor and hashes it, in a worker thread.
 
-    Small writes are gathered into 1 MiB pieces before they are hashed and
-    written. Call :meth:`close` once; it returns the SHA-256 hex digest.
+    Small writes are gathered into 1 MiB pieces; the worker hashes and writes
+    each piece while the caller reads and hashes the next files (hashlib and
+    os.write release the GIL, so two cores both work). Call :meth:`close`
+    once: it returns the SHA-256 hex digest and re-raises the worker's error.
     """
 
     def __init__(self, fd: int) -> None:
@@ -202,6 +207,21 @@ class HashingSink:
         self._pending_size = 0
         self.offset = 0
         self._hash = hashlib.sha256()
+        self._error: OSError | None = None
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._worker = threading.Thread(target=self._drain, name="tar-sink", daemon=True)
+        self._worker.start()
+
+    def _drain(self) -> None:
+        while (piece := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._hash.update(piece)
+                    view = memoryview(piece)
+                    while view:
+                        view = view[os.write(self._fd, view) :]
+                except OSError as exc:
+                    self._error = exc
 
     def write(self, data: bytes) -> None:
         self.offset += len(data)
@@ -212,18 +232,9 @@ class HashingSink:
 
     def _flush(self) -> None:
         if self._pending:
-            piece = b"".join(self._pending)
+            self._queue.put(b"".join(self._pending))
             self._pending = []
             self._pending_size = 0
-            self._hash.update(piece)
-            view = memoryview(piece)
-            while view:
-                view = view[os.write(self._fd, view) :]
-
-    def pad(self) -> None:
-        """Zero bytes up to the next block boundary (after a member's content)."""
-        if self.offset % BLOCK:
-            self.write(bytes(-self.offset % BLOCK))
 
     def finish_archive(self) -> None:
         """The end-of-archive marker, padded to a whole record like tar(1)."""
@@ -232,6 +243,14 @@ class HashingSink:
             self.write(bytes(-self.offset % RECORD))
 
     def close(self) -> str:
-        """Write what is pending; returns the hex SHA-256 of everything written."""
-        self._flush()
+        """Write what is pending and stop the worker; returns the hex SHA-256 of the stream.
+
+        Raises the OSError the worker met while writing, if any. Safe to call twice.
+        """
+        if self._worker.is_alive():
+            self._flush()
+            self._queue.put(None)
+            self._worker.join()
+        if self._error is not None:
+            raise self._error
         return self._hash.hexdigest()
