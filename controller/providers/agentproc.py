@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import psutil
 
+_CMDLINE_ATTEMPTS = 10
+
 
 def default_agent_prefix() -> tuple[str, ...]:
     """``corral-agent`` beside this Python, else ``python -m agent.cli``."""
@@ -100,15 +102,25 @@ class AgentProcesses:
                 del self._children[pid]
 
     def is_running(self, pid: int, marker: str) -> bool:
-        """True when ``pid`` is alive and its command line contains ``marker``."""
+        """True when ``pid`` is alive and its command line contains ``marker``.
+
+        A live process can briefly show an empty command line (while the kernel
+        sets up a fresh exec); that is asked again a few times before the answer
+        is "not this agent".
+        """
         self.reap()
-        try:
-            process = psutil.Process(pid)
-            if process.status() == psutil.STATUS_ZOMBIE:
+        for attempt in range(_CMDLINE_ATTEMPTS):
+            try:
+                process = psutil.Process(pid)
+                if process.status() == psutil.STATUS_ZOMBIE:
+                    return False
+                cmdline = process.cmdline()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 return False
-            return marker in process.cmdline()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            return False
+            if cmdline:
+                return marker in cmdline
+            time.sleep(0.01 * (attempt + 1))
+        return False
 
     def find(self, marker: str) -> int | None:
         """The PID of a live process whose command line contains ``marker``, if any."""

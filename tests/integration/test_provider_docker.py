@@ -8,9 +8,11 @@ import sys
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 
 from controller.providers import LaunchSpec, PermanentProviderError
+from controller.providers.agentproc import AgentProcesses
 from controller.providers.docker import DockerConfig, DockerProvider
 from tests.fixtures.podman import PodmanEngine, podman_engine
 
@@ -60,21 +62,13 @@ def test_host_agent_watches_the_merged_root(podman_engine: PodmanEngine, tmp_pat
         assert launched.state == "running"
         assert launched.root_path is not None
         assert os.path.isfile(os.path.join(launched.root_path, "bin", "busybox"))
-        agents = [
-            pid
-            for pid in os.listdir("/proc")
-            if pid.isdigit()
-            and launched.root_path.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-        ]
         record = json.loads((tmp_path / "agents" / f"{instance_id}.json").read_text())
-        log = (tmp_path / "agents" / instance_id / "agent.log").read_text()
-        assert len(agents) == 1, f"agent {record['pid']} not running; its log: {log!r}"
-        argv = Path(f"/proc/{agents[0]}/cmdline").read_bytes().decode().split("\0")
+        assert record["root"] == launched.root_path
+        assert AgentProcesses().is_running(record["pid"], launched.root_path)
+        argv = psutil.Process(record["pid"]).cmdline()
         assert argv[argv.index("--root") + 1] == launched.root_path
         assert argv[argv.index("--instance-id") + 1] == instance_id
     finally:
         provider.terminate(instance_id)
-    assert not Path(f"/proc/{agents[0]}").exists() or (
-        launched.root_path.encode() not in Path(f"/proc/{agents[0]}/cmdline").read_bytes()
-    )
+    assert not AgentProcesses().is_running(record["pid"], launched.root_path)
     assert provider.describe(instance_id) is None

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,11 @@ STAND_IN_AGENT = (sys.executable, "-c", "import time; time.sleep(3600)")
 
 
 @pytest.fixture
-def provider(tmp_path: Path) -> LocalProvider:
-    return LocalProvider(LocalConfig(data_dir=str(tmp_path / "data"), agent_prefix=STAND_IN_AGENT))
+def provider(tmp_path: Path) -> Iterator[LocalProvider]:
+    made = LocalProvider(LocalConfig(data_dir=str(tmp_path / "data"), agent_prefix=STAND_IN_AGENT))
+    yield made
+    for instance in made.list("web"):
+        made.terminate(instance.instance_id)
 
 
 @pytest.fixture
