@@ -293,8 +293,26 @@ class _Scan:
             ):
                 self.record_file(path, st)
             elif reuse and cached[2]:
-                fields = (path, _REGULAR, st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_size)
-                entries(_new_tuple(Entry, (*fields, cached[1], b"", 0, 0, _NO_ERROR)))
+                mode = st.st_mode & 0o7777
+                digest = cached[1]
+                entries(
+                    _new_tuple(
+                        Entry,
+                        (
+                            path,
+                            _REGULAR,
+                            mode,
+                            st.st_uid,
+                            st.st_gid,
+                            st.st_size,
+                            digest,
+                            b"",
+                            0,
+                            0,
+                            _NO_ERROR,
+                        ),
+                    )
+                )
                 leaves(cached[2])  # type: ignore[misc]  # reuse implies leaves
                 new_records[path] = cached
                 cached_count += 1
