@@ -62,8 +62,8 @@ def _read_message(fd: int) -> object | None:
 
 def _serve(jobs: int, results: int) -> None:
     """A worker's life: hash each batch from ``jobs`` and answer on ``results``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the parent, which decides
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the parent stops the workers itself
     while (batch := _read_message(jobs)) is not None:
         _write_message(results, hashing.hash_batch(batch))  # type: ignore[arg-type]  # marshal
 

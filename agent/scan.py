@@ -32,6 +32,7 @@ from agent.manifest import Entry, EntryError, EntryType, leaf_hash, root_of
 from agent.merkle import compute_root
 from agent.policy import Policy
 from agent.readbudget import TokenBucket
+from agent.scanrules import Exclusions, ignoring, include_roots, leaf_signature
 from agent.statcache import Record, StatCache, stamp_of
 
 __all__ = ["Progress", "ScanResult", "StatCache", "default_workers", "scan"]
@@ -115,69 +116,6 @@ def _entry(
     return Entry(path, kind, mode, st.st_uid, st.st_gid, 0, digest, target, major, minor, error)
 
 
-def _ignoring(policy: Policy) -> Callable[[Entry], Entry] | None:
-    """A function recording the attributes ``policy`` ignores as zero (None: ignores none)."""
-    if not policy.ignore_attributes:
-        return None
-    ignores = policy.ignores
-    zero_mode, zero_uid, zero_gid = ignores("mode"), ignores("uid"), ignores("gid")
-    zero_size, zero_device = ignores("size"), ignores("device")
-    zero_content, zero_target = ignores("content"), ignores("target")
-
-    def strip(entry: Entry) -> Entry:
-        path, kind, mode, uid, gid, size, digest, target, major, minor, error = entry
-        if zero_content and kind is EntryType.REGULAR:
-            digest = b""
-        if zero_target and kind is EntryType.SYMLINK:
-            digest = target = b""
-        if zero_device:
-            major = minor = 0
-        return Entry(
-            path,
-            kind,
-            0 if zero_mode else mode,
-            0 if zero_uid else uid,
-            0 if zero_gid else gid,
-            0 if zero_size else size,
-            digest,
-            target,
-            major,
-            minor,
-            error,
-        )
-
-    return strip
-
-
-def _leaf_signature(policy: Policy) -> str:
-    """What a cached leaf depends on besides the file: the attributes zeroed by the policy."""
-    return ",".join(sorted(policy.ignore_attributes))
-
-
-class _Exclusions:
-    """Which directories' children need the policy's exclude check at all.
-
-    Matching every path against the exclude patterns costs more than the rest
-    of the walk for an unchanged file. When every pattern is a plain path (no
-    ``*``, ``?`` or ``[``, as in the default policy), only the children of the
-    patterns' ancestor directories can match, and only those are checked.
-    """
-
-    def __init__(self, policy: Policy) -> None:
-        literal = all(not any(c in p for c in "*?[") for p in policy.exclude)
-        self.ancestors: set[bytes] | None = None
-        if literal:
-            self.ancestors = set()
-            for pattern in policy.exclude:
-                path = pattern.encode("utf-8", "surrogateescape").rstrip(b"/")
-                while path:
-                    path = path.rpartition(b"/")[0]
-                    self.ancestors.add(path or b"/")
-
-    def may_exclude(self, directory: bytes) -> bool:
-        return self.ancestors is None or directory in self.ancestors
-
-
 class _Scan:
     """The state of one scan: the walk, the pending hashes, the leaves and the counters."""
 
@@ -194,10 +132,10 @@ class _Scan:
     ) -> None:
         self.base = base
         self.policy = policy
-        self.exclusions = _Exclusions(policy)
-        self.strip = _ignoring(policy)
+        self.exclusions = Exclusions(policy)
+        self.strip = ignoring(policy)
         self.cache = cache
-        self.signature = _leaf_signature(policy)
+        self.signature = leaf_signature(policy)
         self.old_records: dict[bytes, Record] = {}
         if cache is not None and not full_rehash:
             self.old_records = cache.records
@@ -443,17 +381,6 @@ class _Scan:
             self.progress(seen, self.bytes)
 
 
-def _include_roots(policy: Policy) -> list[bytes]:
-    """The include paths as bytes, minus excluded ones and those nested in another."""
-    paths = {p.encode("utf-8", "surrogateescape").rstrip(b"/") or b"/" for p in policy.include}
-    roots: list[bytes] = []
-    for rel in sorted(paths):
-        nested = any(rel.startswith(outer.rstrip(b"/") + b"/") for outer in roots)
-        if not nested and not policy.excludes(rel):
-            roots.append(rel)
-    return roots
-
-
 def scan(
     root: str | bytes | os.PathLike[str],
     policy: Policy,
@@ -494,7 +421,7 @@ def scan(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for rel in _include_roots(policy):
+        for rel in include_roots(policy):
             device = None
             if policy.one_filesystem:
                 try:

@@ -21,6 +21,7 @@ from agent import scan as scan_module
 from agent.manifest import Entry, EntryError, EntryType, Manifest, decode, root_of
 from agent.policy import Policy
 from agent.scan import ScanResult, scan
+from agent.scanrules import Exclusions
 
 OPEN = Policy(exclude=())
 
@@ -411,3 +412,14 @@ def test_progress_is_reported_and_can_abandon_the_scan(tmp_path: Path) -> None:
 
     with pytest.raises(StopError):
         scan(tmp_path, OPEN, progress=stop)
+
+
+def test_only_ancestors_of_literal_excludes_need_the_exclude_check() -> None:
+    literal = Exclusions(Policy(exclude=("/var/log", "/tmp/")))
+    assert literal.may_exclude(b"/")
+    assert literal.may_exclude(b"/var")
+    assert not literal.may_exclude(b"/usr")
+    assert not literal.may_exclude(b"/var/log")  # excluded itself: never listed
+    globbed = Exclusions(Policy(exclude=("/var/log", "**/*.pyc")))
+    assert globbed.may_exclude(b"/usr/lib")
+    assert not Exclusions(Policy(exclude=())).may_exclude(b"/")
