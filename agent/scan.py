@@ -207,8 +207,8 @@ class _Scan:
         old_records = self.old_records.get
         new_records = self.new_records
         entries = self.entries.append
-        leaves = self.leaves.append if self.leaves is not None else None
-        reuse = self.reuse_leaves and self.strip is None and leaves is not None
+        add_leaf = (self.leaves if self.leaves is not None else []).append
+        reuse = self.reuse_leaves and self.strip is None and self.leaves is not None
         cached_count = 0
         for child in listing:
             path = prefix + b"/" + child.name
@@ -231,27 +231,9 @@ class _Scan:
             ):
                 self.record_file(path, st)
             elif reuse and cached[2]:
-                mode = st.st_mode & 0o7777
-                digest = cached[1]
-                entries(
-                    _new_tuple(
-                        Entry,
-                        (
-                            path,
-                            _REGULAR,
-                            mode,
-                            st.st_uid,
-                            st.st_gid,
-                            st.st_size,
-                            digest,
-                            b"",
-                            0,
-                            0,
-                            _NO_ERROR,
-                        ),
-                    )
-                )
-                leaves(cached[2])  # type: ignore[misc]  # reuse implies leaves
+                head = (path, _REGULAR, st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_size)
+                entries(_new_tuple(Entry, (*head, cached[1], b"", 0, 0, _NO_ERROR)))
+                add_leaf(cached[2])
                 new_records[path] = cached
                 cached_count += 1
             else:
