@@ -214,20 +214,23 @@ from agent.statcache import StatCache
 root, cache_file = sys.argv[1], sys.argv[2]
 policy = Policy()
 cache = StatCache(racy_window_ns=0)  # nothing touches the tree during the benchmark
-started = time.perf_counter(); first = scan(root, policy, cache=cache); first.root
+started = time.perf_counter(); first = scan(root, policy, cache=cache); first_root = first.root
 prime = time.perf_counter() - started
 started = time.perf_counter(); cache.save(cache_file); save = time.perf_counter() - started
 started = time.perf_counter(); cache = StatCache.load(cache_file, racy_window_ns=0)
 load = time.perf_counter() - started
 best = None
+del first  # the agent keeps no scan result between scans
 for _ in range(3):
     started = time.perf_counter(); again = scan(root, policy, cache=cache); root_hash = again.root
     seconds = time.perf_counter() - started
     best = seconds if best is None else min(best, seconds)
+    hashed, cached = again.files_hashed, again.files_cached
+    del again
 print(json.dumps({"prime_seconds": prime, "rescan_seconds": best, "cache_save_seconds": save,
                   "cache_load_seconds": load, "cache_bytes": os.path.getsize(cache_file),
-                  "files_hashed": again.files_hashed, "files_cached": again.files_cached,
-                  "same_root": root_hash == first.root}))
+                  "files_hashed": hashed, "files_cached": cached,
+                  "same_root": root_hash == first_root}))
 """
 
 
@@ -350,7 +353,8 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  {label:<34} {shown}  {note}")
     speedup = report.get("bake_speedup_vs_sha256sum")
     if speedup is not None:
-        print(f"bake vs sha256sum: {speedup:.1f}x faster (target >= {TARGET_SPEEDUP:.0f}x)")
+        verdict = "faster" if speedup >= 1 else "as fast (slower)"
+        print(f"bake vs sha256sum: {speedup:.1f}x {verdict} (target >= {TARGET_SPEEDUP:.0f}x)")
     if "bake_speedup_vs_aide_init" in report:
         print(f"bake vs aide --init: {report['bake_speedup_vs_aide_init']:.1f}x faster")
     print(
