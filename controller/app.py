@@ -19,6 +19,8 @@ from controller.config import ControllerConfig
 from controller.domain.model import Group
 from controller.metrics import ControllerMetrics, FleetCollector
 from controller.ports import Clock, Store
+from controller.replacer import Replacer
+from controller.replacer_wiring import build_replacer
 from controller.scheduler import start_sweeps
 from controller.service import ControllerService
 from controller.store.sqlite import SqliteStore
@@ -35,6 +37,8 @@ class Controller:
     service: ControllerService
     server: ControllerServer
     scheduler: AsyncIOScheduler | None
+    replacer: Replacer | None = None
+    replacer_scheduler: AsyncIOScheduler | None = None
 
     @property
     def port(self) -> int:
@@ -45,6 +49,10 @@ class Controller:
         await self.server.stop(grace)
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
+        if self.replacer_scheduler is not None:
+            self.replacer_scheduler.shutdown(wait=False)
+        if self.replacer is not None:
+            await self.replacer.stop()
         self.store.close()
 
 
@@ -71,6 +79,7 @@ async def start_controller(
                 mode=declared.mode,
                 provider=declared.provider,
                 desired_size=declared.size,
+                max_concurrent_replacements=declared.max_concurrent_replacements,
             )
         )
     server = ControllerServer(
@@ -81,5 +90,10 @@ async def start_controller(
     )
     await server.start()
     scheduler = start_sweeps(service, interval=config.sweep_interval) if sweeps else None
+    replacer = build_replacer(config, service, port=server.port) if sweeps else None
+    replacer_scheduler = None
+    if replacer is not None:
+        service.state_listener = replacer.nudge
+        replacer_scheduler = replacer.start()
     log.info("controller serving", extra={"listen": config.listen, "port": server.port})
-    return Controller(config, store, service, server, scheduler)
+    return Controller(config, store, service, server, scheduler, replacer, replacer_scheduler)

@@ -40,6 +40,8 @@ class GroupConfig:
     mode: GroupMode = GroupMode.OBSERVE
     provider: str = "local"
     size: int = 0
+    #: Replacements in flight at once; 0 means max(1, 10% of the group).
+    max_concurrent_replacements: int = 0
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,32 @@ class ControllerConfig:
     #: Heartbeats are written behind at this interval (seconds).
     flush_interval: float = 1.0
     log_level: str = "info"
+    #: How often the replacement engine runs (seconds); it also runs after each taint.
+    replacer_interval: float = 1.0
+    #: A launched replacement that has not reported conformant by then is a failed attempt.
+    startup_grace: float = 600.0
+    #: Wait after the first failed attempt (doubles each time, capped at 30 min).
+    backoff_base: float = 30.0
+    #: Launch attempts before a replacement is abandoned (with an alert).
+    max_attempts: int = 3
+    #: The breaker opens when strictly more than this share of a group is tainted...
+    breaker_threshold: float = 0.20
+    #: ...within this many seconds.
+    breaker_window: float = 600.0
+    #: HOST:PORT the instances' agents are told to report to (default: the listen address).
+    advertise: str = ""
     groups: tuple[GroupConfig, ...] = field(default=())
+    #: Provider settings by provider name: ``[providers.local] data_dir = ...``.
+    providers: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = field(default=())
 
     @property
     def effective_stale_after(self) -> float:
         return self.stale_after or 3 * self.report_interval
 
 
-_SCALARS = {f.name: f.type for f in fields(ControllerConfig) if f.name != "groups"}
+_SCALARS = {
+    f.name: f.type for f in fields(ControllerConfig) if f.name not in ("groups", "providers")
+}
 
 
 def load_config(
@@ -112,6 +132,9 @@ def _apply(config: ControllerConfig, values: Mapping[str, Any], *, source: str) 
         if key == "groups":
             changes["groups"] = tuple(_group(item, source=source) for item in value)
             continue
+        if key == "providers":
+            changes["providers"] = _providers(value, source=source)
+            continue
         if key not in _SCALARS:
             raise ConfigError(f"{source}: unknown setting {key!r}")
         changes[key] = _coerce(key, value, source=source)
@@ -139,7 +162,14 @@ def _coerce(key: str, value: Any, *, source: str) -> Any:
 def _group(item: Any, *, source: str) -> GroupConfig:
     if not isinstance(item, dict) or "name" not in item or "image" not in item:
         raise ConfigError(f"{source}: each [[groups]] entry needs a name and an image")
-    unknown = set(item) - {"name", "image", "mode", "provider", "size"}
+    unknown = set(item) - {
+        "name",
+        "image",
+        "mode",
+        "provider",
+        "size",
+        "max_concurrent_replacements",
+    }
     if unknown:
         raise ConfigError(f"{source}: group {item['name']!r}: unknown keys {sorted(unknown)}")
     try:
@@ -154,4 +184,14 @@ def _group(item: Any, *, source: str) -> GroupConfig:
         mode=mode,
         provider=str(item.get("provider", "local")),
         size=int(item.get("size", 0)),
+        max_concurrent_replacements=int(item.get("max_concurrent_replacements", 0)),
+    )
+
+
+def _providers(value: Any, *, source: str) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ConfigError(f"{source}: [providers.NAME] must be tables of settings")
+    return tuple(
+        (str(name), tuple(sorted((str(k), v) for k, v in table.items())))
+        for name, table in sorted(value.items())
     )

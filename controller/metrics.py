@@ -18,10 +18,12 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from controller.domain.model import InstanceState
+from controller.domain.replacement import ACTIVE_PHASES
 from controller.ports import Clock, Store
 
 # Report age buckets (seconds): agents report every 30 s by default.
 AGE_BUCKETS = (5.0, 15.0, 30.0, 60.0, 90.0, 180.0, 300.0, 900.0, 3600.0)
+REPLACEMENT_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 HANDLING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -71,6 +73,25 @@ class ControllerMetrics:
             ["method", "code"],
             registry=registry,
         )
+        self.replacements = Counter(
+            "corral_replacements_total",
+            "Replacements finished or attempts failed, by result",
+            ["group", "result"],
+            registry=registry,
+        )
+        self.replacement_duration = Histogram(
+            "corral_replacement_duration_seconds",
+            "From the taint (or the rollout) to the replacement done",
+            ["group"],
+            buckets=REPLACEMENT_BUCKETS,
+            registry=registry,
+        )
+        self.replacement_errors = Counter(
+            "corral_replacement_errors_total",
+            "Replacement steps that failed and are retried next tick, by reason",
+            ["group", "reason"],
+            registry=registry,
+        )
 
 
 class FleetCollector(Collector):
@@ -112,9 +133,32 @@ class FleetCollector(Collector):
             ratio.add_metric([group], conformant / live if live else 1.0)
         yield ratio
         yield _age_histogram(ages)
+        yield from _replacement_gauges(self._store)
         images = GaugeMetricFamily("corral_images_registered", "Images in the registry")
         images.add_metric([], len(self._store.list_images()))
         yield images
+
+
+def _replacement_gauges(store: Store) -> Iterator[GaugeMetricFamily]:
+    """In-flight replacements and breaker state, for every group (0 included)."""
+    groups = store.list_groups()
+    in_flight = {group.name: 0 for group in groups}
+    for row in store.list_replacements():
+        if row.phase in ACTIVE_PHASES and row.group in in_flight:
+            in_flight[row.group] += 1
+    progress = GaugeMetricFamily(
+        "corral_replacements_in_progress",
+        "Replacements in flight (recorded and not finished)",
+        labels=["group"],
+    )
+    breaker = GaugeMetricFamily(
+        "corral_breaker_open", "1 while the group's circuit breaker is open", labels=["group"]
+    )
+    for group in groups:
+        progress.add_metric([group.name], in_flight[group.name])
+        breaker.add_metric([group.name], 1 if group.breaker_open else 0)
+    yield progress
+    yield breaker
 
 
 def _age_histogram(ages: dict[str, list[float]]) -> HistogramMetricFamily:

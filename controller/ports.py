@@ -11,6 +11,7 @@ import time
 from typing import Protocol
 
 from controller.domain.model import Group, ImageRecord, Instance
+from controller.domain.replacement_record import ReplacementRecord
 
 
 class Clock(Protocol):
@@ -84,6 +85,24 @@ class Store(Protocol):
         it may be written behind (a steady-state heartbeat) and is on storage after
         the next :meth:`flush`. Raises NotFoundError when its group is not declared.
         """
+        ...
+
+    def add_replacement(self, record: ReplacementRecord) -> bool:
+        """Record a replacement durably: True when created, False when a row with its id
+        (the idempotency key) already exists — then nothing is changed.
+
+        Raises NotFoundError when its group is not declared.
+        """
+        ...
+
+    def update_replacement(self, record: ReplacementRecord) -> None:
+        """Durably replace the stored row with that id. Raises NotFoundError."""
+        ...
+
+    def get_replacement(self, replacement_id: str) -> ReplacementRecord | None: ...
+
+    def list_replacements(self, group: str = "") -> list[ReplacementRecord]:
+        """Replacements (of ``group``, or all when empty), oldest recorded first."""
         ...
 
     def flush(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from agent.errors import ManifestError
@@ -51,6 +52,9 @@ class ControllerService:
         self.metrics = metrics
         self.stale_after = stale_after
         self.manifests = ManifestCache(store)
+        # Called with a group's name when one of its instances changed state (the
+        # replacement engine's nudge); None when nothing listens.
+        self.state_listener: Callable[[str], None] | None = None
 
     # Agent reports ------------------------------------------------------------
 
@@ -105,6 +109,8 @@ class ControllerService:
             self._count_taint(updated, decision.new_taint, source="agent")
         elif decision.durable:
             log.info("instance %s", updated.state.value, extra=_fields(updated))
+        if decision.durable and self.state_listener is not None:
+            self.state_listener(updated.group)
         return decision
 
     def _check_evidence(
@@ -219,6 +225,8 @@ class ControllerService:
         self.metrics.taints.labels(group=instance.group, source=source).inc()
         self.metrics.drift_detections.labels(group=instance.group, kind=taint.kind.value).inc()
         log.warning("instance tainted: %s", taint.reason, extra=_fields(instance))
+        if self.state_listener is not None:
+            self.state_listener(instance.group)
 
 
 def _check_pinned(image: ImageRecord) -> None:

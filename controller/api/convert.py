@@ -224,7 +224,7 @@ def group_from_proto(group: fleet_pb2.Group) -> Group:
         desired_image_ref=_token("group.desired_image_ref", group.desired_image_ref, limit=512),
         mode=mode,
         provider=check_match("group.provider", group.provider or "local", NAME, what="provider"),
-        max_concurrent_replacements=group.max_concurrent_replacements or 1,
+        max_concurrent_replacements=group.max_concurrent_replacements,
         desired_size=group.desired_size,
     )
 

@@ -1,9 +1,8 @@
 """``corral.v1.FleetService``: what operators and auditors call.
 
 Registers images (client-streaming: the manifest arrives in chunks, bounded in
-total size), declares groups, lists and shows instances, taints by hand. Rollout,
-rollback and resume belong to the replacement engine and answer UNIMPLEMENTED
-until it serves them.
+total size), declares groups, lists and shows instances, taints by hand, rolls a
+group out or back and resumes its breaker (:mod:`controller.group_ops`).
 """
 
 from __future__ import annotations
@@ -29,13 +28,13 @@ from controller.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
+from controller.group_ops import resume_group, rollback_group, rollout_group
 from controller.service import ControllerService
 from protos.corral.v1 import fleet_pb2, fleet_pb2_grpc
 
 Context = grpc.aio.ServicerContext[object, object]
 ACTOR_METADATA = "corral-actor"
 MAX_REASON = 1024
-_NOT_YET = "this controller does not run the replacement engine yet"
 
 
 def actor_of(context: Context) -> str:
@@ -149,17 +148,46 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     async def Rollout(
         self, request: fleet_pb2.RolloutRequest, context: Context
     ) -> fleet_pb2.RolloutResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_YET)
+        try:
+            moved = rollout_group(
+                self._service.store, request.group, request.image_ref, actor=actor_of(context)
+            )
+        except ControllerError as exc:
+            await context.abort(status_of(exc), str(exc))
+        self._nudge(request.group)
+        return fleet_pb2.RolloutResponse(group=self._group(moved.group.name))
 
     async def Rollback(
         self, request: fleet_pb2.RollbackRequest, context: Context
     ) -> fleet_pb2.RollbackResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_YET)
+        try:
+            moved = rollback_group(self._service.store, request.group, actor=actor_of(context))
+        except ControllerError as exc:
+            await context.abort(status_of(exc), str(exc))
+        self._nudge(request.group)
+        return fleet_pb2.RollbackResponse(
+            group=self._group(moved.group.name), previous_image_ref=moved.previous_image
+        )
 
     async def ResumeGroup(
         self, request: fleet_pb2.ResumeGroupRequest, context: Context
     ) -> fleet_pb2.ResumeGroupResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_YET)
+        try:
+            group = resume_group(
+                self._service.store,
+                request.group,
+                clock=self._service.clock,
+                actor=actor_of(context),
+            )
+        except ControllerError as exc:
+            await context.abort(status_of(exc), str(exc))
+        self._nudge(request.group)
+        return fleet_pb2.ResumeGroupResponse(group=self._group(group.name))
+
+    def _nudge(self, group: str) -> None:
+        listener = self._service.state_listener
+        if listener is not None:
+            listener(group)
 
     def _group(self, name: str) -> fleet_pb2.Group:
         store = self._service.store

@@ -1,4 +1,4 @@
-"""``corral group create`` and ``corral group list``: declare who should run what.
+"""``corral group create``, ``resume`` and ``list``: declare who should run what.
 
 A group names its desired image (which must already be registered) and a mode:
 ``observe`` taints drifted instances, ``enforce`` also replaces them.
@@ -30,10 +30,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.add_argument("--image", required=True, metavar="REF", help="pinned image reference")
     create.add_argument("--mode", choices=sorted(_MODES), default="observe")
     create.add_argument("--provider", default="local", help="provider name (default local)")
-    create.add_argument("--size", type=int, default=0, help="desired number of instances")
+    create.add_argument(
+        "--size", type=int, default=0, help="desired number of instances (launched by the provider)"
+    )
+    create.add_argument(
+        "--max-concurrent-replacements",
+        type=int,
+        default=0,
+        metavar="N",
+        help="replacements in flight at once (default max(1, 10%% of the group))",
+    )
     create.add_argument("--json", action="store_true")
     add_controller_argument(create)
     create.set_defaults(handler=lambda args: run_with_client(args, _create))
+    resume = commands.add_parser(
+        "resume", help="close a group's circuit breaker after looking at its taints"
+    )
+    resume.add_argument("name", metavar="G")
+    resume.add_argument("--json", action="store_true")
+    add_controller_argument(resume)
+    resume.set_defaults(handler=lambda args: run_with_client(args, _resume))
     listing = commands.add_parser("list", help="list groups")
     listing.add_argument("--json", action="store_true")
     add_controller_argument(listing)
@@ -61,6 +77,7 @@ def _create(client: FleetClient, args: argparse.Namespace) -> int:
             mode=_MODES[args.mode],
             provider=args.provider,
             desired_size=args.size,
+            max_concurrent_replacements=args.max_concurrent_replacements,
         )
     )
     response = client.call(client.stub.CreateGroup, request)
@@ -69,6 +86,15 @@ def _create(client: FleetClient, args: argparse.Namespace) -> int:
     else:
         verb = "created" if response.created else "already exists:"
         print(f"group {verb} {response.group.name} → {response.group.desired_image_ref}")
+    return 0
+
+
+def _resume(client: FleetClient, args: argparse.Namespace) -> int:
+    response = client.call(client.stub.ResumeGroup, fleet_pb2.ResumeGroupRequest(group=args.name))
+    if args.json:
+        print_json(group_json(response.group))
+    else:
+        print(f"group {response.group.name} resumed: its circuit breaker is closed")
     return 0
 
 

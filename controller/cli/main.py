@@ -21,6 +21,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "controller.cli.group",
     "controller.cli.fleet",
     "controller.cli.taint",
+    "controller.cli.rollout",
+    "controller.cli.demo",
     "controller.cli.audit",
     "controller.cli.certs",
 )

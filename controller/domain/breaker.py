@@ -9,7 +9,8 @@ replacement starts in that group (in-flight ones may finish), an event is raised
 the group waits for an operator (``corral group resume G``).
 
 The comparison is strict: in a group of 20, 4 taints (exactly 20%) keep the
-breaker closed and 5 open it. Shares are compared as exact fractions of the
+breaker closed and 5 open it. A single taint never opens it (``min_tolerated``):
+in a group of 3, one hand-patched instance is replaced; two at once open it. Shares are compared as exact fractions of the
 decimal setting, so no float rounding moves the boundary.
 
 A resumed breaker counts only taints **after** the resume, so it never re-opens
@@ -33,6 +34,9 @@ class BreakerSettings:
     """The breaker opens when the tainted share is strictly more than this."""
     window_seconds: float = 600.0
     """Only taints this recent count."""
+    min_tolerated: int = 1
+    """Taints always tolerated, whatever the share: one drifted instance in a group of 3
+    is 33% but must still be replaced (set 0 for the bare share)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold < 1:
@@ -72,7 +76,7 @@ def tolerated_taints(group_size: int, settings: BreakerSettings) -> int:
     """The largest number of recent taints that keeps the breaker closed."""
     share = Fraction(repr(settings.threshold))
     # count > share * size  <=>  count > floor(share * size)
-    return int(share * group_size)
+    return max(settings.min_tolerated, int(share * group_size))
 
 
 def evaluate(

@@ -23,6 +23,7 @@ from controller.domain.model import (
     Report,
     Taint,
 )
+from controller.domain.refs import image_identity
 from controller.domain.states import transition
 from controller.errors import AlreadyExistsError, FailedPreconditionError
 
@@ -191,14 +192,28 @@ def _drift(
 ) -> tuple[DriftKind, str] | None:
     if running is None:
         return DriftKind.IMAGE, f"image digest {report.image_digest} is not registered"
-    if running.digest != desired.digest:
+    if running.digest != desired.digest and not _desired_before(group, running):
         return (
             DriftKind.IMAGE,
-            f"runs image {running.ref}, but group {group.name} wants {desired.ref}",
+            f"runs image {running.ref}, but group {group.name} wants {desired.ref} "
+            "and never wanted that image",
         )
     if report.root != running.root:
         return DriftKind.FILE, f"files differ from image {running.ref}"
     return None
+
+
+def _desired_before(group: Group, running: ImageRecord) -> bool:
+    """True when ``group`` wanted ``running`` before (its instances are rolled, not tainted).
+
+    After a rollout an instance on the previous image is not drifted: the
+    replacement engine replaces it as a ``rollout``, within the budget. Only an
+    image the group never desired is image drift.
+    """
+    identity = image_identity(running.ref)
+    return any(
+        image_identity(ref) == identity for ref in (*group.image_history, *group.past_images)
+    )
 
 
 def _evidence_wanted(instance: Instance, running: ImageRecord | None, report: Report) -> bool:

@@ -87,11 +87,21 @@ class Group:
     desired_image_digest: str = ""
     mode: GroupMode = GroupMode.OBSERVE
     provider: str = "local"
-    max_concurrent_replacements: int = 1
+    # Replacements in flight at once; 0 means the default, max(1, 10% of the group).
+    max_concurrent_replacements: int = 0
     desired_size: int = 0
     breaker_open: bool = False
     # Previous desired image refs, oldest first (for rollback).
     image_history: tuple[str, ...] = ()
+    # Bumped by every rollout and rollback; names the rollout replacements.
+    generation: int = 0
+    breaker_opened_at: float | None = None
+    # Taints at or before the last `corral group resume` no longer count.
+    breaker_resumed_at: float | None = None
+    breaker_reason: str = ""
+    # Every image this group has desired before (rollout and rollback add to it): an
+    # instance still running one of them is rolled, not tainted as image drift.
+    past_images: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

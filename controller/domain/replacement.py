@@ -54,7 +54,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from controller.domain import breaker
+from controller.domain import breaker, scale
 from controller.domain.model import GroupMode, Instance, InstanceState
 from controller.domain.refs import image_identity
 from controller.domain.replacement_actions import (
@@ -133,6 +133,8 @@ class GroupView:
     max_concurrent: int | None = None
     """Explicit budget; None means the default share."""
     breaker: breaker.BreakerState = field(default_factory=breaker.BreakerState)
+    fill_to_size: bool = False
+    """Launch missing capacity (kind ``scale``) while fewer than ``size`` instances live."""
 
     def __post_init__(self) -> None:
         if self.max_concurrent is not None and self.max_concurrent < 1:
@@ -277,7 +279,8 @@ def plan(
         return actions
 
     free = budget(group, len(live), settings) - len(active)
-    for instance, kind, key in _candidates(group, live, active, replacements)[: max(0, free)]:
+    candidates = _candidates(group, live, active, replacements)[: max(0, free)]
+    for instance, kind, key in candidates:
         actions.append(
             StartReplacement(
                 group=group.name,
@@ -288,6 +291,9 @@ def plan(
                 image_ref=group.desired_image,
             )
         )
+    if group.fill_to_size:
+        free -= len(candidates)
+        actions.extend(scale.starts(group, live, replacements, free=free))
     return actions
 
 
@@ -333,7 +339,7 @@ def _advance(
     if r.phase is Phase.RECORDED:
         if _superseded(r, group, by_id):
             return Cancel(replacement_id=rid, reason="instance already runs the desired image")
-        if r.strategy is Strategy.SURGE:
+        if r.strategy is Strategy.SURGE or r.kind is Kind.SCALE:
             return _launch(r, group, attempt=1)
         return Terminate(replacement_id=rid, instance_id=r.instance_id)
     if r.phase is Phase.TERMINATING_OLD:
@@ -400,7 +406,7 @@ def _judge_new_instance(
 ) -> Action | None:
     new = by_id.get(r.new_instance_id or "")
     if new is not None and new.state is _S.CONFORMANT:
-        if r.strategy is Strategy.SURGE:
+        if r.strategy is Strategy.SURGE and r.kind is not Kind.SCALE:
             return Terminate(replacement_id=r.replacement_id, instance_id=r.instance_id)
         return Complete(replacement_id=r.replacement_id, new_instance_id=r.new_instance_id)
     if new is not None and new.state in (_S.TAINTED, _S.REPLACING):

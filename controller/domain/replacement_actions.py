@@ -32,6 +32,8 @@ class Kind(Enum):
     """It drifted or an operator tainted it."""
     ROLLOUT = "rollout"
     """It runs another image than the group's desired one (rollout or rollback)."""
+    SCALE = "scale"
+    """Nothing is replaced: the group has fewer instances than its desired size."""
 
 
 class Phase(Enum):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 
 from controller.domain.model import Group, ImageRecord, Instance
+from controller.domain.replacement_record import ReplacementRecord
 from controller.errors import AlreadyExistsError, NotFoundError
 
 
@@ -21,6 +22,7 @@ class MemoryStore:
         self._manifests: dict[str, bytes] = {}
         self._groups: dict[str, Group] = {}
         self._instances: dict[str, Instance] = {}
+        self._replacements: dict[str, ReplacementRecord] = {}
 
     def add_image(self, image: ImageRecord, manifest: bytes) -> bool:
         with self._lock:
@@ -82,6 +84,27 @@ class MemoryStore:
         if instance.group not in self._groups:
             raise NotFoundError(f"group {instance.group!r} is not declared")
         self._instances[instance.id] = instance
+
+    def add_replacement(self, record: ReplacementRecord) -> bool:
+        with self._lock:
+            if record.group not in self._groups:
+                raise NotFoundError(f"group {record.group!r} is not declared")
+            if record.replacement_id in self._replacements:
+                return False
+            self._replacements[record.replacement_id] = record
+            return True
+
+    def update_replacement(self, record: ReplacementRecord) -> None:
+        with self._lock:
+            if record.replacement_id not in self._replacements:
+                raise NotFoundError(f"no replacement {record.replacement_id!r} is recorded")
+            self._replacements[record.replacement_id] = record
+
+    def get_replacement(self, replacement_id: str) -> ReplacementRecord | None:
+        return self._replacements.get(replacement_id)
+
+    def list_replacements(self, group: str = "") -> list[ReplacementRecord]:
+        return [r for r in list(self._replacements.values()) if not group or r.group == group]
 
     def flush(self) -> None:
         pass

@@ -27,9 +27,19 @@ import time
 from pathlib import Path
 
 from controller.domain.model import Group, GroupMode, ImageRecord, Instance
+from controller.domain.replacement_record import ReplacementRecord
 from controller.errors import ControllerError, NotFoundError
 from controller.store.codec import INSTANCE_COLUMNS, instance_from_row, instance_to_row
 from controller.store.memory import check_new_image, check_same_group
+from controller.store.replacement_rows import (
+    INSERT_REPLACEMENT,
+    MIGRATION_2,
+    SELECT_REPLACEMENTS,
+    UPDATE_REPLACEMENT,
+    replacement_from_row,
+    replacement_to_row,
+    update_params,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +92,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             "CREATE INDEX instances_group ON instances(group_name)",
         ),
     ),
+    (2, MIGRATION_2),
 )
 
 _IMAGE_COLUMNS = (
@@ -90,7 +101,8 @@ _IMAGE_COLUMNS = (
 )
 _GROUP_COLUMNS = (
     "name, desired_image_ref, desired_image_digest, mode, provider, "
-    "max_concurrent_replacements, desired_size, breaker_open, image_history"
+    "max_concurrent_replacements, desired_size, breaker_open, image_history, generation, "
+    "breaker_opened_at, breaker_resumed_at, breaker_reason, past_images"
 )
 _UPSERT_INSTANCE = (
     f"INSERT INTO instances ({', '.join(INSTANCE_COLUMNS)}) "
@@ -123,6 +135,10 @@ class SqliteStore:
                 instance_from_row,
                 self._db.execute(f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instances"),
             )
+        }
+        self._replacements = {
+            r.replacement_id: r
+            for r in map(replacement_from_row, self._db.execute(SELECT_REPLACEMENTS))
         }
         self._dirty: set[str] = set()
         # _lock serialises SQL; _cache_lock guards the dicts only and is held briefly,
@@ -183,7 +199,8 @@ class SqliteStore:
                 return check_same_group(group, existing)
             with self._transaction():
                 self._db.execute(
-                    f"INSERT INTO groups ({_GROUP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO groups ({_GROUP_COLUMNS}) "
+                    f"VALUES ({', '.join('?' for _ in _group_to_row(group))})",
                     _group_to_row(group),
                 )
             self._groups[group.name] = group
@@ -198,7 +215,9 @@ class SqliteStore:
                 self._db.execute(
                     "UPDATE groups SET desired_image_ref = ?, desired_image_digest = ?, "
                     "mode = ?, provider = ?, max_concurrent_replacements = ?, "
-                    "desired_size = ?, breaker_open = ?, image_history = ? WHERE name = ?",
+                    "desired_size = ?, breaker_open = ?, image_history = ?, generation = ?, "
+                    "breaker_opened_at = ?, breaker_resumed_at = ?, breaker_reason = ?, "
+                    "past_images = ? WHERE name = ?",
                     (*row[1:], row[0]),
                 )
             self._groups[group.name] = group
@@ -235,6 +254,33 @@ class SqliteStore:
         with self._cache_lock:
             self._dirty.add(instance.id)
             self._instances[instance.id] = instance
+
+    # Replacements (always durable: they are written before any provider call) ------
+
+    def add_replacement(self, record: ReplacementRecord) -> bool:
+        with self._lock:
+            if record.group not in self._groups:
+                raise NotFoundError(f"group {record.group!r} is not declared")
+            if record.replacement_id in self._replacements:
+                return False
+            with self._transaction():
+                self._db.execute(INSERT_REPLACEMENT, replacement_to_row(record))
+            self._replacements[record.replacement_id] = record
+            return True
+
+    def update_replacement(self, record: ReplacementRecord) -> None:
+        with self._lock:
+            if record.replacement_id not in self._replacements:
+                raise NotFoundError(f"no replacement {record.replacement_id!r} is recorded")
+            with self._transaction():
+                self._db.execute(UPDATE_REPLACEMENT, update_params(record))
+            self._replacements[record.replacement_id] = record
+
+    def get_replacement(self, replacement_id: str) -> ReplacementRecord | None:
+        return self._replacements.get(replacement_id)
+
+    def list_replacements(self, group: str = "") -> list[ReplacementRecord]:
+        return [r for r in list(self._replacements.values()) if not group or r.group == group]
 
     def flush(self) -> None:
         with self._lock:
@@ -356,11 +402,17 @@ def _group_to_row(group: Group) -> tuple[object, ...]:
         group.desired_size,
         int(group.breaker_open),
         json.dumps(list(group.image_history)),
+        group.generation,
+        group.breaker_opened_at,
+        group.breaker_resumed_at,
+        group.breaker_reason,
+        json.dumps(list(group.past_images)),
     )
 
 
 def _group_from_row(row: tuple[object, ...]) -> Group:
-    name, ref, digest, mode, provider, budget, size, breaker, history = row
+    name, ref, digest, mode, provider, budget, size, breaker, history = row[:9]
+    generation, opened_at, resumed_at, breaker_reason, past = row[9:]
     return Group(
         name=str(name),
         desired_image_ref=str(ref),
@@ -371,4 +423,9 @@ def _group_from_row(row: tuple[object, ...]) -> Group:
         desired_size=int(size),  # type: ignore[call-overload]
         breaker_open=bool(breaker),
         image_history=tuple(json.loads(str(history))),
+        generation=int(generation),  # type: ignore[call-overload]
+        breaker_opened_at=None if opened_at is None else float(opened_at),  # type: ignore[arg-type]
+        breaker_resumed_at=None if resumed_at is None else float(resumed_at),  # type: ignore[arg-type]
+        breaker_reason=str(breaker_reason),
+        past_images=tuple(json.loads(str(past))),
     )

@@ -21,6 +21,8 @@ from controller.domain.model import (
     InstanceState,
     Taint,
 )
+from controller.domain.replacement_actions import Kind, Phase, Strategy
+from controller.domain.replacement_record import ReplacementRecord
 from controller.errors import AlreadyExistsError, NotFoundError
 from controller.ports import Store
 from controller.store.memory import MemoryStore
@@ -186,6 +188,119 @@ class TestSqliteDurability:
         SqliteStore(tmp_path).close()
 
         db = sqlite3.connect(tmp_path / "corral.db")
-        assert db.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert db.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,)]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         db.close()
+
+
+RECORD = ReplacementRecord(
+    replacement_id="rpl-i-1-1000",
+    group="web",
+    instance_id="i-1",
+    kind=Kind.TAINT,
+    strategy=Strategy.SURGE,
+    phase=Phase.RECORDED,
+    image_ref=IMAGE.ref,
+    started_at=1.0,
+    recorded_at=2.0,
+)
+ENGINE_GROUP = replace(
+    GROUP,
+    max_concurrent_replacements=0,
+    generation=3,
+    breaker_open=True,
+    breaker_opened_at=5.5,
+    breaker_resumed_at=4.25,
+    breaker_reason="6 of 20 tainted",
+    image_history=("web@sha256:" + "c" * 64,),
+    past_images=("web@sha256:" + "c" * 64, "web@sha256:" + "d" * 64),
+)
+
+
+class TestReplacements:
+    def test_recorded_once_by_idempotency_key(self, store: Store) -> None:
+        store.add_group(GROUP)
+        assert store.add_replacement(RECORD) is True
+        replayed = replace(RECORD, recorded_at=99.0)
+        assert store.add_replacement(replayed) is False
+        assert store.get_replacement(RECORD.replacement_id) == RECORD
+        assert store.list_replacements("web") == [RECORD]
+        assert store.list_replacements("other") == []
+
+    def test_update_replaces_every_field(self, store: Store) -> None:
+        store.add_group(GROUP)
+        store.add_replacement(RECORD)
+        moved = replace(
+            RECORD,
+            phase=Phase.BACKOFF,
+            attempt=2,
+            launch_issued_at=3.5,
+            new_instance_id="web-abc",
+            old_terminated=True,
+            launch_error="boom",
+            retry_at=40.0,
+            finished_at=41.0,
+            reason="not conformant",
+        )
+        store.update_replacement(moved)
+        assert store.get_replacement(RECORD.replacement_id) == moved
+
+    def test_unknown_group_and_unknown_row_are_refused(self, store: Store) -> None:
+        with pytest.raises(NotFoundError):
+            store.add_replacement(RECORD)
+        store.add_group(GROUP)
+        with pytest.raises(NotFoundError):
+            store.update_replacement(RECORD)
+        assert store.get_replacement("nope") is None
+
+    def test_listed_oldest_recorded_first(self, store: Store) -> None:
+        store.add_group(GROUP)
+        second = replace(RECORD, replacement_id="rol-i-2-g1", instance_id="i-2", recorded_at=3.0)
+        store.add_replacement(RECORD)
+        store.add_replacement(second)
+        assert [r.replacement_id for r in store.list_replacements()] == [
+            RECORD.replacement_id,
+            second.replacement_id,
+        ]
+
+    def test_engine_fields_of_a_group_round_trip(self, store: Store) -> None:
+        store.add_group(GROUP)
+        store.update_group(ENGINE_GROUP)
+        assert store.get_group("web") == ENGINE_GROUP
+
+
+def test_replacements_and_engine_fields_survive_reopen(tmp_path: Path) -> None:
+    first = SqliteStore(tmp_path)
+    first.add_group(GROUP)
+    first.update_group(ENGINE_GROUP)
+    first.add_replacement(RECORD)
+    first.update_replacement(replace(RECORD, phase=Phase.LAUNCHING, attempt=1))
+    first.close()
+    second = SqliteStore(tmp_path)
+    assert second.get_group("web") == ENGINE_GROUP
+    assert second.list_replacements() == [replace(RECORD, phase=Phase.LAUNCHING, attempt=1)]
+    second.close()
+
+
+def test_version_1_database_is_migrated_and_keeps_its_groups(tmp_path: Path) -> None:
+    from controller.store.sqlite import MIGRATIONS  # noqa: PLC0415
+
+    db = sqlite3.connect(tmp_path / "corral.db", isolation_level=None)
+    db.execute(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+        "applied_at DOUBLE PRECISION NOT NULL)"
+    )
+    for statement in MIGRATIONS[0][1]:
+        db.execute(statement)
+    db.execute("INSERT INTO schema_migrations VALUES (1, 0)")
+    db.execute(
+        "INSERT INTO groups VALUES ('web', ?, ?, 'enforce', 'local', 1, 3, 0, '[]')",
+        (IMAGE.ref, IMAGE.digest),
+    )
+    db.close()
+    store = SqliteStore(tmp_path)
+    group = store.get_group("web")
+    assert group is not None
+    assert (group.generation, group.max_concurrent_replacements, group.past_images) == (0, 0, ())
+    assert group.desired_size == 3
+    store.close()

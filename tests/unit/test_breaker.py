@@ -39,9 +39,14 @@ def test_opening_records_when_and_why() -> None:
     assert decision.state.reason.startswith("6 of 20 instances tainted within 600 s")
 
 
-@pytest.mark.parametrize(("size", "limit"), [(1, 0), (4, 0), (5, 1), (9, 1), (10, 2), (1000, 200)])
+@pytest.mark.parametrize(("size", "limit"), [(1, 1), (4, 1), (5, 1), (9, 1), (10, 2), (1000, 200)])
 def test_tolerated_taints_is_exact(size: int, limit: int) -> None:
     assert tolerated_taints(size, DEFAULT) == limit
+
+
+@pytest.mark.parametrize(("size", "limit"), [(1, 0), (4, 0), (5, 1), (9, 1), (10, 2), (1000, 200)])
+def test_without_the_floor_the_share_alone_decides(size: int, limit: int) -> None:
+    assert tolerated_taints(size, BreakerSettings(min_tolerated=0)) == limit
 
 
 def test_threshold_boundaries_are_exact_fractions() -> None:
@@ -51,8 +56,14 @@ def test_threshold_boundaries_are_exact_fractions() -> None:
     assert evaluate(BreakerState(), taints(4), 10, NOW, settings).opened
 
 
-def test_a_single_instance_group_opens_on_its_first_taint() -> None:
-    assert evaluate(BreakerState(), taints(1), 1, NOW, DEFAULT).opened
+def test_one_taint_in_a_small_group_is_replaced_two_open_the_breaker() -> None:
+    assert not evaluate(BreakerState(), taints(1), 1, NOW, DEFAULT).opened
+    assert not evaluate(BreakerState(), taints(1), 3, NOW, DEFAULT).opened
+    assert evaluate(BreakerState(), taints(2), 3, NOW, DEFAULT).opened
+
+
+def test_without_the_floor_a_single_instance_group_opens_on_its_first_taint() -> None:
+    assert evaluate(BreakerState(), taints(1), 1, NOW, BreakerSettings(min_tolerated=0)).opened
 
 
 def test_only_taints_inside_the_window_count() -> None:
@@ -113,4 +124,7 @@ def test_opens_exactly_when_the_share_is_more_than_the_threshold(
 ) -> None:
     settings = BreakerSettings(threshold=percent / 100)
     decision = evaluate(BreakerState(), taints(tainted), size, NOW, settings)
+    assert decision.opened is (tainted * 100 > percent * size and tainted > 1)
+    bare = BreakerSettings(threshold=percent / 100, min_tolerated=0)
+    decision = evaluate(BreakerState(), taints(tainted), size, NOW, bare)
     assert decision.opened is (tainted * 100 > percent * size)

@@ -1,0 +1,65 @@
+"""A replacement as the store keeps it: one row per taint, rollout step or scale-up slot.
+
+The engine (:mod:`controller.domain.replacement`) reads these rows as
+:class:`~controller.domain.replacement.ReplacementView` values and the
+orchestration module (:mod:`controller.replacer`) writes them, always *before*
+calling a provider. The row's id is its idempotency key, so recording the same
+replacement twice (a replayed start after a crash) finds the row already there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller.domain.replacement import LaunchLookup, ReplacementView
+from controller.domain.replacement_actions import Kind, Phase, Strategy
+
+
+@dataclass(frozen=True)
+class ReplacementRecord:
+    """One stored replacement; see :mod:`controller.domain.replacement_actions` for phases."""
+
+    replacement_id: str
+    """Equal to the idempotency key (unique per group and taint / rollout / slot)."""
+    group: str
+    instance_id: str
+    """The instance being replaced; empty for a scale-up launch."""
+    kind: Kind
+    strategy: Strategy
+    phase: Phase
+    image_ref: str
+    """The image the current attempt launches (the group's desired image when started)."""
+    started_at: float
+    """When the need arose: the taint's time, else when it was recorded (for durations)."""
+    recorded_at: float
+    attempt: int = 0
+    launch_issued_at: float | None = None
+    new_instance_id: str | None = None
+    old_terminated: bool = False
+    launch_error: str | None = None
+    retry_at: float | None = None
+    finished_at: float | None = None
+    reason: str = ""
+    """Why it failed, was abandoned or cancelled (for people)."""
+
+    @property
+    def idempotency_key(self) -> str:
+        return self.replacement_id
+
+    def view(self, lookup: LaunchLookup | None = None) -> ReplacementView:
+        """The engine's view of this row, with the shell's latest provider lookup."""
+        return ReplacementView(
+            replacement_id=self.replacement_id,
+            instance_id=self.instance_id,
+            kind=self.kind,
+            idempotency_key=self.replacement_id,
+            strategy=self.strategy,
+            phase=self.phase,
+            attempt=self.attempt,
+            launch_issued_at=self.launch_issued_at,
+            new_instance_id=self.new_instance_id,
+            old_terminated=self.old_terminated,
+            launch_error=self.launch_error,
+            retry_at=self.retry_at,
+            lookup=lookup,
+        )

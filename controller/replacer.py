@@ -1,0 +1,220 @@
+"""The replacement engine's shell: per group, plan from the store, then apply each action.
+
+This is the one place where replacement effects happen. Every tick, for each
+group, it reads the group, its instances and its replacement rows from the
+store, asks :func:`controller.domain.replacement.plan` what to do, and applies
+the actions in order through :class:`~controller.replacer_effects.Effects`
+(persist the intent, call the provider, persist the outcome), planning again
+until only waiting is left. Ticks run on the controller's event loop — every
+``tick_seconds`` from an APScheduler job, and at once when a report or an
+operator changes an instance's state (:meth:`Replacer.nudge`) — so a tick never
+races a report for the same row. Provider calls run in a worker thread so a slow
+launch never stalls the reports.
+
+Only one replacer may act on a store: :class:`Leadership` is the port that says
+whether this controller is the one. With SQLite the single controller is the
+leader (:class:`SoleController`); a PostgreSQL store will hold an advisory lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from controller.domain.breaker import BreakerState
+from controller.domain.model import Group
+from controller.domain.replacement import (
+    GroupView,
+    ReplacementSettings,
+    instance_view,
+    plan,
+)
+from controller.domain.replacement_actions import Action, Hold, Strategy
+from controller.errors import ControllerError
+from controller.metrics import ControllerMetrics
+from controller.ports import Clock, Store
+from controller.providers import Provider, ProviderError
+from controller.replacer_effects import Effects
+
+log = logging.getLogger("corral.replacer")
+MAX_ROUNDS = 8
+"""Plan-and-apply rounds per group and tick (each round moves every replacement one step)."""
+
+
+class Leadership(Protocol):
+    """Whether this controller runs the replacement engine for its store right now."""
+
+    def is_leader(self) -> bool: ...
+
+
+class SoleController:
+    """The embedded case: one controller per SQLite store, always the leader."""
+
+    def is_leader(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class ReplacerSettings:
+    """How often the engine runs and the engine's own knobs."""
+
+    tick_seconds: float = 1.0
+    engine: ReplacementSettings = field(default_factory=ReplacementSettings)
+
+
+class Replacer:
+    """Runs the replacement plan of every group against its provider."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock,
+        metrics: ControllerMetrics,
+        providers: Mapping[str, Provider],
+        controller_address: str,
+        settings: ReplacerSettings,
+        leadership: Leadership | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.providers = providers
+        self.settings = settings
+        self.leadership = leadership or SoleController()
+        self.effects = Effects(
+            store, clock=clock, metrics=metrics, controller_address=controller_address
+        )
+        self._lock = asyncio.Lock()
+        self._wanted = False
+        self._holds: dict[str, str] = {}
+        self._missing: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> AsyncIOScheduler:
+        """Tick every ``tick_seconds`` on the running loop; ``shutdown()`` the result to stop."""
+        # The job runs every second or so: its "executed successfully" lines are noise.
+        logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
+        scheduler = AsyncIOScheduler()
+        scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=self.settings.tick_seconds,
+            id="replacer",
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.start()
+        return scheduler
+
+    async def stop(self) -> None:
+        """Let a tick in progress finish, then release the providers."""
+        for task in list(self._tasks):
+            task.cancel()
+        async with self._lock:
+            for provider in self.providers.values():
+                provider.close()
+
+    def nudge(self, group: str = "") -> None:
+        """Run a tick soon (after a taint or a state change). Call on the event loop."""
+        self._wanted = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not on the loop (a test calling the service directly): the job ticks
+        task = loop.create_task(self.tick())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def tick(self) -> None:
+        """One pass over every group (ticks never overlap; nudges during one coalesce)."""
+        if self._lock.locked():
+            self._wanted = True
+            return
+        async with self._lock:
+            self._wanted = True
+            while self._wanted:
+                self._wanted = False
+                if not self.leadership.is_leader():
+                    return
+                for group in self.store.list_groups():
+                    await self._tick_group(group.name)
+
+    async def _tick_group(self, name: str) -> None:
+        for _ in range(MAX_ROUNDS):
+            group = self.store.get_group(name)
+            if group is None:
+                return
+            provider = self._provider(group)
+            if provider is None:
+                return
+            actions = self.plan(group, provider)
+            moving = [a for a in actions if not isinstance(a, Hold)]
+            self._log_holds(name, [a for a in actions if isinstance(a, Hold)])
+            if not moving:
+                return
+            for action in moving:
+                try:
+                    await self.effects.apply(action, group=group, provider=provider)
+                except (ControllerError, ProviderError) as exc:
+                    self.effects.count_error(group.name, exc)
+                    log.warning(
+                        "replacement step %s failed: %s (retried next tick)",
+                        type(action).__name__,
+                        exc,
+                        extra={"group": name},
+                    )
+                    return
+
+    def plan(self, group: Group, provider: Provider) -> list[Action]:
+        """The engine's next actions for ``group`` (pure; nothing applied)."""
+        view = group_view(group, Strategy(provider.replacement_strategy.value))
+        instances = [instance_view(i) for i in self.store.list_instances(group.name)]
+        rows = [
+            r.view(self.effects.lookups.get(r.replacement_id))
+            for r in self.store.list_replacements(group.name)
+        ]
+        return plan(view, instances, rows, self.clock.now(), self.settings.engine)
+
+    def _provider(self, group: Group) -> Provider | None:
+        provider = self.providers.get(group.provider)
+        if provider is None and group.name not in self._missing:
+            self._missing.add(group.name)
+            log.warning(
+                "group %s uses provider %r, which this controller has not configured: "
+                "nothing is replaced in it",
+                group.name,
+                group.provider,
+                extra={"group": group.name},
+            )
+        return provider
+
+    def _log_holds(self, group: str, holds: list[Hold]) -> None:
+        detail = "; ".join(h.detail for h in holds)
+        if detail and self._holds.get(group) != detail:
+            log.info("group holds: %s", detail, extra={"group": group})
+        self._holds[group] = detail
+
+
+def group_view(group: Group, strategy: Strategy) -> GroupView:
+    """The plan's view of a stored group."""
+    return GroupView(
+        name=group.name,
+        mode=group.mode,
+        desired_image=group.desired_image_ref,
+        strategy=strategy,
+        size=group.desired_size,
+        generation=group.generation,
+        max_concurrent=group.max_concurrent_replacements or None,
+        breaker=BreakerState(
+            open=group.breaker_open,
+            opened_at=group.breaker_opened_at,
+            resumed_at=group.breaker_resumed_at,
+            reason=group.breaker_reason,
+        ),
+        fill_to_size=group.desired_size > 0,
+    )

@@ -1,0 +1,66 @@
+"""Builds the replacement engine from the controller's settings: providers, knobs, address.
+
+Kept apart from :mod:`controller.app` so the wiring of providers (which may
+import an SDK) stays in one small place. The ``local`` provider is always
+available; with no ``[providers.local]`` table it keeps its instances and
+artifacts in the controller's data directory (``DATA/instances``,
+``DATA/artifacts``), which is what ``corral demo`` uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.config import ControllerConfig
+from controller.domain.breaker import BreakerSettings
+from controller.domain.replacement import ReplacementSettings
+from controller.providers import Provider, create_provider
+from controller.replacer import Replacer, ReplacerSettings
+from controller.service import ControllerService
+
+
+def engine_settings(config: ControllerConfig) -> ReplacementSettings:
+    """The engine's knobs from the config (defaults are the safe ones)."""
+    return ReplacementSettings(
+        startup_grace_seconds=config.startup_grace,
+        backoff_base_seconds=config.backoff_base,
+        max_attempts=config.max_attempts,
+        breaker=BreakerSettings(
+            threshold=config.breaker_threshold, window_seconds=config.breaker_window
+        ),
+    )
+
+
+def build_providers(config: ControllerConfig) -> dict[str, Provider]:
+    """Every configured provider by name, plus ``local`` on the data directory by default.
+
+    Raises PermanentProviderError for a bad table or a missing SDK.
+    """
+    tables: dict[str, dict[str, Any]] = {name: dict(items) for name, items in config.providers}
+    tables.setdefault("local", {})
+    tables["local"].setdefault("data_dir", config.data_dir)
+    return {name: create_provider(name, table) for name, table in sorted(tables.items())}
+
+
+def controller_address(config: ControllerConfig, port: int) -> str:
+    """Where launched agents report: ``advertise``, else the listen host and the bound port."""
+    if config.advertise:
+        return config.advertise
+    host = config.listen.rpartition(":")[0] or "127.0.0.1"
+    if host in ("0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def build_replacer(config: ControllerConfig, service: ControllerService, *, port: int) -> Replacer:
+    """The replacer for ``service``'s store (not started)."""
+    return Replacer(
+        service.store,
+        clock=service.clock,
+        metrics=service.metrics,
+        providers=build_providers(config),
+        controller_address=controller_address(config, port),
+        settings=ReplacerSettings(
+            tick_seconds=config.replacer_interval, engine=engine_settings(config)
+        ),
+    )
