@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from agent.errors import ManifestError
 from agent.manifest import decode, digest_of
-from controller.domain.drift import Decision, attach_evidence, decide, mark_suspicious
+from controller.domain.drift import Decision, Outcome, attach_evidence, decide, mark_suspicious
 from controller.domain.evidence import check_evidence
 from controller.domain.model import (
     DriftKind,
@@ -52,6 +52,12 @@ class ControllerService:
         self.metrics = metrics
         self.stale_after = stale_after
         self.manifests = ManifestCache(store)
+        # Label children made once: the report path must not look them up per call.
+        self._outcomes = {
+            outcome: metrics.reports.labels(result=outcome.value) for outcome in Outcome
+        }
+        self._rejected = metrics.reports.labels(result="rejected")
+        self._observe_handling = metrics.report_handling.observe
         # Called with a group's name when one of its instances changed state (the
         # replacement engine's nudge); None when nothing listens.
         self.state_listener: Callable[[str], None] | None = None
@@ -71,13 +77,13 @@ class ControllerService:
                 extra={"instance_id": report.instance_id, "group": report.group},
             )
             raise
-        self.metrics.reports.labels(result=decision.outcome.value).inc()
-        self.metrics.report_handling.observe(time.perf_counter() - started)
+        self._outcomes[decision.outcome].inc()
+        self._observe_handling(time.perf_counter() - started)
         return decision
 
     def count_rejected(self, error: ControllerError) -> None:
         """Count a refused report (also one refused before it reached the service)."""
-        self.metrics.reports.labels(result="rejected").inc()
+        self._rejected.inc()
         self.metrics.reports_rejected.labels(reason=error.reason).inc()
 
     def _report(self, report: Report, evidence: Evidence | None) -> Decision:

@@ -99,33 +99,72 @@ def check_match(field: str, value: str, pattern: re.Pattern[str], *, what: str) 
 
 
 def report_from_proto(header: agent_pb2.ReportHeader, *, present: bool) -> Report:
-    """The domain report of ``header``. Raises InvalidArgumentError naming the bad field."""
+    """The domain report of ``header``. Raises InvalidArgumentError naming the bad field.
+
+    Every field is read once; a well-formed header (the steady state) is checked
+    by one combined test and only a bad one is re-examined field by field to say
+    which field is wrong.
+    """
     if not present:
         raise _invalid("header", "is missing")
-    if len(header.root) != ROOT_BYTES:
-        raise _invalid("header.root", f"must be {ROOT_BYTES} bytes, got {len(header.root)}")
-    if header.seq > MAX_SEQ:
-        raise _invalid("header.seq", "is too large")
-    if header.scanned_at_ms < 0:
-        raise _invalid("header.scanned_at_ms", "must not be negative")
-    if len(header.agent_version) > 64:
-        raise _invalid("header.agent_version", "is longer than 64 characters")
+    instance_id = header.instance_id
+    group = header.group
+    image_ref = header.image_ref
+    image_digest = header.image_digest
+    boot_id = header.boot_id
+    root = header.root
+    seq = header.seq
+    scanned_at_ms = header.scanned_at_ms
+    agent_version = header.agent_version
+    if not (
+        len(root) == ROOT_BYTES
+        and seq <= MAX_SEQ
+        and scanned_at_ms >= 0
+        and len(agent_version) <= 64
+        and len(image_ref) <= 512
+        and len(image_digest) <= 256
+        and len(boot_id) <= 64
+        and INSTANCE_ID.fullmatch(instance_id)
+        and NAME.fullmatch(group)
+        and TOKEN.fullmatch(image_ref)
+        and TOKEN.fullmatch(image_digest)
+        and TOKEN.fullmatch(boot_id)
+    ):
+        raise _bad_header(header)
+    footprint = header.footprint
     return Report(
-        instance_id=check_match(
-            "header.instance_id", header.instance_id, INSTANCE_ID, what="instance id"
-        ),
-        group=check_match("header.group", header.group, NAME, what="group name"),
-        image_ref=_token("header.image_ref", header.image_ref, limit=512),
-        image_digest=_token("header.image_digest", header.image_digest, limit=256),
-        root=header.root,
-        seq=header.seq,
-        boot_id=_token("header.boot_id", header.boot_id, limit=64),
-        scanned_at_ms=header.scanned_at_ms,
-        footprint=Footprint(
-            rss_bytes=header.footprint.rss_bytes, cpu_millis=header.footprint.cpu_millis
-        ),
-        agent_version=header.agent_version,
+        instance_id=instance_id,
+        group=group,
+        image_ref=image_ref,
+        image_digest=image_digest,
+        root=root,
+        seq=seq,
+        boot_id=boot_id,
+        scanned_at_ms=scanned_at_ms,
+        footprint=Footprint(rss_bytes=footprint.rss_bytes, cpu_millis=footprint.cpu_millis),
+        agent_version=agent_version,
     )
+
+
+def _bad_header(header: agent_pb2.ReportHeader) -> InvalidArgumentError:
+    """The error naming the first bad field of a header that failed the combined check."""
+    try:
+        if len(header.root) != ROOT_BYTES:
+            raise _invalid("header.root", f"must be {ROOT_BYTES} bytes, got {len(header.root)}")
+        if header.seq > MAX_SEQ:
+            raise _invalid("header.seq", "is too large")
+        if header.scanned_at_ms < 0:
+            raise _invalid("header.scanned_at_ms", "must not be negative")
+        if len(header.agent_version) > 64:
+            raise _invalid("header.agent_version", "is longer than 64 characters")
+        check_match("header.instance_id", header.instance_id, INSTANCE_ID, what="instance id")
+        check_match("header.group", header.group, NAME, what="group name")
+        _token("header.image_ref", header.image_ref, limit=512)
+        _token("header.image_digest", header.image_digest, limit=256)
+        _token("header.boot_id", header.boot_id, limit=64)
+    except InvalidArgumentError as exc:
+        return exc
+    return _invalid("header", "is malformed")
 
 
 def evidence_from_proto(request: agent_pb2.ReportDriftRequest) -> Evidence:

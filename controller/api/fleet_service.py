@@ -2,7 +2,8 @@
 
 Registers images (client-streaming: the manifest arrives in chunks, bounded in
 total size), declares groups, lists and shows instances, taints by hand, rolls a
-group out or back and resumes its breaker (:mod:`controller.group_ops`).
+group out or back and resumes its breaker (:mod:`controller.group_ops`). Each call
+is counted by method and status code (:mod:`controller.api.counting`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from controller.api.convert import (
     instance_to_proto,
     status_of,
 )
+from controller.api.counting import counted, method_counters
 from controller.domain.model import ImageRecord, InstanceState
 from controller.errors import (
     ControllerError,
@@ -35,6 +37,23 @@ from protos.corral.v1 import fleet_pb2, fleet_pb2_grpc
 Context = grpc.aio.ServicerContext[object, object]
 ACTOR_METADATA = "corral-actor"
 MAX_REASON = 1024
+SERVICE = "corral.v1.FleetService"
+METHODS = (
+    "RegisterImage",
+    "ListImages",
+    "CreateGroup",
+    "ListGroups",
+    "ListInstances",
+    "GetInstance",
+    "TaintInstance",
+    "Rollout",
+    "Rollback",
+    "ResumeGroup",
+)
+
+
+def _method(name: str) -> str:
+    return f"/{SERVICE}/{name}"
 
 
 def actor_of(context: Context) -> str:
@@ -51,7 +70,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     def __init__(self, service: ControllerService, *, max_manifest_bytes: int) -> None:
         self._service = service
         self._max_manifest_bytes = max_manifest_bytes
+        self._calls = method_counters(service.metrics.grpc_requests, SERVICE, METHODS)
 
+    @counted(_method("RegisterImage"))
     async def RegisterImage(
         self, request_iterator: AsyncIterator[fleet_pb2.RegisterImageRequest], context: Context
     ) -> fleet_pb2.RegisterImageResponse:
@@ -86,12 +107,14 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             raise InvalidArgumentError("image: no message carried the image")
         return image, b"".join(chunks)
 
+    @counted(_method("ListImages"))
     async def ListImages(
         self, request: fleet_pb2.ListImagesRequest, context: Context
     ) -> fleet_pb2.ListImagesResponse:
         images = self._service.store.list_images()
         return fleet_pb2.ListImagesResponse(images=[image_to_proto(i) for i in images])
 
+    @counted(_method("CreateGroup"))
     async def CreateGroup(
         self, request: fleet_pb2.CreateGroupRequest, context: Context
     ) -> fleet_pb2.CreateGroupResponse:
@@ -101,12 +124,14 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             await context.abort(status_of(exc), str(exc))
         return fleet_pb2.CreateGroupResponse(group=self._group(group.name), created=created)
 
+    @counted(_method("ListGroups"))
     async def ListGroups(
         self, request: fleet_pb2.ListGroupsRequest, context: Context
     ) -> fleet_pb2.ListGroupsResponse:
         names = [group.name for group in self._service.store.list_groups()]
         return fleet_pb2.ListGroupsResponse(groups=[self._group(name) for name in names])
 
+    @counted(_method("ListInstances"))
     async def ListInstances(
         self, request: fleet_pb2.ListInstancesRequest, context: Context
     ) -> fleet_pb2.ListInstancesResponse:
@@ -121,6 +146,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         instances = store.list_instances(request.group)
         return fleet_pb2.ListInstancesResponse(instances=[instance_to_proto(i) for i in instances])
 
+    @counted(_method("GetInstance"))
     async def GetInstance(
         self, request: fleet_pb2.GetInstanceRequest, context: Context
     ) -> fleet_pb2.GetInstanceResponse:
@@ -131,6 +157,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             )
         return fleet_pb2.GetInstanceResponse(instance=instance_to_proto(instance))
 
+    @counted(_method("TaintInstance"))
     async def TaintInstance(
         self, request: fleet_pb2.TaintInstanceRequest, context: Context
     ) -> fleet_pb2.TaintInstanceResponse:
@@ -145,6 +172,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             await context.abort(status_of(exc), str(exc))
         return fleet_pb2.TaintInstanceResponse(instance=instance_to_proto(instance))
 
+    @counted(_method("Rollout"))
     async def Rollout(
         self, request: fleet_pb2.RolloutRequest, context: Context
     ) -> fleet_pb2.RolloutResponse:
@@ -157,6 +185,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         self._nudge(request.group)
         return fleet_pb2.RolloutResponse(group=self._group(moved.group.name))
 
+    @counted(_method("Rollback"))
     async def Rollback(
         self, request: fleet_pb2.RollbackRequest, context: Context
     ) -> fleet_pb2.RollbackResponse:
@@ -169,6 +198,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             group=self._group(moved.group.name), previous_image_ref=moved.previous_image
         )
 
+    @counted(_method("ResumeGroup"))
     async def ResumeGroup(
         self, request: fleet_pb2.ResumeGroupRequest, context: Context
     ) -> fleet_pb2.ResumeGroupResponse:

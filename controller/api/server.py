@@ -14,7 +14,6 @@ from grpc_health.v1.health import aio as health_aio
 
 from controller.api.agent_service import AgentServicer
 from controller.api.fleet_service import FleetServicer
-from controller.api.interceptor import MetricsInterceptor
 from controller.service import ControllerService
 from protos.corral.v1 import agent_pb2_grpc, fleet_pb2_grpc
 
@@ -46,7 +45,6 @@ class ControllerServer:
         max_manifest_bytes: int,
     ) -> None:
         self.server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(service.metrics)],
             options=server_options(max_message_bytes),
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(service), self.server)

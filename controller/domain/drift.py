@@ -88,17 +88,7 @@ def decide(
     base = instance or Instance(
         id=report.instance_id, group=report.group, state=_S.PENDING, first_seen=now
     )
-    updated = replace(
-        base,
-        image_ref=report.image_ref,
-        image_digest=report.image_digest,
-        root=report.root,
-        last_report=now,
-        seq=report.seq,
-        boot_id=report.boot_id,
-        scanned_at_ms=report.scanned_at_ms,
-        footprint=report.footprint,
-    )
+    updated = heard(base, report, now=now)
     drift = _drift(group, desired, running, report)
     if drift is None:
         if base.state in (_S.PENDING, _S.UNKNOWN):
@@ -119,6 +109,32 @@ def decide(
         new_taint=new_taint,
         durable=instance is None or new_taint is not None,
         evidence_wanted=_evidence_wanted(updated, running, report),
+    )
+
+
+def heard(instance: Instance, report: Report, *, now: float) -> Instance:
+    """``instance`` as ``report`` describes it, heard at ``now`` (state unchanged).
+
+    Built field by field rather than with :func:`dataclasses.replace`, which costs
+    three times as much on the path every heartbeat takes; a unit test checks that
+    every field of :class:`Instance` is carried over.
+    """
+    return Instance(
+        id=instance.id,
+        group=instance.group,
+        state=instance.state,
+        image_ref=report.image_ref,
+        image_digest=report.image_digest,
+        root=report.root,
+        first_seen=instance.first_seen,
+        last_report=now,
+        seq=report.seq,
+        boot_id=report.boot_id,
+        scanned_at_ms=report.scanned_at_ms,
+        suspicious=instance.suspicious,
+        taint=instance.taint,
+        footprint=report.footprint,
+        replaces=instance.replaces,
     )
 
 

@@ -1,0 +1,109 @@
+"""Counts served RPCs by method and status code (``corral_grpc_requests_total``).
+
+The servicers count their own calls instead of a generic server interceptor: an
+interceptor adds coroutines and a handler lookup to every call, which the agent
+report path cannot afford. Label children are created once per (method, code)
+and cached, so counting costs one dict lookup and one increment. Only methods
+the servicers implement are counted, so a client probing random method names
+cannot grow the label set.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from prometheus_client import Counter
+
+log = logging.getLogger("corral.controller")
+
+OK = grpc.StatusCode.OK.name
+
+
+class _Child(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
+class MethodCounter:
+    """The counter children of one RPC method, made on first use."""
+
+    __slots__ = ("_by_code", "_counter", "method", "ok")
+
+    def __init__(self, counter: Counter, method: str) -> None:
+        self._counter = counter
+        self.method = method
+        self.ok: _Child = counter.labels(method=method, code=OK)
+        self._by_code: dict[str, _Child] = {OK: self.ok}
+
+    def finished(self, code: object) -> None:
+        """Count one call that ended with ``code`` (a StatusCode, or None for OK)."""
+        name = _name(code)
+        child = self._by_code.get(name)
+        if child is None:
+            child = self._by_code[name] = self._counter.labels(method=self.method, code=name)
+        child.inc()
+
+
+def _name(code: object) -> str:
+    if code is None:
+        return OK
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return grpc.StatusCode.UNKNOWN.name
+
+
+class Counted(Protocol):
+    """A servicer that counts its calls: ``_calls`` maps full method names to counters."""
+
+    _calls: dict[str, MethodCounter]
+
+
+Servicer = TypeVar("Servicer", bound=Counted)
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def counted(
+    method: str,
+) -> Callable[
+    [Callable[[Servicer, Request, Context], Awaitable[Response]]],
+    Callable[[Servicer, Request, Context], Awaitable[Response]],
+]:
+    """Decorate a servicer method so each call is counted under ``method``'s full name.
+
+    The code is the one the method aborted with (``context.code()``), OK when it
+    returned, UNKNOWN when it raised anything else (which is also logged).
+    """
+
+    def decorate(
+        behavior: Callable[[Servicer, Request, Context], Awaitable[Response]],
+    ) -> Callable[[Servicer, Request, Context], Awaitable[Response]]:
+        @functools.wraps(behavior)
+        async def call(self: Servicer, request: Request, context: Context) -> Response:
+            calls = self._calls[method]
+            try:
+                response = await behavior(self, request, context)
+            except BaseException:
+                code = context.code()
+                if code is None:
+                    log.exception("%s failed", method)
+                calls.finished(code)
+                raise
+            calls.ok.inc()
+            return response
+
+        return call
+
+    return decorate
+
+
+def method_counters(
+    counter: Counter, service: str, names: tuple[str, ...]
+) -> dict[str, MethodCounter]:
+    """One :class:`MethodCounter` per RPC of ``service`` (full names ``/service/Name``)."""
+    full = (f"/{service}/{name}" for name in names)
+    return {method: MethodCounter(counter, method) for method in full}
