@@ -141,22 +141,48 @@ def _apply(config: ControllerConfig, values: Mapping[str, Any], *, source: str) 
     return replace(config, **changes)
 
 
+# Settings that are HOST:PORT addresses (empty allowed where it means "off"/"default").
+_ADDRESSES = {"listen": False, "metrics_listen": True, "advertise": True}
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# Integer settings where 0 has a meaning ("derive it"); the others must be positive.
+_ZERO_ALLOWED = {"max_concurrent_replacements"}
+
+
 def _coerce(key: str, value: Any, *, source: str) -> Any:
     kind = _SCALARS[key]
     try:
+        if isinstance(value, bool):
+            raise ValueError("expected a number or text, not true/false")
         if kind == "float":
             number = float(value)
-            if number < 0:
-                raise ValueError("must not be negative")
+            if not number >= 0 or number == float("inf"):
+                raise ValueError("must be a finite number, not negative")
             return number
         if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError("must be a whole number")
             integer = int(value)
-            if integer <= 0:
+            if integer < 0 or (integer == 0 and key not in _ZERO_ALLOWED):
                 raise ValueError("must be positive")
             return integer
+        text = str(value)
+        if key in _ADDRESSES:
+            _check_address(text, empty_ok=_ADDRESSES[key])
+        elif key == "log_level" and text.lower() not in _LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+        return text
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {key} = {value!r} is not valid: {exc}") from exc
-    return str(value)
+
+
+def _check_address(text: str, *, empty_ok: bool) -> None:
+    if not text and empty_ok:
+        return
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise ValueError("must be HOST:PORT with a port from 0 to 65535")
+    if host.startswith("[") != host.endswith("]"):
+        raise ValueError("an IPv6 host goes in brackets: [::1]:7070")
 
 
 def _group(item: Any, *, source: str) -> GroupConfig:
