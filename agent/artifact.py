@@ -13,43 +13,50 @@ bytes, so the tarball's SHA-256 is the image digest (``NAME@sha256:<hex>``):
 - every regular file is stored whole (hard links become copies); sockets
   cannot be archived and are left out of both the tarball and the manifest.
 
-The manifest describes the tree *as it will be unpacked*: the source is scanned
-with the policy, then owners are replaced as in the tarball, so an instance
-unpacked by :func:`agent.unpack.unpack_artifact` verifies conformant. Content is
-read once: the digests computed while archiving feed the scan through a
-:class:`~agent.scan.StatCache`, and a file that changes between the two passes
-fails the build instead of producing a manifest that disagrees with the tarball.
+The manifest describes the tree *as it will be unpacked*: the entries a scan
+under the policy would record (:func:`agent.scan.entry_from_stat`, the rules of
+:mod:`agent.scanrules`), with owners replaced as in the tarball, so an instance
+unpacked by :func:`agent.unpack.unpack_artifact` verifies conformant.
+
+One walk does everything: each file is opened once, read straight into the
+tar stream's buffer (:class:`agent.tarwriter.TarWriter`) and hashed there for
+its entry, while a worker thread hashes and writes the stream; the manifest is
+encoded while the last buffers drain. The entries and the tarball therefore
+describe the same bytes, and a file whose size changes while it is read fails
+the build.
 """
 
 from __future__ import annotations
 
-import hashlib
+import gc
 import json
 import os
 import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
-from agent.bake import _check_identity as check_identity
-from agent.bake import image_document
+from agent.bake import check_identity, image_document
 from agent.errors import AgentError
 from agent.manifest import Entry, Manifest, digest_of
+from agent.paths import display_path
 from agent.policy import Policy
-from agent.scan import StatCache, scan
+from agent.scan import entry_from_stat
+from agent.scanrules import Exclusions, ignoring, include_roots
 from agent.secrets import SecretWarning, find_secrets
 from agent.tarstream import (
-    BLOCK,
     BLOCK_DEVICE,
     CHAR_DEVICE,
     DIRECTORY,
     FIFO,
     REGULAR,
     SYMLINK,
-    HashingSink,
     Header,
     encode_header,
     simple_header,
 )
+from agent.tarwriter import TarWriter
 
 ARTIFACT_NAME = "image.tar"
 MANIFEST_NAME = "manifest.pb"
@@ -58,8 +65,15 @@ EPOCH = 0
 """The mtime of every member (seconds since 1970); mtimes are not part of an image."""
 ROOT_OWNER = (0, 0)
 
-_CHUNK = 1 << 20
-_ZEROS = bytes(BLOCK)
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_DIR_FDS = 256
+"""Directories deeper than this are reached by path instead of a held descriptor."""
+
+_name_of = attrgetter("name")
+_RECORD, _SEARCH, _SKIP = 0, 1, 2
+"""What a directory's children give the manifest: entries (unless excluded); entries
+only below an include root among them; nothing (the directory is excluded)."""
 
 
 class ArtifactError(AgentError):
@@ -80,127 +94,200 @@ class ArtifactResult:
     warnings: tuple[SecretWarning, ...] = ()
 
 
+@dataclass
+class _Listing:
+    """A directory being archived: its children in canonical order and what they record."""
+
+    fd: int | None
+    prefix: bytes
+    children: Iterator[os.DirEntry[bytes]]
+    state: int
+    check_excludes: bool
+
+
 class _Archiver:
-    """Streams one root into a tarball, recording content digests for the scan."""
+    """One walk of a root: tar members in canonical order, manifest entries on the way."""
 
-    def __init__(self, base: bytes, sink: HashingSink, owner: tuple[int, int] | None) -> None:
+    def __init__(
+        self, base: bytes, writer: TarWriter, *, policy: Policy, owner: tuple[int, int] | None
+    ) -> None:
         self._base = base
-        self._sink = sink
+        self._writer = writer
         self._owner = owner
-        self.cache = StatCache()
+        self._policy = policy
+        self._exclusions = Exclusions(policy)
+        self._roots = set(include_roots(policy))
+        self._strip: Callable[[Entry], Entry] | None = ignoring(policy)
+        self._device: int | None = None
+        self._stack: list[_Listing] = []
+        self.entries: list[Entry] = []
+        self.files: list[tuple[bytes, os.stat_result, int]] = []
+        """Recorded regular files: path, stat and index of their digest in the writer."""
         self.members = 0
-        self.sockets: set[bytes] = set()
 
-    def _header(self, name: bytes, kind: bytes, st: os.stat_result, **fields: Any) -> None:
+    def _header(self, name: bytes, kind: bytes, st: os.stat_result, **fields: Any) -> bytes:
         uid, gid = self._owner if self._owner is not None else (st.st_uid, st.st_gid)
+        self.members += 1
         block = None
         if not fields or "size" in fields or "linkname" in fields:
             block = simple_header(name, kind, mode=st.st_mode, uid=uid, gid=gid, **fields)
         if block is None:
             mode = stat.S_IMODE(st.st_mode)
             block = encode_header(Header(name, kind, mode, uid, gid, mtime=EPOCH, **fields))
-        self._sink.write(block)
-        self.members += 1
+        return block
 
-    def _file(self, rel: bytes) -> None:
-        path = self._base + rel
+    def _record(
+        self, path: bytes, st: os.stat_result, *, digest: bytes = b"", target: bytes = b""
+    ) -> None:
+        entry = entry_from_stat(path, st, digest=digest, target=target, owner=self._owner)
+        if entry is not None:
+            self.entries.append(entry if self._strip is None else self._strip(entry))
+
+    def finish_entries(self) -> list[Entry]:
+        """Every entry, once the writer is closed and the files' digests are known."""
+        digests = self._writer.digests
+        for path, st, index in self.files:
+            self._record(path, st, digest=digests[index])
+        self.files = []
+        return self.entries
+
+    def run(self) -> None:
+        """Archive the whole root; the caller closes the writer."""
+        base = self._base or b"/"
+        root_st = os.lstat(base)
+        if self._policy.one_filesystem:
+            self._device = root_st.st_dev
+        state = _RECORD if b"/" in self._roots else _SEARCH
+        if state == _RECORD:
+            self._record(b"/", root_st)
+        self._writer.write(self._header(b".", DIRECTORY, root_st))
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC)
+            self._enter(b"/", None, os.open(base, _DIR_FLAGS), state)
+            while self._stack:
+                listing = self._stack[-1]
+                if not self._archive_children(listing):
+                    self._stack.pop()
+                    if listing.fd is not None:
+                        os.close(listing.fd)
+        finally:
+            for listing in self._stack:
+                if listing.fd is not None:
+                    os.close(listing.fd)
+
+    def _enter(self, path: bytes, name: bytes | None, fd: int | None, state: int) -> None:
+        """Push the listing of the directory ``path`` (opened as ``fd``)."""
+        with os.scandir(self._base + path) as entries:
+            children = sorted(entries, key=_name_of)  # C-level key
+        prefix = path if path == b"/" else path + b"/"
+        check = state == _RECORD and self._exclusions.may_exclude(path)
+        self._stack.append(_Listing(fd, prefix, iter(children), state, check))
+
+    def _archive_children(self, listing: _Listing) -> bool:
+        """Archive ``listing``'s children up to its next subdirectory (True) or the end."""
+        prefix, dir_fd, state = listing.prefix, listing.fd, listing.state
+        excludes = self._policy.excludes if listing.check_excludes else None
+        roots = self._roots
+        for child in listing.children:
+            name = child.name
+            path = prefix + name
+            if state == _RECORD:
+                recorded = excludes is None or not excludes(path)
+            else:
+                recorded = state == _SEARCH and path in roots
+            if child.is_file(follow_symlinks=False):
+                self._file(
+                    path, name if dir_fd is not None else self._base + path, dir_fd, recorded
+                )
+            elif self._other(path, name, dir_fd, recorded, state):
+                return True
+        return False
+
+    def _file(self, path: bytes, name: bytes, dir_fd: int | None, recorded: bool) -> None:
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
         except OSError as exc:
-            raise ArtifactError(f"cannot read {os.fsdecode(path)}: {exc.strerror}") from exc
+            raise ArtifactError(f"cannot read {display_path(path)}: {exc.strerror}") from exc
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise ArtifactError(f"{os.fsdecode(path)} was replaced while building")
+                raise ArtifactError(f"{display_path(path)} was replaced while building")
             size = st.st_size
-            self._header(rel[1:], REGULAR, st, size=size)
-            if size <= _CHUNK:
-                data = os.read(fd, size)
-                content = hashlib.sha256(data)
-                self._sink.write(data)
-                remaining = size - len(data)
+            uid, gid = self._owner if self._owner is not None else (st.st_uid, st.st_gid)
+            header = simple_header(path[1:], REGULAR, mode=st.st_mode, uid=uid, gid=gid, size=size)
+            if header is None:
+                header = self._header(path[1:], REGULAR, st, size=size)
             else:
-                content = hashlib.sha256()
-                remaining = size
-            while remaining > 0:
-                chunk = os.read(fd, min(_CHUNK, remaining))
-                if not chunk:
-                    raise ArtifactError(f"{os.fsdecode(path)} shrank while building")
-                content.update(chunk)
-                self._sink.write(chunk)
-                remaining -= len(chunk)
+                self.members += 1
+            index = self._writer.add_file(header, fd, size)
         finally:
             os.close(fd)
-        if size % BLOCK:
-            self._sink.write(_ZEROS[: -size % BLOCK])
-        self.cache.store(rel, st, content.digest())
+        if index is None:
+            raise ArtifactError(f"{display_path(path)} changed while the image was being built")
+        if recorded:
+            self.files.append((path, st, index))
 
-    def directory(self, rel: bytes, st: os.stat_result, device: int | None) -> None:
-        """Archive the directory ``rel`` (``b"/"`` for the root) and its subtree."""
-        self._header(rel[1:] or b".", DIRECTORY, st)
-        if device is not None and st.st_dev != device:
-            return  # another filesystem: recorded, not entered (as the scanner does)
-        prefix = rel if rel != b"/" else b""
-        with os.scandir(self._base + rel) as listing:
-            children = sorted(listing, key=_name_of)
-        for child in children:
-            path = prefix + b"/" + child.name
-            if child.is_file(follow_symlinks=False):
-                self._file(path)
-            else:
-                self.other(path, child.stat(follow_symlinks=False), device)
-
-    def other(self, rel: bytes, st: os.stat_result, device: int | None) -> None:
-        name = rel[1:]
+    def _other(
+        self, path: bytes, name: bytes, dir_fd: int | None, recorded: bool, state: int
+    ) -> bool:
+        """Archive a child that is not a regular file; True when it is a directory entered."""
+        st = os.stat(
+            name if dir_fd is not None else self._base + path, dir_fd=dir_fd, follow_symlinks=False
+        )
         mode = st.st_mode
+        rel = path[1:]
         if stat.S_ISDIR(mode):
-            self.directory(rel, st, device)
-        elif stat.S_ISREG(mode):
-            self._file(rel)
-        elif stat.S_ISLNK(mode):
-            self._header(name, SYMLINK, st, linkname=os.readlink(self._base + rel))
+            self._writer.write(self._header(rel, DIRECTORY, st))
+            if recorded:
+                self._record(path, st)
+            if self._device is not None and st.st_dev != self._device:
+                return False  # another filesystem: recorded, not entered (as a scan does)
+            fd = None
+            if len(self._stack) < _MAX_DIR_FDS and dir_fd is not None:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            child_state = _RECORD if recorded else (_SEARCH if state == _SEARCH else _SKIP)
+            self._enter(path, name, fd, child_state)
+            return True
+        if stat.S_ISLNK(mode):
+            target = os.readlink(name if dir_fd is not None else self._base + path, dir_fd=dir_fd)
+            self._writer.write(self._header(rel, SYMLINK, st, linkname=target))
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             kind = CHAR_DEVICE if stat.S_ISCHR(mode) else BLOCK_DEVICE
             major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-            self._header(name, kind, st, devmajor=major, devminor=minor)
+            self._writer.write(self._header(rel, kind, st, devmajor=major, devminor=minor))
         elif stat.S_ISFIFO(mode):
-            self._header(name, FIFO, st)
+            self._writer.write(self._header(rel, FIFO, st))
         else:
-            self.sockets.add(rel)
-
-
-def _name_of(entry: os.DirEntry[bytes]) -> bytes:
-    return entry.name
-
-
-def _as_unpacked(entry: Entry, policy: Policy, owner: tuple[int, int] | None) -> Entry:
-    """``entry`` with the owner the unpacked instance will have."""
-    if owner is None:
-        return entry
-    uid = 0 if policy.ignores("uid") else owner[0]
-    gid = 0 if policy.ignores("gid") else owner[1]
-    return entry._replace(uid=uid, gid=gid)
+            return False  # a socket: neither archived nor recorded
+        if recorded:
+            self._record(path, st, target=target if stat.S_ISLNK(mode) else b"")
+        return False
 
 
 def _archive(
     base: bytes, tar_path: str, *, policy: Policy, owner: tuple[int, int] | None
-) -> tuple[_Archiver, str]:
-    """Write the tarball of ``base`` to ``tar_path``; returns the archiver and its hex digest."""
+) -> tuple[Manifest, int, str]:
+    """Write the tarball of ``base`` to ``tar_path``; returns its manifest, member count and
+    hex digest."""
     fd = os.open(tar_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    sink = HashingSink(fd)
+    writer = TarWriter(fd)
+    # The walk allocates a tuple per object and frees none: the cyclic collector
+    # would re-examine the growing entry list again and again (as in a scan).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        archiver = _Archiver(base, sink, owner)
-        root_st = os.stat(base or b"/")
-        device = root_st.st_dev if policy.one_filesystem else None
+        archiver = _Archiver(base, writer, policy=policy, owner=owner)
         try:
-            archiver.directory(b"/", root_st, device)
+            archiver.run()
         except OSError as exc:
-            raise ArtifactError(f"cannot archive {os.fsdecode(base)}: {exc}") from exc
-        sink.finish_archive()
-        return archiver, sink.close()
+            raise ArtifactError(f"cannot archive {os.fsdecode(base or b'/')}: {exc}") from exc
+        writer.finish()
+        tar_hex = writer.close()
+        return Manifest.build(policy, archiver.finish_entries()), archiver.members, tar_hex
     finally:
+        if collecting:
+            gc.enable()
         try:
-            sink.close()  # stops the worker on every path; a no-op after success
+            writer.close()  # stops the worker on every path; a no-op after success
         finally:
             os.close(fd)
 
@@ -236,19 +323,10 @@ def build_artifact(
     tar_path = os.path.join(out_dir, ARTIFACT_NAME)
     partial = f"{tar_path}.{os.getpid()}.partial"
     try:
-        archiver, tar_hex = _archive(base, partial, policy=policy, owner=owner)
-        scanned = scan(base or b"/", policy, cache=archiver.cache, workers=0)
-        if scanned.files_hashed or scanned.errors:
-            raise ArtifactError(f"{os.fsdecode(base)} changed while the image was being built")
+        manifest, members, tar_hex = _archive(base, partial, policy=policy, owner=owner)
     except BaseException:
         os.unlink(partial)
         raise
-    entries = [
-        _as_unpacked(entry, policy, owner)
-        for entry in scanned.entries
-        if entry.path not in archiver.sockets
-    ]
-    manifest = Manifest.build(policy, entries)
     encoded = manifest.encode()
     manifest_digest = digest_of(encoded)
     image_digest = "sha256:" + tar_hex
@@ -271,7 +349,7 @@ def build_artifact(
         image_digest=image_digest,
         manifest_digest=manifest_digest,
         manifest=manifest,
-        member_count=archiver.members,
+        member_count=members,
         image_json=document,
         warnings=tuple(warnings),
     )

@@ -64,7 +64,8 @@ def default_name(root: str | os.PathLike[str]) -> str:
     return name or "root"
 
 
-def _check_identity(name: str, version: str) -> None:
+def check_identity(name: str, version: str) -> None:
+    """Raise BakeError unless ``name`` and ``version`` can form an image reference."""
     if not _NAME.fullmatch(name):
         raise BakeError(
             f"image name {name!r} is not a valid reference name "
@@ -158,7 +159,7 @@ def bake(
     SecretsFoundError (nothing written) when ``strict`` and secrets were found.
     """
     name = default_name(root) if name is None else name
-    _check_identity(name, version)
+    check_identity(name, version)
     if not os.path.isdir(root):
         raise BakeError(f"root {root} is not a directory")
     policy = _exclude_out_dir(root, out_dir, policy)

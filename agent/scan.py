@@ -35,7 +35,7 @@ from agent.readbudget import TokenBucket
 from agent.scanrules import Exclusions, ignoring, include_roots, leaf_signature
 from agent.statcache import Record, StatCache, stamp_of
 
-__all__ = ["Progress", "ScanResult", "StatCache", "default_workers", "scan"]
+__all__ = ["Progress", "ScanResult", "StatCache", "default_workers", "entry_from_stat", "scan"]
 
 Progress = Callable[[int, int], None]
 """Called with (entries seen, bytes hashed) about every thousand entries during a scan."""
@@ -114,6 +114,35 @@ def _entry(
         major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
     mode = st.st_mode & 0o7777
     return Entry(path, kind, mode, st.st_uid, st.st_gid, 0, digest, target, major, minor, error)
+
+
+def entry_from_stat(
+    path: bytes,
+    st: os.stat_result,
+    *,
+    digest: bytes = b"",
+    target: bytes = b"",
+    owner: tuple[int, int] | None = None,
+) -> Entry | None:
+    """The entry a scan records for ``path`` seen with ``st`` (None for a socket).
+
+    ``digest`` is a regular file's content digest, ``target`` a symlink's
+    target (whose digest is derived here). ``owner`` replaces the stat's uid
+    and gid: an image build records owners as they will be unpacked. Sockets
+    cannot be archived, so an image leaves them out.
+    """
+    kind = _TYPES.get(stat.S_IFMT(st.st_mode), EntryType.SOCKET)
+    if kind is EntryType.SOCKET:
+        return None
+    if kind is _REGULAR:  # the common case, built in one step
+        uid, gid = owner if owner is not None else (st.st_uid, st.st_gid)
+        fields = (path, _REGULAR, st.st_mode & 0o7777, uid, gid, st.st_size)
+        return _new_tuple(Entry, (*fields, digest, b"", 0, 0, _NO_ERROR))
+    if kind is EntryType.SYMLINK:
+        entry = _entry(path, st, kind, sha256(target).digest(), target)
+    else:
+        entry = _entry(path, st, kind)
+    return entry if owner is None else entry._replace(uid=owner[0], gid=owner[1])
 
 
 class _Scan:

@@ -1,4 +1,4 @@
-"""Write a tar stream whose bytes depend only on what is archived, and hash it on the way.
+"""Tar headers whose bytes depend only on what is archived.
 
 Image digests are the SHA-256 of a tarball, so its bytes must not depend on the
 Python version, the host or the time of the build. corral therefore writes the
@@ -11,18 +11,13 @@ POSIX (pax/ustar) headers itself instead of relying on :mod:`tarfile`'s choices:
 - user and group names are always empty (owners are numeric);
 - the archive ends with two zero blocks and is padded to a 10 KiB record.
 
-:class:`HashingSink` hashes the stream as it writes it, in a worker thread,
-so the digest costs no second read of the tarball and overlaps the reading
-and hashing of the files that go into it.
+:mod:`agent.tarwriter` assembles the stream from these headers and the files'
+content, and hashes it on the way.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import queue
 import struct
-import threading
 from dataclasses import dataclass
 
 BLOCK = 512
@@ -38,7 +33,6 @@ _PAX_NAME = b"././@PaxHeader"
 _MAGIC = b"ustar\x0000"
 _ID_LIMIT = 8**7
 _SIZE_LIMIT = 8**11
-_FLUSH = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +78,12 @@ def _ustar(
     return block[:148] + b"%06o\0" % sum(block) + block[155:]
 
 
+_SIMPLE_TAIL = _MAGIC + bytes(64) + _NO_DEVICE + _NO_DEVICE + bytes(167)
+_SIMPLE_MTIME = b"00000000000\0"
+_SIMPLE_SUM = sum(_SIMPLE_MTIME) + sum(b"        ") + sum(_SIMPLE_TAIL)
+"""The checksum of the constant fields (the checksum field counts as spaces)."""
+
+
 def simple_header(
     name: bytes,
     kind: bytes,
@@ -96,7 +96,9 @@ def simple_header(
 ) -> bytes | None:
     """The ustar header of a non-device member with mtime 0, or None when it needs pax.
 
-    The fast path for the common member: same bytes as :func:`encode_header`.
+    The fast path for the common member: same bytes as :func:`encode_header`,
+    assembled from its fields so that only the variable ones are summed for
+    the checksum.
     """
     if (
         len(name) > 99  # room for a directory's "/"
@@ -109,23 +111,19 @@ def simple_header(
         return None
     if kind == DIRECTORY:
         name = b"./" if name == b"." else name + b"/"
-    block = _USTAR.pack(
-        name,
-        b"%07o" % (mode & 0o7777),
-        b"%07o" % uid,
-        b"%07o" % gid,
-        b"%011o" % size,
-        b"00000000000",
-        b"        ",
-        kind,
-        linkname,
-        _MAGIC,
-        b"",
-        _NO_DEVICE,
-        _NO_DEVICE,
-        b"",
+    numbers = b"%07o\0%07o\0%07o\0%011o\0" % (mode & 0o7777, uid, gid, size)
+    checksum = _SIMPLE_SUM + sum(name) + sum(numbers) + kind[0] + sum(linkname)
+    return b"".join(
+        (
+            name.ljust(100, b"\0"),
+            numbers,
+            _SIMPLE_MTIME,
+            b"%06o\0 " % checksum,
+            kind,
+            linkname.ljust(100, b"\0"),
+            _SIMPLE_TAIL,
+        )
     )
-    return block[:148] + b"%06o\0" % sum(block) + block[155:]
 
 
 def _record(key: bytes, value: bytes) -> bytes:
@@ -190,67 +188,3 @@ def _utf8(value: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-class HashingSink:
-    """Writes a stream to a file descriptor and hashes it, in a worker thread.
-
-    Small writes are gathered into 1 MiB pieces; the worker hashes and writes
-    each piece while the caller reads and hashes the next files (hashlib and
-    os.write release the GIL, so two cores both work). Call :meth:`close`
-    once: it returns the SHA-256 hex digest and re-raises the worker's error.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._pending: list[bytes] = []
-        self._pending_size = 0
-        self.offset = 0
-        self._hash = hashlib.sha256()
-        self._error: OSError | None = None
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
-        self._worker = threading.Thread(target=self._drain, name="tar-sink", daemon=True)
-        self._worker.start()
-
-    def _drain(self) -> None:
-        while (piece := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._hash.update(piece)
-                    view = memoryview(piece)
-                    while view:
-                        view = view[os.write(self._fd, view) :]
-                except OSError as exc:
-                    self._error = exc
-
-    def write(self, data: bytes) -> None:
-        self.offset += len(data)
-        self._pending.append(data)
-        self._pending_size += len(data)
-        if self._pending_size >= _FLUSH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            self._queue.put(b"".join(self._pending))
-            self._pending = []
-            self._pending_size = 0
-
-    def finish_archive(self) -> None:
-        """The end-of-archive marker, padded to a whole record like tar(1)."""
-        self.write(bytes(2 * BLOCK))
-        if self.offset % RECORD:
-            self.write(bytes(-self.offset % RECORD))
-
-    def close(self) -> str:
-        """Write what is pending and stop the worker; returns the hex SHA-256 of the stream.
-
-        Raises the OSError the worker met while writing, if any. Safe to call twice.
-        """
-        if self._worker.is_alive():
-            self._flush()
-            self._queue.put(None)
-            self._worker.join()
-        if self._error is not None:
-            raise self._error
-        return self._hash.hexdigest()

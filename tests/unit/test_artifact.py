@@ -6,14 +6,16 @@ import hashlib
 import io
 import json
 import os
+import socket
 import stat
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from agent import artifact
 from agent.artifact import ArtifactError, build_artifact
-from agent.manifest import read_manifest
+from agent.manifest import Entry, EntryType, read_manifest
 from agent.policy import Policy
 from agent.scan import scan
 from agent.tarstream import DIRECTORY, REGULAR, SYMLINK, Header, encode_header, simple_header
@@ -140,6 +142,68 @@ def test_unpacked_instance_scans_to_the_baked_root(tree: Path, tmp_path: Path) -
     os.chmod(tmp_path / "instance" / "ro", 0o755)
     (tmp_path / "instance" / "etc" / "app.conf").write_text("patched\n")
     assert scan(tmp_path / "instance", POLICY, workers=0).root != result.manifest.root
+
+
+def _scanned_as_unpacked(root: Path, policy: Policy, owner: tuple[int, int]) -> list[Entry]:
+    """What a scan of ``root`` records, with owners as an image of it unpacks them."""
+    uid = 0 if policy.ignores("uid") else owner[0]
+    gid = 0 if policy.ignores("gid") else owner[1]
+    return [
+        entry._replace(uid=uid, gid=gid)
+        for entry in scan(root, policy, workers=0).entries
+        if entry.type is not EntryType.SOCKET  # an image cannot hold one
+    ]
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        POLICY,
+        Policy(),
+        Policy(include=("/etc", "/bin/alias", "/missing"), exclude=("/etc/pipe",)),
+        Policy(include=("/etc", "/d" + "d" * 59), ignore_attributes=("uid", "mode", "content")),
+        Policy(exclude=("/**/*.txt", "/ro")),
+    ],
+)
+def test_manifest_is_what_a_scan_records(tree: Path, tmp_path: Path, policy: Policy) -> None:
+    socket_path = tree / "etc" / "sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(socket_path))
+        (tree / "big").write_bytes(os.urandom(3 << 20))  # spans several tar buffers
+        result = build_artifact(tree, tmp_path / "a", name="web", version="1", policy=policy)
+    assert list(result.manifest.entries) == sorted(_scanned_as_unpacked(tree, policy, (0, 0)))
+    with tarfile.open(tmp_path / "a" / "image.tar") as archive:
+        assert "etc/sock" not in archive.getnames()
+
+
+def test_deep_trees_do_not_hold_a_descriptor_per_level(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = build_artifact(tree, tmp_path / "a", name="web", version="1", policy=POLICY)
+    monkeypatch.setattr(artifact, "_MAX_DIR_FDS", 1)
+    by_path = build_artifact(tree, tmp_path / "b", name="web", version="1", policy=POLICY)
+    assert by_path.image_digest == held.image_digest
+    assert by_path.manifest_digest == held.manifest_digest
+
+
+def test_a_file_changing_size_during_the_build_fails_it(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fstat = os.fstat
+
+    def stale_fstat(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return st
+        fields = list(st)
+        fields[stat.ST_SIZE] += 1  # as if the file shrank after it was examined
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(os, "fstat", stale_fstat)
+    with pytest.raises(ArtifactError, match="changed while the image was being built"):
+        build_artifact(tree, tmp_path / "a", name="web", version="1", policy=POLICY)
+    assert not (tmp_path / "a" / "image.tar").exists()
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.endswith(".partial")]
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="restoring another owner needs root")
