@@ -18,12 +18,12 @@ under the policy would record (:func:`agent.scan.entry_from_stat`, the rules of
 :mod:`agent.scanrules`), with owners replaced as in the tarball, so an instance
 unpacked by :func:`agent.unpack.unpack_artifact` verifies conformant.
 
-One walk does everything: each file is opened once, read straight into the
-tar stream's buffer (:class:`agent.tarwriter.TarWriter`) and hashed there for
-its entry, while a worker thread hashes and writes the stream; the manifest is
-encoded while the last buffers drain. The entries and the tarball therefore
-describe the same bytes, and a file whose size changes while it is read fails
-the build.
+One walk does everything: each file is opened once (relative to its open
+directory) and read straight into the tar stream's buffer
+(:class:`agent.tarwriter.TarWriter`), where its content digest is computed;
+a worker thread hashes the larger files and the stream and writes it, so the
+build uses two cores. The entries and the tarball therefore describe the same
+bytes, and a file whose size changes while it is read fails the build.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ class _Archiver:
             self._record(b"/", root_st)
         self._writer.write(self._header(b".", DIRECTORY, root_st))
         try:
-            self._enter(b"/", None, os.open(base, _DIR_FLAGS), state)
+            self._enter(b"/", os.open(base, _DIR_FLAGS), state)
             while self._stack:
                 listing = self._stack[-1]
                 if not self._archive_children(listing):
@@ -174,7 +174,7 @@ class _Archiver:
                 if listing.fd is not None:
                     os.close(listing.fd)
 
-    def _enter(self, path: bytes, name: bytes | None, fd: int | None, state: int) -> None:
+    def _enter(self, path: bytes, fd: int | None, state: int) -> None:
         """Push the listing of the directory ``path`` (opened as ``fd``)."""
         with os.scandir(self._base + path) as entries:
             children = sorted(entries, key=_name_of)  # C-level key
@@ -235,6 +235,7 @@ class _Archiver:
         )
         mode = st.st_mode
         rel = path[1:]
+        target = b""
         if stat.S_ISDIR(mode):
             self._writer.write(self._header(rel, DIRECTORY, st))
             if recorded:
@@ -245,7 +246,7 @@ class _Archiver:
             if len(self._stack) < _MAX_DIR_FDS and dir_fd is not None:
                 fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
             child_state = _RECORD if recorded else (_SEARCH if state == _SEARCH else _SKIP)
-            self._enter(path, name, fd, child_state)
+            self._enter(path, fd, child_state)
             return True
         if stat.S_ISLNK(mode):
             target = os.readlink(name if dir_fd is not None else self._base + path, dir_fd=dir_fd)
@@ -259,15 +260,17 @@ class _Archiver:
         else:
             return False  # a socket: neither archived nor recorded
         if recorded:
-            self._record(path, st, target=target if stat.S_ISLNK(mode) else b"")
+            self._record(path, st, target=target)
         return False
 
 
 def _archive(
     base: bytes, tar_path: str, *, policy: Policy, owner: tuple[int, int] | None
 ) -> tuple[Manifest, int, str]:
-    """Write the tarball of ``base`` to ``tar_path``; returns its manifest, member count and
-    hex digest."""
+    """Write the tarball of ``base`` to ``tar_path``.
+
+    Returns the manifest, the number of members and the tarball's hex SHA-256.
+    """
     fd = os.open(tar_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     writer = TarWriter(fd)
     # The walk allocates a tuple per object and frees none: the cyclic collector
