@@ -49,8 +49,8 @@ class TarWriter:
     content, :meth:`finish` once for the end-of-archive marker, then
     :meth:`close` on every path (it stops the worker thread); after it,
     :attr:`digests` holds each added file's SHA-256, in the order added. An
-    ``OSError`` met while writing is raised by the next call that waits for a
-    buffer, or by :meth:`close`.
+    ``OSError`` (or any error) the worker meets is raised by the next call that
+    waits for a buffer, or by :meth:`close`.
     """
 
     def __init__(self, fd: int, *, buffer_bytes: int = BUFFER_BYTES, buffers: int = BUFFERS):
@@ -67,7 +67,7 @@ class TarWriter:
         self._flushed = 0
         self.digests: list[bytes] = []
         self._digest = hashlib.sha256()
-        self._error: OSError | None = None
+        self._error: Exception | None = None
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._drain, name="tar-writer", daemon=True)
         self._worker.start()
@@ -83,22 +83,23 @@ class TarWriter:
         sha256 = hashlib.sha256
         while (job := self._jobs.get()) is not None:
             buffer, used, spans = job
-            if self._error is None:
-                for start, stop, running, index in spans:
-                    if running is None:
-                        digests[index] = sha256(buffer[start:stop]).digest()
-                    else:
-                        running.update(buffer[start:stop])
-                        if index >= 0:
-                            digests[index] = running.digest()
-                try:
+            try:
+                if self._error is None:
+                    for start, stop, running, index in spans:
+                        if running is None:
+                            digests[index] = sha256(buffer[start:stop]).digest()
+                        else:
+                            running.update(buffer[start:stop])
+                            if index >= 0:
+                                digests[index] = running.digest()
                     view = buffer[:used]
                     update(view)
                     while view:
                         view = view[os.write(self._fd, view) :]
-                except OSError as exc:
-                    self._error = exc
-            self._free.put(buffer)
+            except Exception as exc:  # handed to the caller, which raises it
+                self._error = exc
+            finally:
+                self._free.put(buffer)  # the caller may be waiting for one
 
     def _flush(self) -> None:
         """Hand the current buffer to the worker and take a free one."""
