@@ -9,6 +9,10 @@ shared), and the medians.
 
     python tests/bench/bench_ingest.py [--agents 2000] [--seconds 10] [--inflight 64]
                                        [--rounds 3]
+
+``CORRAL_*`` variables in the environment reach the controller, e.g.
+``CORRAL_REPLACER_INTERVAL=3600`` leaves the replacement engine's periodic pass idle
+so the ingest path is measured alone.
 """
 
 from __future__ import annotations
