@@ -7,7 +7,9 @@ controller with a deadline on every call, lets the channel retry
 own, and maps what still fails to the agent's errors:
 
 - ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``RESOURCE_EXHAUSTED``, ``ABORTED``,
-  ``CANCELLED`` → :class:`RetryableError` (keep the report, back off, retry);
+  ``CANCELLED`` → :class:`RetryableError` (keep the report, back off, retry;
+  a rate-limited call waits at least the ``retry-after-ms`` the controller
+  sent);
 - anything else (``INVALID_ARGUMENT``, ``FAILED_PRECONDITION`` for an undeclared
   group or a stale ``seq``, ``ALREADY_EXISTS`` for a ``seq`` already used with a
   different root, ...) → :class:`ReportRejectedError` with the status code name and the
@@ -20,6 +22,7 @@ Keepalive pings every 60 s while a call is open (the controller must allow
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import grpc
@@ -31,6 +34,9 @@ from agent.report import Delivery, InstanceState, PendingReport, ReportHeader
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc, manifest_pb2
 
 SERVICE = "corral.v1.AgentService"
+RETRY_AFTER_METADATA = "retry-after-ms"
+#: A controller's retry hint is honoured up to this many seconds.
+MAX_RETRY_AFTER = 3600.0
 MAX_SEND_BYTES = 4 << 20
 MAX_RECEIVE_BYTES = 1 << 20
 
@@ -160,6 +166,24 @@ def drift_request(report: PendingReport) -> agent_pb2.ReportDriftRequest:
     return message
 
 
+def retry_after(exc: grpc.RpcError) -> float:
+    """Seconds the controller asked us to wait (``retry-after-ms`` trailer); 0 if none."""
+    trailers: tuple[tuple[str, str | bytes], ...] = ()
+    if isinstance(exc, grpc.Call):
+        trailers = tuple(exc.trailing_metadata() or ())
+    for key, value in trailers:
+        if key != RETRY_AFTER_METADATA:
+            continue
+        try:
+            millis = float(value)
+        except (TypeError, ValueError):
+            return 0.0
+        if not math.isfinite(millis) or millis <= 0:
+            return 0.0
+        return min(millis / 1000.0, MAX_RETRY_AFTER)
+    return 0.0
+
+
 def _state(value: agent_pb2.InstanceState.ValueType) -> InstanceState:
     return _STATE.get(value, InstanceState.UNSPECIFIED)
 
@@ -202,7 +226,8 @@ class GrpcTransport:
         details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
         message = f"controller {self._target}: {code.name}: {details}"
         if code in _RETRYABLE:
-            raise RetryableError(message, delay=0.0) from None
+            delay = retry_after(exc) if code is grpc.StatusCode.RESOURCE_EXHAUSTED else 0.0
+            raise RetryableError(message, delay=delay) from None
         raise ReportRejectedError(message, code=code.name) from None
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from controller.ports import Clock, Store
 from controller.replacer import Replacer
 from controller.replacer_wiring import build_replacer
 from controller.scheduler import start_sweeps
+from controller.security.serving import security_from_config
 from controller.service import ControllerService
 from controller.store.sqlite import SqliteStore
 
@@ -87,6 +88,7 @@ async def start_controller(
         listen=config.listen,
         max_message_bytes=config.max_message_bytes,
         max_manifest_bytes=config.max_manifest_bytes,
+        security=security_from_config(config),
     )
     await server.start()
     scheduler = start_sweeps(service, interval=config.sweep_interval) if sweeps else None

@@ -79,6 +79,17 @@ class ControllerConfig:
     breaker_window: float = 600.0
     #: HOST:PORT the instances' agents are told to report to (default: the listen address).
     advertise: str = ""
+    #: Mutual TLS: the CA that signs clients, and the controller's chain and key (PEM paths).
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = field(default="", repr=False)
+    #: Serve plaintext on a non-loopback address anyway (logged loudly at every start).
+    insecure: bool = False
+    #: ``spiffe://<trust_domain>/<role>/<name>`` is what client certificates must name.
+    trust_domain: str = "corral"
+    #: Each agent identity's calls a second, and the burst it may save up.
+    agent_rate: float = 2.0
+    agent_burst: int = 60
     groups: tuple[GroupConfig, ...] = field(default=())
     #: Provider settings by provider name: ``[providers.local] data_dir = ...``.
     providers: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = field(default=())
@@ -151,6 +162,8 @@ _ZERO_ALLOWED = {"max_concurrent_replacements"}
 def _coerce(key: str, value: Any, *, source: str) -> Any:
     kind = _SCALARS[key]
     try:
+        if kind == "bool":
+            return _boolean(value)
         if isinstance(value, bool):
             raise ValueError("expected a number or text, not true/false")
         if kind == "float":
@@ -173,6 +186,19 @@ def _coerce(key: str, value: Any, *, source: str) -> Any:
         return text
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {key} = {value!r} is not valid: {exc}") from exc
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ValueError("must be true or false (1/0, yes/no, on/off)")
 
 
 def _check_address(text: str, *, empty_ok: bool) -> None:

@@ -1,7 +1,10 @@
 """``corral.v1.AgentService``: where every agent's reports arrive.
 
 Thin: validate and convert (:mod:`controller.api.convert`), hand the report to
-the service, map a refusal to its status code. Runs on the event loop; the
+the service, map a refusal to its status code. With mutual TLS the security
+interceptor has already checked that an agent reports for the instance its
+certificate names; the servicer checks it again (``require_instance``) so no
+wiring mistake can let one instance speak for another. Runs on the event loop; the
 service's work per report is short (see :mod:`controller.store.sqlite`).
 
 ``Report`` is the hottest path in the controller, so it counts its own calls
@@ -24,6 +27,8 @@ from controller.api.convert import (
 from controller.api.counting import MethodCounter, counted, method_counters
 from controller.domain.model import Evidence, InstanceState, Report
 from controller.errors import ControllerError
+from controller.security.authz import require_instance
+from controller.security.caller import current_identity
 from controller.service import ControllerService
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc
 
@@ -57,6 +62,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         calls = self._report_calls
         try:
             report = report_from_proto(request.header, present=request.HasField("header"))
+            require_instance(current_identity(), report.instance_id)
         except ControllerError as exc:
             self._service.count_rejected(exc)
             await self._abort(calls, exc, context)
@@ -79,6 +85,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         report: Report
         try:
             report = report_from_proto(request.header, present=request.HasField("header"))
+            require_instance(current_identity(), report.instance_id)
             evidence = evidence_from_proto(request)
         except ControllerError as exc:
             self._service.count_rejected(exc)

@@ -5,7 +5,8 @@ interceptor adds coroutines and a handler lookup to every call, which the agent
 report path cannot afford. Label children are created once per (method, code)
 and cached, so counting costs one dict lookup and one increment. Only methods
 the servicers implement are counted, so a client probing random method names
-cannot grow the label set.
+cannot grow the label set. Calls the security interceptor refuses never reach a
+servicer; :class:`RefusalCounter` counts those under the same metric.
 """
 
 from __future__ import annotations
@@ -107,3 +108,24 @@ def method_counters(
     """One :class:`MethodCounter` per RPC of ``service`` (full names ``/service/Name``)."""
     full = (f"/{service}/{name}" for name in names)
     return {method: MethodCounter(counter, method) for method in full}
+
+
+class RefusalCounter:
+    """Counts calls refused before any servicer ran (``on_refused`` of the security interceptor).
+
+    The interceptor only wraps methods the server serves, so the label set stays
+    bounded by the served methods and the refusal codes.
+    """
+
+    __slots__ = ("_by_key", "_counter")
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._by_key: dict[tuple[str, grpc.StatusCode], _Child] = {}
+
+    def __call__(self, method: str, code: grpc.StatusCode) -> None:
+        child = self._by_key.get((method, code))
+        if child is None:
+            child = self._counter.labels(method=method, code=code.name)
+            self._by_key[method, code] = child
+        child.inc()

@@ -31,11 +31,14 @@ from controller.errors import (
     ResourceExhaustedError,
 )
 from controller.group_ops import resume_group, rollback_group, rollout_group
+from controller.security.caller import current_identity
 from controller.service import ControllerService
 from protos.corral.v1 import fleet_pb2, fleet_pb2_grpc
 
 Context = grpc.aio.ServicerContext[object, object]
 ACTOR_METADATA = "corral-actor"
+#: Prefix of an actor named only by what an unauthenticated client said.
+UNVERIFIED = "unverified:"
 MAX_REASON = 1024
 SERVICE = "corral.v1.FleetService"
 METHODS = (
@@ -57,11 +60,21 @@ def _method(name: str) -> str:
 
 
 def actor_of(context: Context) -> str:
-    """Who is calling: the ``corral-actor`` metadata the CLI sends, else the peer address."""
+    """Who is calling, for audit records and taints.
+
+    With mutual TLS, the certificate's identity (``operator:alice``) and nothing
+    else: whatever the client claims in metadata is ignored. Without TLS
+    (loopback or ``--insecure``) nobody is authenticated, so the ``corral-actor``
+    metadata the CLI sends is recorded as a claim, ``unverified:alice@laptop``
+    (else the peer address), never in a form a certificate identity could take.
+    """
+    identity = current_identity()
+    if identity is not None:
+        return identity.actor
     for key, value in context.invocation_metadata() or ():
         if key == ACTOR_METADATA and isinstance(value, str) and value:
-            return value[:128]
-    return str(context.peer())
+            return f"{UNVERIFIED}{value[:128]}"
+    return f"{UNVERIFIED}{context.peer()}"
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):

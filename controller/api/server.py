@@ -4,6 +4,12 @@
 by gRPC itself with RESOURCE_EXHAUSTED; keepalive settings let agents ping every
 30 s without being told ``too_many_pings``, and connections are recycled every
 30 minutes so load rebalances across replicas.
+
+With ``security`` carrying TLS files the port requires client certificates and
+the security interceptor checks identity, rate and role before any servicer
+runs (its refusals are counted in ``corral_grpc_requests_total`` too); without
+TLS the server listens on loopback only, unless ``insecure`` says otherwise
+(:func:`controller.security.serving.bind`).
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from controller.api.agent_service import AgentServicer
+from controller.api.counting import RefusalCounter
 from controller.api.fleet_service import FleetServicer
+from controller.security.serving import ServerSecurity, bind, server_interceptors
 from controller.service import ControllerService
 from protos.corral.v1 import agent_pb2_grpc, fleet_pb2_grpc
 
@@ -43,8 +51,12 @@ class ControllerServer:
         listen: str,
         max_message_bytes: int,
         max_manifest_bytes: int,
+        security: ServerSecurity | None = None,
     ) -> None:
+        security = security or ServerSecurity()
+        refused = RefusalCounter(service.metrics.grpc_requests)
         self.server = grpc.aio.server(
+            interceptors=server_interceptors(security, on_refused=refused),
             options=server_options(max_message_bytes),
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(service), self.server)
@@ -53,9 +65,7 @@ class ControllerServer:
         )
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(listen)
-        if not self.port:
-            raise OSError(f"cannot listen on {listen}")
+        self.port = bind(self.server, listen, security)
 
     async def start(self) -> None:
         await self.server.start()

@@ -3,6 +3,11 @@
 Every call passes ``timeout=``; the channel's service config retries UNAVAILABLE
 with backoff; a failed call becomes :class:`ClientError`, whose ``exit_code``
 follows the CLI contract: 2 bad input, 1 refused, 69 controller unavailable.
+
+With ``--tls-ca/--tls-cert/--tls-key`` (or ``CORRAL_TLS_CA_FILE``,
+``CORRAL_TLS_CERT_FILE``, ``CORRAL_TLS_KEY_FILE``) the channel is mutual TLS
+and the controller names the caller from the certificate; unusable files exit
+2 before anything is sent. A refused handshake surfaces as UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any, TypeVar
 
 import grpc
 
+from controller.security.errors import CertificateError
+from controller.security.tls import TlsFiles, channel_credentials
 from protos.corral.v1 import fleet_pb2_grpc
 
 DEFAULT_CONTROLLER = "127.0.0.1:7070"
@@ -65,6 +72,26 @@ def add_controller_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for each call"
     )
+    for flag, name, what in (
+        ("--tls-ca", "CA", "CA bundle the controller's certificate chains to"),
+        ("--tls-cert", "CERT", "your certificate chain (mutual TLS)"),
+        ("--tls-key", "KEY", "your private key (mutual TLS)"),
+    ):
+        parser.add_argument(flag, metavar="FILE", help=f"{what} (default: $CORRAL_TLS_{name}_FILE)")
+
+
+def tls_from_args(args: argparse.Namespace) -> TlsFiles | None:
+    """The TLS files from flags, else the environment; None for plaintext.
+
+    Raises CertificateError when only some of the three are given.
+    """
+    env = os.environ
+    return TlsFiles.from_values(
+        getattr(args, "tls_ca", None) or env.get("CORRAL_TLS_CA_FILE") or None,
+        getattr(args, "tls_cert", None) or env.get("CORRAL_TLS_CERT_FILE") or None,
+        getattr(args, "tls_key", None) or env.get("CORRAL_TLS_KEY_FILE") or None,
+        source="--tls-ca/--tls-cert/--tls-key",
+    )
 
 
 def actor() -> str:
@@ -79,20 +106,24 @@ def actor() -> str:
 class FleetClient:
     """A channel to the controller's FleetService."""
 
-    def __init__(self, address: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, address: str, *, timeout: float = DEFAULT_TIMEOUT, tls: TlsFiles | None = None
+    ) -> None:
+        """Raises CertificateError when ``tls`` files cannot be read."""
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[("grpc.enable_retries", 1), ("grpc.service_config", _SERVICE_CONFIG)],
-        )
+        options = [("grpc.enable_retries", 1), ("grpc.service_config", _SERVICE_CONFIG)]
+        if tls is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            self._channel = grpc.secure_channel(address, channel_credentials(tls), options=options)
         self.stub = fleet_pb2_grpc.FleetServiceStub(self._channel)
         self._metadata = (("corral-actor", actor()),)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> FleetClient:
         address = args.controller or os.environ.get("CORRAL_CONTROLLER") or DEFAULT_CONTROLLER
-        return cls(address, timeout=args.timeout)
+        return cls(address, timeout=args.timeout, tls=tls_from_args(args))
 
     def call(self, method: Callable[..., Response], request: Any) -> Response:
         """Call ``method`` (a stub attribute) with a deadline; raises ClientError."""
@@ -124,7 +155,11 @@ def run_with_client(
     args: argparse.Namespace, action: Callable[[FleetClient, argparse.Namespace], int]
 ) -> int:
     """Run ``action`` with a client; print a ClientError and return its exit code."""
-    client = FleetClient.from_args(args)
+    try:
+        client = FleetClient.from_args(args)
+    except CertificateError as exc:
+        print(f"corral {args.command}: TLS: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return action(client, args)
     except ClientError as exc:

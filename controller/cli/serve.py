@@ -2,10 +2,15 @@
 
     corral-controller serve --listen HOST:PORT --data-dir DIR
                             [--metrics-listen HOST:PORT] [--config FILE]
+                            [--tls-ca FILE --tls-cert FILE --tls-key FILE] [--insecure]
 
 Defaults: gRPC on 127.0.0.1:7070, metrics on 127.0.0.1:9470. On SIGTERM the
 health service reports NOT_SERVING, in-flight calls finish (5 s grace), pending
 heartbeats are flushed and the store is closed.
+
+A non-loopback ``--listen`` needs the three TLS files (client certificates are
+then required); without them the controller refuses to start (exit 2) unless
+``--insecure`` is given, which is logged as a warning at every start.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from controller.errors import ControllerError
 from controller.logs import configure_logging
 from controller.metrics import serve_metrics
 from controller.ports import SystemClock
+from controller.security.listen import check_listen
+from controller.security.serving import security_from_config
 
 log = logging.getLogger("corral.controller")
 
@@ -42,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, help="TOML config file")
     serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.add_argument("--tls-ca", metavar="FILE", help="CA bundle clients' certificates chain to")
+    serve.add_argument("--tls-cert", metavar="FILE", help="the controller's certificate chain")
+    serve.add_argument("--tls-key", metavar="FILE", help="the controller's private key")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve a non-loopback address without TLS (anyone reachable can call it)",
+    )
     return parser
 
 
@@ -56,7 +72,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "data_dir": args.data_dir,
                 "metrics_listen": args.metrics_listen,
                 "log_level": args.log_level,
+                "tls_ca_file": args.tls_ca,
+                "tls_cert_file": args.tls_cert,
+                "tls_key_file": args.tls_key,
+                "insecure": args.insecure,
             },
+        )
+        # Refuse plaintext off loopback before anything starts; the warning that
+        # --insecure earns is logged by the server itself at every start.
+        security = security_from_config(config)
+        check_listen(
+            config.listen, tls_configured=security.tls is not None, insecure=security.insecure
         )
     except ControllerError as exc:
         print(f"corral-controller: {exc}", file=sys.stderr)

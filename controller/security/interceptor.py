@@ -8,7 +8,9 @@ logs), then the role table decides (PERMISSION_DENIED). For agent reports the
 interceptor also checks, on the decoded request, that ``header.instance_id`` is
 the instance the certificate names, before any servicer code runs; a refused
 call therefore changes nothing. Servicers and the audit log read the caller
-with :func:`current_identity` / :func:`current_actor`.
+with :func:`current_identity` / :func:`current_actor`. Refused calls never reach
+a servicer, so the interceptor reports each refusal to ``on_refused`` (method,
+status code); the server counts them in ``corral_grpc_requests_total``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ else:
     Handler = grpc.RpcMethodHandler
 
 Context = grpc.aio.ServicerContext[Any, Any]
+#: Told of every call the interceptor refuses: (full method name, status code).
+OnRefused = Callable[[str, grpc.StatusCode], None]
 RETRY_AFTER_METADATA = "retry-after-ms"
 
 log = logging.getLogger("corral.security")
@@ -55,9 +59,11 @@ class SecurityInterceptor(ServerInterceptor):
         *,
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
         limiters: Mapping[Role, RateLimiter] | None = None,
+        on_refused: OnRefused | None = None,
     ) -> None:
         self._trust_domain = trust_domain
         self._limiters = dict(limiters or {})
+        self._on_refused = on_refused
         self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(
@@ -82,6 +88,7 @@ class SecurityInterceptor(ServerInterceptor):
         )
         if identity is None:
             log.warning("unauthenticated call refused", extra={"method": method})
+            self._refused(method, grpc.StatusCode.UNAUTHENTICATED)
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "a client certificate naming a corral identity "
@@ -96,6 +103,7 @@ class SecurityInterceptor(ServerInterceptor):
             if instance_id:  # a report without one is the servicer's INVALID_ARGUMENT
                 require_instance(identity, instance_id)
         except RateLimitedError as exc:
+            self._refused(method, grpc.StatusCode.RESOURCE_EXHAUSTED)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 str(exc),
@@ -106,8 +114,13 @@ class SecurityInterceptor(ServerInterceptor):
                 "call refused",
                 extra={"method": method, "actor": identity.actor, "reason": exc.reason},
             )
+            self._refused(method, grpc.StatusCode.PERMISSION_DENIED)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         return identity
+
+    def _refused(self, method: str, code: grpc.StatusCode) -> None:
+        if self._on_refused is not None:
+            self._on_refused(method, code)
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
         if handler.unary_unary is not None:

@@ -2,7 +2,7 @@
 
 :class:`ServerSecurity` is the whole configuration (TLS files, ``--insecure``,
 trust domain, per-role rates); :func:`server_interceptors` returns what to pass
-to ``grpc.aio.server(interceptors=...)`` after the metrics interceptor, and
+to ``grpc.aio.server(interceptors=...)``, and
 :func:`bind` adds the port, TLS or plaintext, after applying the
 loopback-or-TLS rule. Without TLS there is no identity to check, so no
 security interceptor is installed and :func:`~.interceptor.current_identity`
@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import grpc
 from grpc.aio import ServerInterceptor
 
+from controller.config import ControllerConfig
+from controller.errors import ConfigError
 from controller.security.identity import DEFAULT_TRUST_DOMAIN, Role, check_trust_domain
-from controller.security.interceptor import SecurityInterceptor
+from controller.security.interceptor import OnRefused, SecurityInterceptor
 from controller.security.listen import check_listen
 from controller.security.ratelimit import Rate, RateLimiter
 from controller.security.tls import TlsFiles, server_credentials
@@ -53,17 +55,49 @@ class ServerSecurity:
         check_trust_domain(self.trust_domain)
 
 
+def security_from_config(config: ControllerConfig) -> ServerSecurity:
+    """The listener's protection as ``config`` says; ConfigError for unusable settings.
+
+    Raises CertificateError when only some of the three TLS files are named.
+    """
+    tls = TlsFiles.from_values(
+        config.tls_ca_file or None,
+        config.tls_cert_file or None,
+        config.tls_key_file or None,
+    )
+    try:
+        agent = Rate(per_second=config.agent_rate, burst=float(config.agent_burst))
+        return ServerSecurity(
+            tls=tls,
+            insecure=config.insecure,
+            trust_domain=config.trust_domain,
+            rates={**DEFAULT_RATES, Role.AGENT: agent},
+        )
+    except ValueError as exc:
+        raise ConfigError(f"security settings: {exc}") from None
+
+
 def server_interceptors(
-    security: ServerSecurity, *, clock: Callable[[], float] = time.monotonic
+    security: ServerSecurity,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    on_refused: OnRefused | None = None,
 ) -> list[ServerInterceptor]:
-    """The interceptors to add (after metrics); none when the server has no TLS."""
+    """The interceptors to add; none when the server has no TLS.
+
+    ``on_refused`` is told of each call the interceptor refuses (method, code).
+    """
     if security.tls is None:
         return []
     limiters = {
         role: RateLimiter(rate, clock=clock, max_identities=security.max_identities)
         for role, rate in security.rates.items()
     }
-    return [SecurityInterceptor(trust_domain=security.trust_domain, limiters=limiters)]
+    return [
+        SecurityInterceptor(
+            trust_domain=security.trust_domain, limiters=limiters, on_refused=on_refused
+        )
+    ]
 
 
 def bind(server: grpc.aio.Server, listen: str, security: ServerSecurity) -> int:
