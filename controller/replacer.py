@@ -11,6 +11,12 @@ operator changes an instance's state (:meth:`Replacer.nudge`) — so a tick neve
 races a report for the same row. Provider calls run in a worker thread so a slow
 launch never stalls the reports.
 
+Planning reads a whole group, so a tick does not plan every group: only groups
+that were nudged, groups with a replacement in flight (whose grace periods and
+backoffs run on the clock), and every group once per ``sweep_seconds`` (scale to
+size, partition holds lifting, anything a lost nudge missed). A fleet whose
+instances all conform costs one sweep per ``sweep_seconds``, not one per tick.
+
 Only one replacer may act on a store: :class:`Leadership` is the port that says
 whether this controller is the one. With SQLite the single controller is the
 leader (:class:`SoleController`); a PostgreSQL store will hold an advisory lock.
@@ -29,6 +35,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from controller.domain.breaker import BreakerState
 from controller.domain.model import Group
 from controller.domain.replacement import (
+    ACTIVE_PHASES,
     GroupView,
     ReplacementSettings,
     instance_view,
@@ -64,6 +71,8 @@ class ReplacerSettings:
     """How often the engine runs and the engine's own knobs."""
 
     tick_seconds: float = 1.0
+    sweep_seconds: float = 30.0
+    """Every group is planned at least this often, nudged or not."""
     engine: ReplacementSettings = field(default_factory=ReplacementSettings)
 
 
@@ -90,7 +99,11 @@ class Replacer:
             store, clock=clock, metrics=metrics, controller_address=controller_address
         )
         self._lock = asyncio.Lock()
-        self._wanted = False
+        self._dirty: set[str] = set()
+        """Groups nudged since they were last planned ("" stands for every group)."""
+        self._active: set[str] = set()
+        """Groups with a replacement in flight: planned on every tick."""
+        self._last_sweep = float("-inf")
         self._holds: dict[str, str] = {}
         self._missing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -120,8 +133,8 @@ class Replacer:
                 provider.close()
 
     def nudge(self, group: str = "") -> None:
-        """Run a tick soon (after a taint or a state change). Call on the event loop."""
-        self._wanted = True
+        """Plan ``group`` (every group when empty) soon. Call on the event loop."""
+        self._dirty.add(group)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -131,32 +144,47 @@ class Replacer:
         task.add_done_callback(self._tasks.discard)
 
     async def tick(self) -> None:
-        """One pass over every group (ticks never overlap; nudges during one coalesce)."""
+        """Plan the groups that are due (ticks never overlap; nudges during one coalesce)."""
         if self._lock.locked():
-            self._wanted = True
-            return
+            return  # the running tick picks up what was nudged
         async with self._lock:
-            self._wanted = True
-            while self._wanted:
-                self._wanted = False
-                if not self.leadership.is_leader():
+            include_active = True
+            while self.leadership.is_leader():
+                names = self._due_groups(include_active=include_active)
+                if not names:
                     return
-                for group in self.store.list_groups():
-                    await self._tick_group(group.name)
+                include_active = False
+                for name in names:
+                    if await self._tick_group(name):
+                        self._active.add(name)
+                    else:
+                        self._active.discard(name)
 
-    async def _tick_group(self, name: str) -> None:
+    def _due_groups(self, *, include_active: bool) -> list[str]:
+        """The groups to plan now; takes the nudges."""
+        dirty, self._dirty = self._dirty, set()
+        now = self.clock.now()
+        sweep = include_active and now - self._last_sweep >= self.settings.sweep_seconds
+        if sweep or "" in dirty:
+            if sweep:
+                self._last_sweep = now
+            return [group.name for group in self.store.list_groups()]
+        return sorted(dirty | self._active if include_active else dirty)
+
+    async def _tick_group(self, name: str) -> bool:
+        """Plan and apply for one group; True while it has a replacement in flight."""
         for _ in range(MAX_ROUNDS):
             group = self.store.get_group(name)
             if group is None:
-                return
+                return False
             provider = self._provider(group)
             if provider is None:
-                return
+                return False
             actions = self.plan(group, provider)
             moving = [a for a in actions if not isinstance(a, Hold)]
             self._log_holds(name, [a for a in actions if isinstance(a, Hold)])
             if not moving:
-                return
+                return self._in_flight(name)
             for action in moving:
                 try:
                     await self.effects.apply(action, group=group, provider=provider)
@@ -168,7 +196,11 @@ class Replacer:
                         exc,
                         extra={"group": name},
                     )
-                    return
+                    return self._in_flight(name)
+        return self._in_flight(name)
+
+    def _in_flight(self, group: str) -> bool:
+        return any(r.phase in ACTIVE_PHASES for r in self.store.list_replacements(group))
 
     def plan(self, group: Group, provider: Provider) -> list[Action]:
         """The engine's next actions for ``group`` (pure; nothing applied)."""

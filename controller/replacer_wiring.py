@@ -61,6 +61,8 @@ def build_replacer(config: ControllerConfig, service: ControllerService, *, port
         providers=build_providers(config),
         controller_address=controller_address(config, port),
         settings=ReplacerSettings(
-            tick_seconds=config.replacer_interval, engine=engine_settings(config)
+            tick_seconds=config.replacer_interval,
+            sweep_seconds=config.replacer_sweep_interval,
+            engine=engine_settings(config),
         ),
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -43,6 +44,8 @@ from controller.providers.errors import PermanentProviderError
 
 INSTANCE_FILE = "instance.json"
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+log = logging.getLogger("corral.providers.local")
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,7 @@ class LocalProvider(Provider):
                 "build it with `corral image build` and import it",
                 reason="unknown_image",
             )
+        self._remove_abandoned_staging(spec.instance_id)
         staging = os.path.join(self._instances, f".new-{spec.instance_id}-{uuid.uuid4().hex}")
         os.mkdir(staging)
         try:
@@ -269,6 +273,16 @@ class LocalProvider(Provider):
             _remove_tree(staging)
             raise
         return document
+
+    def _remove_abandoned_staging(self, instance_id: str) -> None:
+        """Remove what a launch killed mid-unpack left (the provider lock is held)."""
+        prefix = f".new-{instance_id}-"
+        for name in os.listdir(self._instances):
+            if name.startswith(prefix):
+                log.info(
+                    "removing an unfinished earlier launch", extra={"instance_id": instance_id}
+                )
+                _remove_tree(os.path.join(self._instances, name))
 
     def _ensure_agent(self, document: dict[str, Any]) -> None:
         instance_id = str(document["instance_id"])

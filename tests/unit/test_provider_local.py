@@ -128,6 +128,19 @@ def test_retried_launch_after_a_crash_restarts_the_agent_once(
     provider.terminate("i-1")
 
 
+def test_a_launch_killed_mid_unpack_leaves_nothing_after_the_retry(
+    provider: LocalProvider, image: tuple[str, str, bytes], tmp_path: Path
+) -> None:
+    instances = tmp_path / "data" / "instances"
+    half_done = instances / ".new-i-1-0123456789abcdef"
+    (half_done / "rootfs" / "etc").mkdir(parents=True)  # the controller died while unpacking
+    (instances / ".new-i-2-0123456789abcdef").mkdir()  # another instance's: not touched
+    provider.launch(spec(image, "i-1", "k-1"))
+    names = sorted(p.name for p in instances.iterdir() if p.name != ".lock")
+    assert names == [".new-i-2-0123456789abcdef", "i-1"]
+    provider.terminate("i-1")
+
+
 def test_unknown_image_and_taken_ids_are_refused(
     provider: LocalProvider, image: tuple[str, str, bytes]
 ) -> None:

@@ -1,0 +1,106 @@
+"""Which groups a replacer tick plans: nudged ones, ones with work in flight, all on a sweep.
+
+Planning reads a whole group, so a fleet that conforms must not be planned on
+every tick (at 60,000 instances that starves report ingest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from controller.domain.model import Group, GroupMode
+from controller.metrics import ControllerMetrics
+from controller.replacer import Replacer, ReplacerSettings
+from controller.store.memory import MemoryStore
+from controller.testing import FakeClock
+
+GROUPS = ("api", "batch", "web")
+
+
+class _Recorder(Replacer):
+    """A replacer whose per-group step only records that the group was planned."""
+
+    def __init__(self, store: MemoryStore, clock: FakeClock) -> None:
+        super().__init__(
+            store,
+            clock=clock,
+            metrics=ControllerMetrics(CollectorRegistry()),
+            providers={},
+            controller_address="127.0.0.1:1",
+            settings=ReplacerSettings(tick_seconds=1.0, sweep_seconds=30.0),
+        )
+        self.planned: list[str] = []
+        self.in_flight: set[str] = set()
+
+    async def _tick_group(self, name: str) -> bool:
+        self.planned.append(name)
+        return name in self.in_flight
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def replacer(clock: FakeClock) -> _Recorder:
+    store = MemoryStore()
+    for name in GROUPS:
+        store.add_group(Group(name=name, desired_image_ref="x", mode=GroupMode.ENFORCE))
+    return _Recorder(store, clock)
+
+
+def _tick(replacer: _Recorder) -> list[str]:
+    replacer.planned.clear()
+    asyncio.run(replacer.tick())
+    return sorted(replacer.planned)
+
+
+def test_the_first_tick_sweeps_every_group_then_quiet_groups_are_left_alone(
+    replacer: _Recorder, clock: FakeClock
+) -> None:
+    assert _tick(replacer) == list(GROUPS)
+    clock.advance(1)
+    assert _tick(replacer) == []
+
+
+def test_a_nudged_group_is_planned_on_the_next_tick_only(
+    replacer: _Recorder, clock: FakeClock
+) -> None:
+    _tick(replacer)
+    replacer.nudge("web")  # no running loop here: the nudge waits for the tick
+    clock.advance(1)
+    assert _tick(replacer) == ["web"]
+    assert _tick(replacer) == []
+
+
+def test_a_group_with_a_replacement_in_flight_is_planned_every_tick_until_done(
+    replacer: _Recorder, clock: FakeClock
+) -> None:
+    replacer.in_flight = {"batch"}
+    _tick(replacer)
+    for _ in range(3):
+        clock.advance(1)
+        assert _tick(replacer) == ["batch"]
+    replacer.in_flight = set()
+    assert _tick(replacer) == ["batch"]
+    assert _tick(replacer) == []
+
+
+def test_every_group_is_swept_once_per_sweep_interval(
+    replacer: _Recorder, clock: FakeClock
+) -> None:
+    _tick(replacer)
+    clock.advance(29)
+    assert _tick(replacer) == []
+    clock.advance(1)
+    assert _tick(replacer) == list(GROUPS)
+
+
+def test_an_empty_nudge_plans_every_group(replacer: _Recorder) -> None:
+    _tick(replacer)
+    replacer.nudge()
+    assert _tick(replacer) == list(GROUPS)
