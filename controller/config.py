@@ -67,6 +67,9 @@ class ControllerConfig:
     log_level: str = "info"
     #: How often the replacement engine runs (seconds); it also runs after each taint.
     replacer_interval: float = 1.0
+    #: Every group is planned at least this often (groups with replacements in flight,
+    #: or nudged by a state change, are planned every ``replacer_interval``).
+    replacer_sweep_interval: float = 30.0
     #: A launched replacement that has not reported conformant by then is a failed attempt.
     startup_grace: float = 600.0
     #: Wait after the first failed attempt (doubles each time, capped at 30 min).
