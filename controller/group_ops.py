@@ -4,18 +4,24 @@ The decisions are pure (:mod:`controller.domain.rollout`,
 :func:`controller.domain.breaker.resume`); this module reads the group, applies
 them and stores the result. Nothing here launches anything: the replacement
 engine notices the new desired image on its next tick and rolls the instances
-within the group's budget. Registering an image never calls this.
+within the group's budget. Registering an image never calls this. Each change is
+stored with its audit event (rollout, rollback, breaker resume) in one write.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 
+from controller import audit_trail as trail
+from controller.audit import events as ev
+from controller.audit.record import Event
 from controller.domain import breaker
 from controller.domain.model import Group
 from controller.domain.rollout import (
     HISTORY_LIMIT,
+    Change,
     DesiredImage,
     GroupUpdate,
     rollback,
@@ -36,7 +42,9 @@ class Moved:
     changed: bool
 
 
-def rollout_group(store: Store, name: str, image_ref: str, *, actor: str) -> Moved:
+def rollout_group(
+    store: Store, name: str, image_ref: str, *, actor: str, clock: Clock | None = None
+) -> Moved:
     """Make the pinned, registered ``image_ref`` the group's desired image.
 
     Raises NotFoundError (group or image), InvalidArgumentError (not pinned).
@@ -44,10 +52,10 @@ def rollout_group(store: Store, name: str, image_ref: str, *, actor: str) -> Mov
     group = _group(store, name)
     registered = [image.ref for image in store.list_images()]
     update = rollout(_desired(group), image_ref, registered)
-    return _store(store, group, update, actor=actor)
+    return _store(store, group, update, actor=actor, clock=clock)
 
 
-def rollback_group(store: Store, name: str, *, actor: str) -> Moved:
+def rollback_group(store: Store, name: str, *, actor: str, clock: Clock | None = None) -> Moved:
     """Make the previous desired image desired again.
 
     Raises NotFoundError and FailedPreconditionError (no history).
@@ -55,7 +63,7 @@ def rollback_group(store: Store, name: str, *, actor: str) -> Moved:
     group = _group(store, name)
     registered = [image.ref for image in store.list_images()]
     update = rollback(_desired(group), registered_images=registered)
-    return _store(store, group, update, actor=actor)
+    return _store(store, group, update, actor=actor, clock=clock)
 
 
 def resume_group(store: Store, name: str, *, clock: Clock, actor: str) -> Group:
@@ -77,7 +85,12 @@ def resume_group(store: Store, name: str, *, clock: Clock, actor: str) -> Group:
         breaker_resumed_at=state.resumed_at,
         breaker_reason=state.reason,
     )
-    store.update_group(resumed)
+    audit: tuple[Event, ...] = ()
+    if group.breaker_open:
+        audit = (
+            ev.breaker_resume(name, at_ms=trail.ms(clock.now()), actor=trail.operator_actor(actor)),
+        )
+    store.update_group(resumed, audit=audit)
     log.warning("group resumed by %s", actor, extra={"group": name})
     return resumed
 
@@ -93,7 +106,9 @@ def _desired(group: Group) -> DesiredImage:
     return DesiredImage.of(group, generation=group.generation)
 
 
-def _store(store: Store, group: Group, update: GroupUpdate, *, actor: str) -> Moved:
+def _store(
+    store: Store, group: Group, update: GroupUpdate, *, actor: str, clock: Clock | None
+) -> Moved:
     if not update.changed:
         return Moved(group=group, previous_image=update.previous_image, changed=False)
     image = store.get_image_by_ref(update.desired_image)
@@ -106,7 +121,15 @@ def _store(store: Store, group: Group, update: GroupUpdate, *, actor: str) -> Mo
         generation=update.generation,
         past_images=past,
     )
-    store.update_group(moved)
+    event = ev.rollback if update.change is Change.ROLLBACK else ev.rollout
+    audit = event(
+        group.name,
+        at_ms=trail.ms(clock.now() if clock is not None else time.time()),
+        actor=trail.operator_actor(actor),
+        from_image=update.previous_image or None,
+        to_image=update.desired_image,
+    )
+    store.update_group(moved, audit=(audit,))
     log.warning(
         "%s by %s: %s -> %s",
         update.change.value,

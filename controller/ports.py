@@ -8,8 +8,11 @@ Adapters live in :mod:`controller.store` (memory, SQLite; PostgreSQL later) and
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Protocol
 
+from controller.audit.ports import AuditLog
+from controller.audit.record import Event
 from controller.domain.model import Group, ImageRecord, Instance
 from controller.domain.replacement_record import ReplacementRecord
 
@@ -32,9 +35,17 @@ class Store(Protocol):
 
     Reads never raise for a missing item (they return None); writes are atomic:
     a write that raises has changed nothing.
+
+    Every durable write takes ``audit``: the audit events describing it. They are
+    appended to the store's audit log in the same transaction as the write, and
+    only when the write changes something (an idempotent no-op appends nothing).
+    A write whose audit append fails has changed nothing either. Raises AuditError
+    (from :mod:`controller.audit`) when an event cannot be recorded.
     """
 
-    def add_image(self, image: ImageRecord, manifest: bytes) -> bool:
+    def add_image(
+        self, image: ImageRecord, manifest: bytes, *, audit: Sequence[Event] = ()
+    ) -> bool:
         """Register ``image`` with its encoded manifest.
 
         Returns True when created, False when the very same image is already
@@ -55,14 +66,14 @@ class Store(Protocol):
         """The encoded manifest stored under ``manifest_digest``. Raises NotFoundError."""
         ...
 
-    def add_group(self, group: Group) -> bool:
+    def add_group(self, group: Group, *, audit: Sequence[Event] = ()) -> bool:
         """Declare ``group``: True when created, False when the same group exists.
 
         Raises AlreadyExistsError when a group of that name exists with other settings.
         """
         ...
 
-    def update_group(self, group: Group) -> None:
+    def update_group(self, group: Group, *, audit: Sequence[Event] = ()) -> None:
         """Replace the stored group of that name. Raises NotFoundError."""
         ...
 
@@ -78,16 +89,19 @@ class Store(Protocol):
         """Instances (of ``group``, or all when empty), by id."""
         ...
 
-    def save_instance(self, instance: Instance, *, durable: bool = True) -> None:
+    def save_instance(
+        self, instance: Instance, *, durable: bool = True, audit: Sequence[Event] = ()
+    ) -> None:
         """Create or replace the instance record; readers see it at once.
 
         With ``durable`` the record is on stable storage when this returns; without,
         it may be written behind (a steady-state heartbeat) and is on storage after
-        the next :meth:`flush`. Raises NotFoundError when its group is not declared.
+        the next :meth:`flush`. A save with ``audit`` events is always durable.
+        Raises NotFoundError when its group is not declared.
         """
         ...
 
-    def add_replacement(self, record: ReplacementRecord) -> bool:
+    def add_replacement(self, record: ReplacementRecord, *, audit: Sequence[Event] = ()) -> bool:
         """Record a replacement durably: True when created, False when a row with its id
         (the idempotency key) already exists — then nothing is changed.
 
@@ -95,7 +109,7 @@ class Store(Protocol):
         """
         ...
 
-    def update_replacement(self, record: ReplacementRecord) -> None:
+    def update_replacement(self, record: ReplacementRecord, *, audit: Sequence[Event] = ()) -> None:
         """Durably replace the stored row with that id. Raises NotFoundError."""
         ...
 
@@ -103,6 +117,14 @@ class Store(Protocol):
 
     def list_replacements(self, group: str = "") -> list[ReplacementRecord]:
         """Replacements (of ``group``, or all when empty), oldest recorded first."""
+        ...
+
+    def audit_log(self) -> AuditLog:
+        """The audit log the writes append to, for reading (auditors' queries, verify).
+
+        Its own ``append``, ``checkpoint`` and ``prune_before`` are not for the
+        controller's orchestration: events reach the log through the writes above.
+        """
         ...
 
     def flush(self) -> None:

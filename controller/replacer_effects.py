@@ -4,7 +4,9 @@ outcome — in that order, as :mod:`controller.domain.replacement_actions` docum
 Writes happen on the event loop; provider calls run in a worker thread
 (``asyncio.to_thread``) and carry the launch key, so a call interrupted by a
 crash is found again, never repeated blindly. Metrics are counted only after
-the write they describe.
+the write they describe. Every write carries its audit events (actor
+``controller``): a replacement row's phase changes, the instances it launches,
+moves and retires, and the breaker opening.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import hashlib
 import logging
 from dataclasses import replace
 
+from controller import audit_trail as trail
+from controller.audit import events as ev
 from controller.domain.model import Group, Instance, InstanceState
 from controller.domain.refs import image_identity
 from controller.domain.replacement import LaunchLookup
@@ -121,9 +125,15 @@ class Effects:
             started_at=started,
             recorded_at=now,
         )
-        created = self.store.add_replacement(record)
+        created = self.store.add_replacement(
+            record, audit=trail.replacement_events(None, record, at_ms=trail.ms(now))
+        )
         if old is not None and old.state is _S.TAINTED and action.kind is Kind.TAINT:
-            self.store.save_instance(replace(old, state=_S.REPLACING))
+            self._save(
+                old,
+                replace(old, state=_S.REPLACING),
+                reason=f"replacement {record.replacement_id} recorded",
+            )
         if created:
             log.info("replacement recorded (%s)", action.kind.value, extra=_extra(record))
 
@@ -199,7 +209,7 @@ class Effects:
         )
         old = self.store.get_instance(action.instance_id) if action.instance_id else None
         if old is not None and old.state is _S.REPLACING:
-            self.store.save_instance(replace(old, state=_S.TAINTED))
+            self._save(old, replace(old, state=_S.TAINTED), reason=f"abandoned: {action.reason}")
         self.metrics.replacements.labels(group=row.group, result="abandoned").inc()
         log.error("replacement abandoned: %s", action.reason, extra=_extra(row))
 
@@ -220,6 +230,15 @@ class Effects:
     def _open_breaker(self, action: OpenBreaker, group: Group) -> None:
         state = action.state
         current = self.store.get_group(group.name) or group
+        live = [i for i in self.store.list_instances(group.name) if i.state is not _S.RETIRED]
+        opened = ev.breaker_open(
+            group.name,
+            at_ms=trail.ms(self.clock.now()),
+            actor=trail.CONTROLLER,
+            tainted=sum(1 for i in live if i.state in (_S.TAINTED, _S.REPLACING)),
+            size=max(current.desired_size, len(live)),
+            reason=action.reason[:1024] or "too many taints",
+        )
         self.store.update_group(
             replace(
                 current,
@@ -227,7 +246,8 @@ class Effects:
                 breaker_opened_at=state.opened_at,
                 breaker_resumed_at=state.resumed_at,
                 breaker_reason=state.reason,
-            )
+            ),
+            audit=(opened,),
         )
         log.error(
             "circuit breaker open: %s; run `corral group resume %s`",
@@ -246,14 +266,28 @@ class Effects:
 
     def _update(self, row: ReplacementRecord, **changes: object) -> ReplacementRecord:
         updated = replace(row, **changes)  # type: ignore[arg-type]
-        self.store.update_replacement(updated)
+        audit = trail.replacement_events(row, updated, at_ms=trail.ms(self.clock.now()))
+        self.store.update_replacement(updated, audit=audit)
         return updated
+
+    def _save(self, before: Instance | None, after: Instance, *, reason: str) -> None:
+        """Store an instance change the engine made, with its audit events."""
+        audit = trail.instance_events(
+            before,
+            after,
+            at_ms=trail.ms(self.clock.now()),
+            actor=trail.CONTROLLER,
+            source="controller",
+            reason=reason,
+        )
+        self.store.save_instance(after, audit=audit)
 
     def _register(self, row: ReplacementRecord, instance_id: str) -> None:
         """Make the new instance known (pending), or mark an early reporter as a replacement."""
         existing = self.store.get_instance(instance_id)
         if existing is None:
-            self.store.save_instance(
+            self._save(
+                None,
                 Instance(
                     id=instance_id,
                     group=row.group,
@@ -261,7 +295,8 @@ class Effects:
                     image_ref=row.image_ref,
                     first_seen=self.clock.now(),
                     replaces=row.instance_id,
-                )
+                ),
+                reason=f"launched by replacement {row.replacement_id}",
             )
         elif existing.replaces != row.instance_id:
             self.store.save_instance(replace(existing, replaces=row.instance_id))
@@ -269,7 +304,7 @@ class Effects:
     def _retire(self, instance_id: str) -> None:
         instance = self.store.get_instance(instance_id)
         if instance is not None and instance.state is not _S.RETIRED:
-            self.store.save_instance(transition(instance, _S.RETIRED))
+            self._save(instance, transition(instance, _S.RETIRED), reason="terminated")
 
     def _digest(self, image_ref: str) -> str:
         image = self.store.get_image_by_ref(image_ref)

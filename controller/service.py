@@ -4,6 +4,10 @@ Each call reads what it needs from the store, asks the pure core
 (:mod:`controller.domain`) what to do, then stores the result, counts it and
 logs it. A call that raises has stored nothing (except the ``suspicious`` flag
 that inconsistent evidence sets, by design). Nothing here knows about gRPC.
+
+Every durable change is stored together with its audit events
+(:mod:`controller.audit_trail` says which), in the same store write; a steady
+heartbeat (not durable) builds no events at all.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from dataclasses import replace
 
 from agent.errors import ManifestError
 from agent.manifest import decode, digest_of
+from controller import audit_trail as trail
+from controller.audit.record import Event
 from controller.domain.drift import Decision, Outcome, attach_evidence, decide, mark_suspicious
 from controller.domain.evidence import check_evidence
 from controller.domain.model import (
@@ -110,7 +116,10 @@ class ControllerService:
             if updated is not decision.instance:
                 decision = replace(decision, instance=updated, durable=True, evidence_wanted=False)
         if updated is not instance:
-            store.save_instance(updated, durable=decision.durable)
+            if decision.durable:
+                store.save_instance(updated, audit=self._agent_events(instance, updated))
+            else:
+                store.save_instance(updated, durable=False)
         if decision.new_taint is not None:
             self._count_taint(updated, decision.new_taint, source="agent")
         elif decision.durable:
@@ -134,10 +143,20 @@ class ControllerService:
         except InvalidArgumentError:
             self.metrics.evidence_rejected.labels(group=updated.group).inc()
             if stored is not None and not stored.suspicious:
-                self.store.save_instance(mark_suspicious(stored))
+                flagged = mark_suspicious(stored)
+                self.store.save_instance(flagged, audit=self._agent_events(stored, flagged))
             log.warning("inconsistent drift evidence", extra=_fields(updated))
             raise
         return attach_evidence(updated, evidence, verified=verdict.verified)
+
+    def _agent_events(self, before: Instance | None, after: Instance) -> list[Event]:
+        return trail.instance_events(
+            before,
+            after,
+            at_ms=trail.ms(self.clock.now()),
+            actor=trail.agent_actor(after.id),
+            source="agent",
+        )
 
     # Operators ----------------------------------------------------------------
 
@@ -160,15 +179,19 @@ class ControllerService:
                 "image.json does not describe this manifest (root or entry count differ)"
             )
         record = replace(image, registered_at=self.clock.now(), registered_by=actor)
-        created = self.store.add_image(record, manifest)
+        audit = trail.image_events(record, actor=trail.operator_actor(actor))
+        created = self.store.add_image(record, manifest, audit=audit)
         stored = self.store.get_image_by_ref(image.ref) or record
         if created:
             log.info("image registered", extra={"image": image.ref, "actor": actor})
             self._resolve_group_digests(stored)
         return stored, created
 
-    def create_group(self, group: Group) -> tuple[Group, bool]:
-        """Declare a group whose desired image must be registered. Returns (group, created)."""
+    def create_group(self, group: Group, *, actor: str = "") -> tuple[Group, bool]:
+        """Declare a group whose desired image must be registered. Returns (group, created).
+
+        ``actor`` names the caller when no authenticated identity does.
+        """
         image = self.store.get_image_by_ref(group.desired_image_ref)
         if image is None:
             raise FailedPreconditionError(
@@ -176,7 +199,10 @@ class ControllerService:
                 "`corral images register DIR` first"
             )
         group = replace(group, desired_image_digest=image.digest)
-        created = self.store.add_group(group)
+        audit = trail.group_events(
+            group, at_ms=trail.ms(self.clock.now()), actor=trail.operator_actor(actor)
+        )
+        created = self.store.add_group(group, audit=audit)
         if created:
             log.info("group created", extra={"group": group.name, "image": image.ref})
         return self.store.get_group(group.name) or group, created
@@ -188,7 +214,15 @@ class ControllerService:
             group = replace(group, desired_image_digest=image.digest)
         existing = self.store.get_group(group.name)
         if existing is None:
-            self.store.add_group(group)
+            self.store.add_group(
+                group,
+                audit=trail.group_events(
+                    group,
+                    at_ms=trail.ms(self.clock.now()),
+                    actor=trail.CONTROLLER,
+                    reason="declared in the controller's config file",
+                ),
+            )
         elif existing.desired_image_ref != group.desired_image_ref or existing.mode != group.mode:
             log.warning(
                 "group %s in the config file differs from the stored group; the stored "
@@ -206,7 +240,14 @@ class ControllerService:
             return instance
         new_taint = Taint(kind=DriftKind.MANUAL, reason=reason, actor=actor, at=self.clock.now())
         updated = replace(transition(instance, InstanceState.TAINTED), taint=new_taint)
-        self.store.save_instance(updated)
+        audit = trail.instance_events(
+            instance,
+            updated,
+            at_ms=trail.ms(new_taint.at),
+            actor=trail.operator_actor(actor),
+            source="operator",
+        )
+        self.store.save_instance(updated, audit=audit)
         self._count_taint(updated, new_taint, source="operator")
         return updated
 
@@ -217,7 +258,15 @@ class ControllerService:
         for instance in self.store.list_instances():
             silent = on_silence(instance, now=now, stale_after=self.stale_after)
             if silent is not None:
-                self.store.save_instance(silent)
+                audit = trail.instance_events(
+                    instance,
+                    silent,
+                    at_ms=trail.ms(now),
+                    actor=trail.CONTROLLER,
+                    source="controller",
+                    reason=f"no report for more than {self.stale_after:g} s",
+                )
+                self.store.save_instance(silent, audit=audit)
                 log.warning("instance silent, now unknown", extra=_fields(silent))
                 marked += 1
         return marked

@@ -132,7 +132,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         self, request: fleet_pb2.CreateGroupRequest, context: Context
     ) -> fleet_pb2.CreateGroupResponse:
         try:
-            group, created = self._service.create_group(group_from_proto(request.group))
+            group, created = self._service.create_group(
+                group_from_proto(request.group), actor=actor_of(context)
+            )
         except ControllerError as exc:
             await context.abort(status_of(exc), str(exc))
         return fleet_pb2.CreateGroupResponse(group=self._group(group.name), created=created)
@@ -191,7 +193,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     ) -> fleet_pb2.RolloutResponse:
         try:
             moved = rollout_group(
-                self._service.store, request.group, request.image_ref, actor=actor_of(context)
+                self._service.store,
+                request.group,
+                request.image_ref,
+                actor=actor_of(context),
+                clock=self._service.clock,
             )
         except ControllerError as exc:
             await context.abort(status_of(exc), str(exc))
@@ -203,7 +209,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         self, request: fleet_pb2.RollbackRequest, context: Context
     ) -> fleet_pb2.RollbackResponse:
         try:
-            moved = rollback_group(self._service.store, request.group, actor=actor_of(context))
+            moved = rollback_group(
+                self._service.store,
+                request.group,
+                actor=actor_of(context),
+                clock=self._service.clock,
+            )
         except ControllerError as exc:
             await context.abort(status_of(exc), str(exc))
         self._nudge(request.group)

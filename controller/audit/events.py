@@ -148,6 +148,21 @@ def taint(
     )
 
 
+def suspicious(
+    instance_id: str, *, at_ms: int, actor: str, group: str, image: str, reason: str
+) -> Event:
+    """An instance's agent sent drift evidence inconsistent with its own reported root."""
+    return Event(
+        kind=EventKind.SUSPICIOUS,
+        at_ms=at_ms,
+        actor=actor,
+        reason=reason,
+        instance_id=instance_id,
+        group=group,
+        image=image,
+    )
+
+
 def replacement_step(
     *,
     at_ms: int,

@@ -8,7 +8,7 @@ answers queries by replaying its records with the pure functions in
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from controller.audit import queries
 from controller.audit.chain import (
@@ -40,6 +40,25 @@ class MemoryAuditLog:
     def append(self, event: Event) -> Record:
         with self._lock:
             return self._append_locked(event)
+
+    def append_all(self, events: Sequence[Event]) -> list[Record]:
+        """Append ``events`` in order, all or none: one that cannot be recorded appends nothing.
+
+        The memory store calls this with a state change's events, so the change
+        and its records happen together (as one SQLite transaction does).
+        """
+        with self._lock:
+            seq, prev, head_ms = self._head.seq, self._head.hash, self._head_ms
+            batch: list[Record] = []
+            for event in events:
+                record = make_record(seq + 1, prev, clamp(event, head_ms))
+                seq, prev, head_ms = record.seq, record.hash, record.event.at_ms
+                batch.append(record)
+            if batch:
+                self._records.extend(batch)
+                self._head = Position(seq, prev)
+                self._head_ms = head_ms
+            return batch
 
     def _append_locked(self, event: Event) -> Record:
         record = make_record(self._head.seq + 1, self._head.hash, clamp(event, self._head_ms))

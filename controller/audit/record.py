@@ -37,6 +37,7 @@ class EventKind(StrEnum):
     INSTANCE_STATE = "instance.state"
     DRIFT_EVIDENCE = "instance.drift"
     TAINT = "instance.taint"
+    SUSPICIOUS = "instance.suspicious"
     REPLACEMENT_STEP = "replacement.step"
     IMAGE_REGISTERED = "image.registered"
     GROUP_CREATED = "group.created"

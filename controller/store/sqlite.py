@@ -13,6 +13,14 @@ transaction; a crash loses at most that interval of heartbeats, never a state
 transition. The calls are synchronous and short; the gRPC server calls them on
 its event loop (durable writes are rare, one small transaction each).
 
+Audit: the audit tables (:mod:`controller.audit.sqlite`) live in the same file.
+Every durable write appends its audit events with ``append_in`` inside its own
+``BEGIN IMMEDIATE`` transaction, so a state change and its records commit or
+roll back together; a crash cannot keep one without the other. Heartbeats
+written behind carry no audit events. Auditors read through a separate
+read-only connection (:meth:`SqliteStore.audit_log`), so a long query or
+``verify`` never holds the writer's lock.
+
 The SQL is portable (``ON CONFLICT … DO UPDATE``, no SQLite-only types) so a
 PostgreSQL adapter can share the schema and :mod:`controller.store.codec`.
 """
@@ -24,8 +32,10 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from controller.audit import AuditLog, Event, SqliteAuditLog, append_in, install_schema
 from controller.domain.model import Group, GroupMode, ImageRecord, Instance
 from controller.domain.replacement_record import ReplacementRecord
 from controller.errors import ControllerError, NotFoundError
@@ -125,6 +135,8 @@ class SqliteStore:
         self._db.execute("PRAGMA foreign_keys = ON")
         self._db.execute("PRAGMA busy_timeout = 5000")
         migrate(self._db)
+        install_schema(self._db)
+        self._audit_reader: SqliteAuditLog | None = None
         images = [_image_from_row(r) for r in self._db.execute(_select_images())]
         self._images_by_ref = {i.ref: i for i in images}
         self._images_by_digest = {i.digest: i for i in images}
@@ -152,7 +164,9 @@ class SqliteStore:
 
     # Images -------------------------------------------------------------------
 
-    def add_image(self, image: ImageRecord, manifest: bytes) -> bool:
+    def add_image(
+        self, image: ImageRecord, manifest: bytes, *, audit: Sequence[Event] = ()
+    ) -> bool:
         with self._lock:
             if check_new_image(
                 image, self.get_image_by_ref(image.ref), self.get_image_by_digest(image.digest)
@@ -168,6 +182,7 @@ class SqliteStore:
                     f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     _image_to_row(image),
                 )
+                self._append(audit)
             self._images_by_ref[image.ref] = image
             self._images_by_digest[image.digest] = image
             return True
@@ -192,7 +207,7 @@ class SqliteStore:
 
     # Groups -------------------------------------------------------------------
 
-    def add_group(self, group: Group) -> bool:
+    def add_group(self, group: Group, *, audit: Sequence[Event] = ()) -> bool:
         with self._lock:
             existing = self._groups.get(group.name)
             if existing is not None:
@@ -203,10 +218,11 @@ class SqliteStore:
                     f"VALUES ({', '.join('?' for _ in _group_to_row(group))})",
                     _group_to_row(group),
                 )
+                self._append(audit)
             self._groups[group.name] = group
             return True
 
-    def update_group(self, group: Group) -> None:
+    def update_group(self, group: Group, *, audit: Sequence[Event] = ()) -> None:
         with self._lock:
             if group.name not in self._groups:
                 raise NotFoundError(f"group {group.name!r} is not declared")
@@ -220,6 +236,7 @@ class SqliteStore:
                     "past_images = ? WHERE name = ?",
                     (*row[1:], row[0]),
                 )
+                self._append(audit)
             self._groups[group.name] = group
 
     def get_group(self, name: str) -> Group | None:
@@ -239,13 +256,16 @@ class SqliteStore:
             key=lambda i: i.id,
         )
 
-    def save_instance(self, instance: Instance, *, durable: bool = True) -> None:
+    def save_instance(
+        self, instance: Instance, *, durable: bool = True, audit: Sequence[Event] = ()
+    ) -> None:
         if instance.group not in self._groups:
             raise NotFoundError(f"group {instance.group!r} is not declared")
-        if durable:
+        if durable or audit:
             with self._lock:
                 with self._transaction():
                     self._db.execute(_UPSERT_INSTANCE, instance_to_row(instance))
+                    self._append(audit)
                 with self._cache_lock:
                     self._dirty.discard(instance.id)
                     self._instances[instance.id] = instance
@@ -257,7 +277,7 @@ class SqliteStore:
 
     # Replacements (always durable: they are written before any provider call) ------
 
-    def add_replacement(self, record: ReplacementRecord) -> bool:
+    def add_replacement(self, record: ReplacementRecord, *, audit: Sequence[Event] = ()) -> bool:
         with self._lock:
             if record.group not in self._groups:
                 raise NotFoundError(f"group {record.group!r} is not declared")
@@ -265,15 +285,17 @@ class SqliteStore:
                 return False
             with self._transaction():
                 self._db.execute(INSERT_REPLACEMENT, replacement_to_row(record))
+                self._append(audit)
             self._replacements[record.replacement_id] = record
             return True
 
-    def update_replacement(self, record: ReplacementRecord) -> None:
+    def update_replacement(self, record: ReplacementRecord, *, audit: Sequence[Event] = ()) -> None:
         with self._lock:
             if record.replacement_id not in self._replacements:
                 raise NotFoundError(f"no replacement {record.replacement_id!r} is recorded")
             with self._transaction():
                 self._db.execute(UPDATE_REPLACEMENT, update_params(record))
+                self._append(audit)
             self._replacements[record.replacement_id] = record
 
     def get_replacement(self, replacement_id: str) -> ReplacementRecord | None:
@@ -281,6 +303,13 @@ class SqliteStore:
 
     def list_replacements(self, group: str = "") -> list[ReplacementRecord]:
         return [r for r in list(self._replacements.values()) if not group or r.group == group]
+
+    def audit_log(self) -> AuditLog:
+        """A read-only view on its own connection (opened on first use)."""
+        with self._lock:
+            if self._audit_reader is None:
+                self._audit_reader = SqliteAuditLog.open(self.path, read_only=True)
+            return self._audit_reader
 
     def flush(self) -> None:
         with self._lock:
@@ -304,12 +333,19 @@ class SqliteStore:
         self._flusher.join()
         with self._lock:
             self.flush()
+            if self._audit_reader is not None:
+                self._audit_reader.close()
             self._db.close()
 
     # Internals ----------------------------------------------------------------
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+    def _append(self, audit: Sequence[Event]) -> None:
+        """Append ``audit`` inside the open write transaction (rolled back with it)."""
+        for event in audit:
+            append_in(self._db, event)
 
     def _flush_loop(self, interval: float) -> None:
         while not self._closed.wait(interval):

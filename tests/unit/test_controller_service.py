@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -10,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from agent.diff import Change, ChangeKind, diff
 from agent.manifest import Entry, EntryType, Manifest, digest_of, root_of
 from agent.policy import Policy
+from controller.audit.record import Event
 from controller.domain.drift import heard
 from controller.domain.model import (
     DriftKind,
@@ -41,9 +43,11 @@ class RecordingStore(MemoryStore):
         super().__init__()
         self.saves: list[tuple[InstanceState, bool]] = []
 
-    def save_instance(self, instance: Instance, *, durable: bool = True) -> None:
+    def save_instance(
+        self, instance: Instance, *, durable: bool = True, audit: Sequence[Event] = ()
+    ) -> None:
         self.saves.append((instance.state, durable))
-        super().save_instance(instance, durable=durable)
+        super().save_instance(instance, durable=durable, audit=audit)
 
 
 @pytest.fixture
