@@ -10,125 +10,16 @@ mode replaces nothing.
 
 from __future__ import annotations
 
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agent.artifact import build_artifact
-from agent.policy import Policy
 from controller.cli import demo_support as support
-from controller.cli.client import FleetClient
-from controller.cli.images import _read_bake, _requests
 from controller.providers import LaunchSpec
 from controller.providers.local import LocalConfig, LocalProvider
-from protos.corral.v1 import agent_pb2, fleet_pb2
-
-STATE = {v: k.removeprefix("INSTANCE_STATE_").lower() for k, v in agent_pb2.InstanceState.items()}
-
-
-class Fleet:
-    """A controller process on a data dir, restartable, with a client and two images."""
-
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        data.mkdir(parents=True, exist_ok=True)
-        self.port = support.free_port()
-        self.config = support.write_config(
-            data, grpc_port=self.port, metrics_port=support.free_port(), s=support.DemoSettings()
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-        self.client = FleetClient(f"127.0.0.1:{self.port}", timeout=5.0)
-        self.images: dict[str, str] = {}
-
-    def start(self) -> None:
-        self.process = support.start_controller(self.data, self.config)
-        ok = support.wait_for(self._up, timeout=20, step=0.1)
-        assert ok, (self.data / "controller.log").read_text()[-3000:]
-
-    def _up(self) -> bool:
-        try:
-            self.client.call(self.client.stub.ListGroups, fleet_pb2.ListGroupsRequest())
-        except Exception:
-            return False
-        return True
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            support.stop_process(self.process)
-        support.stop_agents(self.data)
-        self.client.close()
-
-    def image(self, version: str) -> str:
-        root = self.data / f"root-{version}"
-        support.write_sample_root(root, files=5)
-        (root / support.APP_CONF).write_text(f"version = {version}\n")
-        out = self.data / "images" / version
-        result = build_artifact(
-            str(root), str(out), name="app", version=version, policy=Policy(),
-            owner=(os.getuid(), os.getgid()),
-        )  # fmt: skip
-        LocalProvider(LocalConfig(data_dir=str(self.data))).import_artifact(str(out))
-        image, manifest = _read_bake(out)
-        self.client.stream(self.client.stub.RegisterImage, _requests(image, manifest))
-        self.images[version] = result.image_ref
-        return result.image_ref
-
-    def group(self, name: str, ref: str, *, size: int, mode: str = "enforce") -> None:
-        group = fleet_pb2.Group(
-            name=name, desired_image_ref=ref, provider="local", desired_size=size,
-            mode=fleet_pb2.GROUP_MODE_ENFORCE if mode == "enforce"
-            else fleet_pb2.GROUP_MODE_OBSERVE,
-        )  # fmt: skip
-        self.client.call(self.client.stub.CreateGroup, fleet_pb2.CreateGroupRequest(group=group))
-
-    def instances(self, group: str) -> list[fleet_pb2.Instance]:
-        request = fleet_pb2.ListInstancesRequest(group=group)
-        return list(self.client.call(self.client.stub.ListInstances, request).instances)
-
-    def states(self, group: str) -> dict[str, str]:
-        return {i.id: STATE[i.state] for i in self.instances(group)}
-
-    def conformant(self, group: str, count: int, *, digest: str = "") -> bool:
-        live = [i for i in self.instances(group) if STATE[i.state] != "retired"]
-        good = [i for i in live if STATE[i.state] == "conformant"]
-        on_image = all(i.image_digest == digest for i in live) if digest else True
-        return len(good) == count == len(live) and on_image
-
-    def drift(self, instance_id: str) -> None:
-        conf = self.data / "instances" / instance_id / "rootfs" / support.APP_CONF
-        with conf.open("a") as handle:
-            handle.write("patched = true\n")
-
-    def corral(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "controller.cli.main", *args, "--controller",
-             f"127.0.0.1:{self.port}"],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-
-    def rows(self) -> list[tuple[str, str, str]]:
-        db = sqlite3.connect(f"file:{self.data / 'corral.db'}?mode=ro", uri=True)
-        try:
-            return list(db.execute("SELECT id, instance_id, phase FROM replacements"))
-        except sqlite3.OperationalError:
-            return []
-        finally:
-            db.close()
-
-    def instance_dirs(self) -> list[str]:
-        return sorted(p.name for p in (self.data / "instances").iterdir() if p.is_dir())
+from tests.e2e.support import STATE, Fleet
 
 
 @pytest.fixture
