@@ -249,10 +249,16 @@ def plan(
         )
         return [Hold(group=group.name, reason=HoldReason.OBSERVE, detail=detail, instances=ids)]
 
-    unknown = sum(1 for i in live if i.state is _S.UNKNOWN)
-    if live and Fraction(unknown, len(live)) > Fraction(repr(settings.partition_unknown_share)):
+    # A replacement still starting up is judged by its startup grace, not counted as a
+    # sign of a partition: otherwise one silent new instance in a small group holds the
+    # group, and the hold keeps its grace from ever failing it.
+    starting = {r.new_instance_id for r in active if r.new_instance_id is not None}
+    settled = [i for i in live if i.instance_id not in starting]
+    unknown = sum(1 for i in settled if i.state is _S.UNKNOWN)
+    share = Fraction(repr(settings.partition_unknown_share))
+    if settled and Fraction(unknown, len(settled)) > share:
         detail = (
-            f"{unknown} of {len(live)} instances are unknown (silent): the fleet looks "
+            f"{unknown} of {len(settled)} instances are unknown (silent): the fleet looks "
             "partitioned, so nothing is replaced until they report again"
         )
         return [Hold(group=group.name, reason=HoldReason.PARTITIONED, detail=detail)]

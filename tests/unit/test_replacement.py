@@ -202,6 +202,26 @@ def test_a_partitioned_group_holds_everything(unknown: int, holds: bool) -> None
         assert len(starts(actions)) == 1
 
 
+def test_a_silent_replacement_is_failed_by_its_grace_not_counted_as_a_partition() -> None:
+    # A group of 3: the victim is being replaced, its new instance never reported
+    # (unknown). One unknown of three is over 20%, but the new instance is judged by
+    # its startup grace: the attempt fails instead of the whole group holding forever.
+    instances = [*fleet(2), InstanceView("n1", S.UNKNOWN, V1)]
+    in_flight = [
+        row(
+            Phase.WAITING_CONFORMANT,
+            instance_id="i00001",
+            idempotency_key="rpl-i00001-1",
+            attempt=1,
+            launch_issued_at=T0 - DEFAULTS.startup_grace_seconds - 1,
+            new_instance_id="n1",
+        )
+    ]
+    actions = plan(group(3), instances, in_flight, T0, DEFAULTS)
+    assert not any(isinstance(a, Hold) for a in actions)
+    assert any(isinstance(a, MarkFailed) for a in actions)
+
+
 def test_six_of_twenty_tainted_at_once_opens_the_breaker_and_starts_nothing() -> None:
     actions = plan(group(20), fleet(20, tainted=6), [], T0, DEFAULTS)
     opened = [a for a in actions if isinstance(a, OpenBreaker)]
