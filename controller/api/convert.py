@@ -16,6 +16,12 @@ from agent.diff import Change, ChangeKind
 from agent.errors import ManifestError
 from agent.manifest import entry_from_proto, entry_to_proto
 from agent.paths import display_path
+from controller.audit.errors import (
+    AuditError,
+    CheckpointError,
+    ExportFormatError,
+    InvalidEventError,
+)
 from controller.domain.model import (
     DriftKind,
     Evidence,
@@ -46,6 +52,13 @@ STATUS_CODES: dict[type[ControllerError], grpc.StatusCode] = {
     FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    # The audit log: a bad event or export is the caller's; a checkpoint that is
+    # not retained is a state refusal; any other audit failure is the store
+    # being unreadable for now (retry).
+    InvalidEventError: grpc.StatusCode.INVALID_ARGUMENT,
+    ExportFormatError: grpc.StatusCode.INVALID_ARGUMENT,
+    CheckpointError: grpc.StatusCode.FAILED_PRECONDITION,
+    AuditError: grpc.StatusCode.UNAVAILABLE,
 }
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")

@@ -1,4 +1,4 @@
-"""The gRPC server: AgentService, FleetService and the standard health service.
+"""The gRPC server: AgentService, FleetService, AuditService and the standard health service.
 
 ``grpc.aio`` on one event loop. Messages above ``max_message_bytes`` are refused
 by gRPC itself with RESOURCE_EXHAUSTED; keepalive settings let agents ping every
@@ -19,13 +19,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from controller.api.agent_service import AgentServicer
+from controller.api.audit_service import AuditServicer
 from controller.api.counting import RefusalCounter
 from controller.api.fleet_service import FleetServicer
 from controller.security.serving import ServerSecurity, bind, server_interceptors
 from controller.service import ControllerService
-from protos.corral.v1 import agent_pb2_grpc, fleet_pb2_grpc
+from protos.corral.v1 import agent_pb2_grpc, audit_pb2_grpc, fleet_pb2_grpc
 
-SERVICES = ("corral.v1.AgentService", "corral.v1.FleetService")
+SERVICES = ("corral.v1.AgentService", "corral.v1.FleetService", "corral.v1.AuditService")
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -63,6 +64,7 @@ class ControllerServer:
         fleet_pb2_grpc.add_FleetServiceServicer_to_server(
             FleetServicer(service, max_manifest_bytes=max_manifest_bytes), self.server
         )
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(service), self.server)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = bind(self.server, listen, security)

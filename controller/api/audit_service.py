@@ -1,0 +1,178 @@
+"""``corral.v1.AuditService``: the auditors' read-only questions, over gRPC.
+
+Every answer comes from the store's audit log (:meth:`controller.ports.Store.audit_log`),
+never from current state. Queries run in a worker thread: a fleet-wide
+conformance snapshot or a full ``verify`` of a long chain takes seconds and must
+not stall agents' reports on the event loop. The SQLite store reads through its
+own read-only connection, so these never wait on the writer either.
+
+All methods are reads by name (Audit*, Export*, Verify*), which the security
+role table opens to auditors and operators. Calls are counted by method and
+status code like the other services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+import grpc
+
+from controller.api import audit_convert as convert
+from controller.api.convert import status_of
+from controller.api.counting import counted, method_counters
+from controller.audit.ports import AuditLog
+from controller.audit.record import Record
+from controller.errors import ControllerError
+from controller.security.authz import PACKAGE
+from controller.service import ControllerService
+from protos.corral.v1 import audit_pb2, audit_pb2_grpc
+
+Context = grpc.aio.ServicerContext[object, object]
+SERVICE = f"{PACKAGE}.AuditService"
+METHODS = ("AuditConformance", "AuditHistory", "AuditImages", "ExportAudit", "VerifyAudit")
+MAX_INSTANCE_ID = 128
+T = TypeVar("T")
+
+
+def _method(name: str) -> str:
+    return f"/{SERVICE}/{name}"
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    """Answers from the service's store's audit log; its clock says what "now" is."""
+
+    def __init__(self, service: ControllerService) -> None:
+        self._store = service.store
+        self._clock = service.clock
+        self._calls = method_counters(service.metrics.grpc_requests, SERVICE, METHODS)
+
+    def _log(self) -> AuditLog:
+        return self._store.audit_log()
+
+    async def _run(self, context: Context, query: Callable[[AuditLog], T]) -> T:
+        try:
+            return await asyncio.to_thread(lambda: query(self._log()))
+        except ControllerError as exc:
+            await context.abort(status_of(exc), str(exc))
+            raise  # unreachable: abort raises
+
+    @counted(_method("AuditConformance"))
+    async def AuditConformance(
+        self, request: audit_pb2.AuditConformanceRequest, context: Context
+    ) -> audit_pb2.AuditConformanceResponse:
+        at_ms = request.at_ms or int(self._clock.now() * 1000)
+        group = request.group or None
+        result = await self._run(context, lambda log: log.conformance_at(at_ms, group=group))
+        return convert.conformance_to_proto(result)
+
+    @counted(_method("AuditHistory"))
+    async def AuditHistory(
+        self, request: audit_pb2.AuditHistoryRequest, context: Context
+    ) -> audit_pb2.AuditHistoryResponse:
+        instance_id = request.instance_id
+        if not instance_id or len(instance_id) > MAX_INSTANCE_ID:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"instance_id: give an instance id of 1 to {MAX_INSTANCE_ID} characters",
+            )
+        history = await self._run(context, lambda log: log.instance_history(instance_id))
+        return convert.history_to_proto(history)
+
+    @counted(_method("AuditImages"))
+    async def AuditImages(
+        self, request: audit_pb2.AuditImagesRequest, context: Context
+    ) -> audit_pb2.AuditImagesResponse:
+        images = await self._run(context, lambda log: log.image_history())
+        return convert.images_to_proto(images)
+
+    @counted(_method("VerifyAudit"))
+    async def VerifyAudit(
+        self, request: audit_pb2.VerifyAuditRequest, context: Context
+    ) -> audit_pb2.VerifyAuditResponse:
+        result, checkpoints = await self._run(
+            context, lambda log: (log.verify(), log.checkpoints())
+        )
+        return convert.verify_to_proto(result, checkpoints)
+
+    async def ExportAudit(
+        self, request: audit_pb2.ExportAuditRequest, context: Context
+    ) -> AsyncIterator[audit_pb2.ExportAuditResponse]:
+        """Stream the records in batches (counted here: ``counted`` wraps unary calls only)."""
+        calls = self._calls[_method("ExportAudit")]
+        since = request.since_ms if request.HasField("since_ms") else None
+        until = request.until_ms if request.HasField("until_ms") else None
+        first = last = None
+        try:
+            async for batch in _batches(self._log(), since_ms=since, until_ms=until):
+                first = first if first is not None else batch[0].seq
+                last = batch[-1].seq
+                yield audit_pb2.ExportAuditResponse(
+                    records=[convert.record_to_proto(r) for r in batch]
+                )
+            checkpoints = await self._run(context, lambda log: log.checkpoints())
+            covered = [
+                c
+                for c in checkpoints
+                if first is not None and last is not None and first <= c.seq <= last
+            ]
+            yield audit_pb2.ExportAuditResponse(
+                checkpoints=[convert.checkpoint_to_proto(c) for c in covered]
+            )
+        except ControllerError as exc:
+            calls.finished(status_of(exc))
+            await context.abort(status_of(exc), str(exc))
+        except BaseException:
+            calls.finished(context.code())
+            raise
+        calls.ok.inc()
+
+
+async def _batches(
+    log: AuditLog, *, since_ms: int | None, until_ms: int | None
+) -> AsyncIterator[list[Record]]:
+    """The records in batches, read by one worker thread (the log's read lock belongs to it).
+
+    The queue is bounded, so a slow client holds at most a few batches in memory;
+    when the client goes away the reader is told to stop and its lock is released.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[list[Record] | BaseException | None] = asyncio.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def put(item: list[Record] | BaseException | None) -> None:
+        while not stop.is_set():
+            future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+            try:
+                future.result(timeout=1.0)
+                return
+            except TimeoutError:
+                future.cancel()
+
+    def read() -> None:
+        try:
+            batch: list[Record] = []
+            for record in log.records(since_ms=since_ms, until_ms=until_ms):
+                batch.append(record)
+                if len(batch) >= convert.EXPORT_BATCH:
+                    put(batch)
+                    batch = []
+                if stop.is_set():
+                    return
+            if batch:
+                put(batch)
+            put(None)
+        except Exception as error:  # handed to the caller, which raises it
+            put(error)
+
+    reader = loop.run_in_executor(None, read)
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        await reader
