@@ -5,10 +5,12 @@ to retire), ``images`` (registered when, by whom, where it ran, when desired),
 ``export`` (JSON Lines) and ``verify`` (the live chain or an export file).
 ``checkpoint`` and ``prune`` are the operator's retention tools.
 
-Today these read the controller's SQLite file through ``--data-dir``; a
-``--controller HOST:PORT`` source (gRPC ``FleetService``) plugs in through
-``_open_log``. Data goes to stdout, errors to stderr. Exit codes: 0 ok / intact,
-1 the chain does not verify, 2 usage or input error.
+By default they ask the running controller (``--controller HOST:PORT`` or
+``$CORRAL_CONTROLLER``, gRPC ``AuditService``, read-only); ``--data-dir DIR``
+reads the controller's SQLite file directly instead (offline, and the only
+source for ``checkpoint`` and ``prune``, which write). Data goes to stdout,
+errors to stderr. Exit codes: 0 ok / intact, 1 the chain does not verify, 2
+usage or input error, 69 the controller is unavailable.
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ from controller.audit.ports import AuditLog
 from controller.audit.queries import Conformance, ImageHistory, InstanceHistory
 from controller.audit.record import Record
 from controller.audit.sqlite import SqliteAuditLog
+from controller.cli.audit_remote import AuditClient, RemoteAuditLog
+from controller.cli.client import (
+    DEFAULT_CONTROLLER,
+    EXIT_UNAVAILABLE,
+    ClientError,
+    add_controller_argument,
+    tls_from_args,
+)
+from controller.security.errors import CertificateError
 
 EXIT_OK = 0
 EXIT_BROKEN = 1
@@ -49,8 +60,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--data-dir",
         metavar="DIR",
         type=Path,
-        help=f"the controller's data dir (reads DIR/{STORE_FILE} directly)",
+        help=f"the controller's data dir (reads DIR/{STORE_FILE} directly, offline)",
     )
+    add_controller_argument(source)
     audit = subparsers.add_parser(
         "audit", help="answer auditors' questions from the tamper-evident history"
     )
@@ -110,9 +122,12 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except AuditError as error:
+        except (AuditError, CertificateError) as error:
             print(f"corral: {error}", file=sys.stderr)
             return EXIT_USAGE
+        except ClientError as error:
+            print(f"corral: {error}", file=sys.stderr)
+            return EXIT_UNAVAILABLE if error.exit_code == EXIT_UNAVAILABLE else EXIT_USAGE
 
     return run
 
@@ -235,7 +250,7 @@ def run_prune(args: argparse.Namespace) -> int:
 class _OpenLog:
     """A context manager yielding the audit log named by the command's source options."""
 
-    def __init__(self, log: SqliteAuditLog) -> None:
+    def __init__(self, log: SqliteAuditLog | RemoteAuditLog) -> None:
         self.log = log
 
     def __enter__(self) -> AuditLog:
@@ -246,9 +261,15 @@ class _OpenLog:
 
 
 def _open_log(args: argparse.Namespace, *, writable: bool = False) -> _OpenLog:
-    # A --controller HOST:PORT source (gRPC FleetService) will be chosen here.
+    """``--data-dir`` opens the store file; otherwise the controller's API is asked."""
     if args.data_dir is None:
-        raise AuditError("say where the history is: --data-dir DIR")
+        if writable:
+            raise AuditError("this writes the store file: give --data-dir DIR")
+        address = args.controller or os.environ.get("CORRAL_CONTROLLER") or DEFAULT_CONTROLLER
+        client = AuditClient(address, timeout=args.timeout, tls=tls_from_args(args))
+        return _OpenLog(RemoteAuditLog(client))
+    if args.controller:
+        raise AuditError("give either --data-dir DIR or --controller HOST:PORT, not both")
     path = args.data_dir / STORE_FILE
     if not path.exists():
         raise AuditError(f"no controller store at {path}")

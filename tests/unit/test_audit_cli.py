@@ -159,5 +159,7 @@ def test_checkpoint_signs_prune_keeps_verify(
 
 def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "verify", "--data-dir", str(tmp_path / "absent"))[0] == 2
-    assert run(capsys, "verify")[0] == 2
+    assert run(capsys, "checkpoint")[0] == 2  # writes need the store file
+    both = ("--data-dir", str(tmp_path), "--controller", "127.0.0.1:1")
+    assert run(capsys, "verify", *both)[0] == 2
     assert run(capsys, "conformance", "--data-dir", str(tmp_path), "--at", "yesterday-ish")[0] == 2
