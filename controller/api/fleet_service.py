@@ -137,6 +137,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             )
         except ControllerError as exc:
             await context.abort(status_of(exc), str(exc))
+        if created:
+            self._nudge(group.name)  # launch its instances now, not at the next sweep
         return fleet_pb2.CreateGroupResponse(group=self._group(group.name), created=created)
 
     @counted(_method("ListGroups"))
