@@ -10,8 +10,9 @@ the group waits for an operator (``corral group resume G``).
 
 The comparison is strict: in a group of 20, 4 taints (exactly 20%) keep the
 breaker closed and 5 open it. A single taint never opens it (``min_tolerated``):
-in a group of 3, one hand-patched instance is replaced; two at once open it. Shares are compared as exact fractions of the
-decimal setting, so no float rounding moves the boundary.
+in a group of 3, one hand-patched instance is replaced; two at once open it.
+Shares are compared as exact fractions of the decimal setting, so no float
+rounding moves the boundary.
 
 A resumed breaker counts only taints **after** the resume, so it never re-opens
 for the taints that opened it. Pure: time is a parameter.
