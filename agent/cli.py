@@ -173,7 +173,10 @@ def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
             clock=time.time,
             on_write_error=lambda _exc: metrics.errors.labels(reason="state_write_failed").inc(),
         ),
-        backoff=Backoff(base=1.0, cap=min(300.0, max(config.interval, 1.0) * 4)),
+        # Capped at twice the interval: below the controller's default staleness (three
+        # report intervals), so a recovered controller hears from every agent before it
+        # would call one silent.
+        backoff=Backoff(base=1.0, cap=min(300.0, max(config.interval, 1.0) * 2)),
         metrics=metrics,
         footprint=lambda: footprint_of(process),
     )

@@ -57,6 +57,8 @@ class ControllerService:
         self.clock = clock
         self.metrics = metrics
         self.stale_after = stale_after
+        # Silence is counted from here at the earliest (see states.is_stale).
+        self.listening_since = clock.now()
         self.manifests = ManifestCache(store)
         # Label children made once: the report path must not look them up per call.
         self._outcomes = {
@@ -256,7 +258,12 @@ class ControllerService:
         now = self.clock.now()
         marked = 0
         for instance in self.store.list_instances():
-            silent = on_silence(instance, now=now, stale_after=self.stale_after)
+            silent = on_silence(
+                instance,
+                now=now,
+                stale_after=self.stale_after,
+                listening_since=self.listening_since,
+            )
             if silent is not None:
                 audit = trail.instance_events(
                     instance,

@@ -51,16 +51,25 @@ def transition(instance: Instance, target: InstanceState) -> Instance:
     return replace(instance, state=target)
 
 
-def is_stale(instance: Instance, *, now: float, stale_after: float) -> bool:
-    """True when ``instance`` has been silent too long and silence may change its state."""
+def is_stale(
+    instance: Instance, *, now: float, stale_after: float, listening_since: float = 0.0
+) -> bool:
+    """True when ``instance`` has been silent too long and silence may change its state.
+
+    Silence counts from its last report, or from ``listening_since`` (when the
+    controller started) if that is later: an agent cannot be heard while the
+    controller is down, so a controller restart never makes a fleet look silent.
+    """
     if instance.state not in _SILENCEABLE:
         return False
-    last = instance.last_report or instance.first_seen
+    last = max(instance.last_report or instance.first_seen, listening_since)
     return now - last > stale_after
 
 
-def on_silence(instance: Instance, *, now: float, stale_after: float) -> Instance | None:
+def on_silence(
+    instance: Instance, *, now: float, stale_after: float, listening_since: float = 0.0
+) -> Instance | None:
     """The instance marked ``unknown`` if it is stale, else None (nothing to change)."""
-    if not is_stale(instance, now=now, stale_after=stale_after):
+    if not is_stale(instance, now=now, stale_after=stale_after, listening_since=listening_since):
         return None
     return transition(instance, InstanceState.UNKNOWN)

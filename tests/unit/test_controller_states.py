@@ -119,6 +119,12 @@ class TestSilence:
         assert on_silence(fresh, now=1_090.0, stale_after=90.0) is None
         assert is_stale(fresh, now=1_090.1, stale_after=90.0)
 
+    def test_silence_counts_from_when_the_controller_started_listening(self) -> None:
+        heard = instance(S.CONFORMANT, last_report=1_000.0)
+        # The controller was down until 5_000: nobody could be heard before that.
+        assert not is_stale(heard, now=5_090.0, stale_after=90.0, listening_since=5_000.0)
+        assert is_stale(heard, now=5_090.1, stale_after=90.0, listening_since=5_000.0)
+
     def test_never_reported_counts_from_first_seen(self) -> None:
         never = instance(S.PENDING, last_report=0.0)
         assert not is_stale(never, now=140.0, stale_after=90.0)

@@ -217,6 +217,20 @@ class TestRestartAndSilence:
             S.INSTANCE_STATE_CONFORMANT
         )
 
+    def test_a_long_controller_outage_is_not_the_fleets_silence(
+        self, running: RunningController, web: Baked
+    ) -> None:
+        running.report(header(web, instance_id="i-1", seq=1))
+        running.stop()
+        running.clock.advance(3600)  # down for an hour: no agent could be heard
+        running.start()
+        assert running.controller is not None
+        assert running.on_loop(running.controller.service.sweep_stale) == 0
+        assert _instance(running, "i-1").state == S.INSTANCE_STATE_CONFORMANT
+        running.clock.advance(91)  # still silent a full staleness period after the restart
+        assert running.on_loop(running.controller.service.sweep_stale) == 1
+        assert _instance(running, "i-1").state == S.INSTANCE_STATE_UNKNOWN
+
 
 class TestImages:
     def test_registration_is_idempotent_and_immutable(self, running: RunningController) -> None:
