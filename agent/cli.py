@@ -6,8 +6,10 @@ scanner, gRPC transport and metrics, lowers its own priority and runs until
 SIGTERM (or, with ``--once``, for one scan and its delivery).
 ``corral-agent version`` prints the version.
 
-Exit codes: 0 success; 1 ``--once`` could not deliver its report; 2 bad
-settings or an identity/image problem (the message says which).
+Exit codes: 0 success; 1 ``--once``'s report was refused by the controller
+(e.g. ``PERMISSION_DENIED``); 2 bad settings or an identity/image problem (the
+message says which); 69 ``--once`` could not reach the controller within its
+attempts. The long-running mode keeps running through refusals (it counts them).
 """
 
 from __future__ import annotations
@@ -45,6 +47,16 @@ from agent.transport import GrpcTransport, TlsFiles
 log = logging.getLogger("agent")
 
 ONCE_ATTEMPTS = 6
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE (sysexits.h)
+_EXIT_CODES = """exit codes:
+  0   stopped cleanly, or --once delivered its report
+  1   --once: the controller refused the report (e.g. PERMISSION_DENIED,
+      INVALID_ARGUMENT); the log says why
+  2   bad settings, identity or image
+  69  --once: the controller stayed unreachable for every attempt
+      (a refused TLS handshake looks like this too)"""
 _FLAGS = (
     ("--controller", str, "HOST:PORT", "the controller's AgentService address"),
     ("--root", str, "DIR", "the root to watch (default /)"),
@@ -75,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="scan on a schedule and report to the controller",
         description="Every setting can also come from the TOML file (--config or "
         "CORRAL_AGENT_CONFIG) or from CORRAL_AGENT_<SETTING> variables; flags win.",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for flag, kind, metavar, text in _FLAGS:
         run.add_argument(flag, type=kind, metavar=metavar, help=text)
@@ -191,6 +205,23 @@ def _schedule(config: AgentConfig) -> Schedule:
     )
 
 
+def run_once(runner: Runner, *, attempts: int = ONCE_ATTEMPTS) -> int:
+    """One scan and its delivery; returns ``--once``'s exit code.
+
+    A refusal is an answer (1: resending cannot help); a report still buffered
+    after ``attempts`` deliveries means the controller was never reached (69).
+    """
+    runner.tick()
+    delivered = runner.drain(attempts=attempts)
+    if runner.refused:
+        log.error("the controller refused %d report(s)", runner.refused)
+        return EXIT_REFUSED
+    if not delivered:
+        log.error("the controller stayed unreachable; the report was not delivered")
+        return EXIT_UNAVAILABLE
+    return 0
+
+
 def run(config: AgentConfig) -> int:
     registry = new_registry()
     metrics = AgentMetrics(registry)
@@ -218,9 +249,7 @@ def run(config: AgentConfig) -> int:
     stop = threading.Event()
     install_signal_handlers(stop)
     if config.once:
-        runner.tick()
-        delivered = runner.drain(attempts=ONCE_ATTEMPTS)
-        return 0 if delivered else 1
+        return run_once(runner)
     run_scheduled(runner, _schedule(config), stop=stop)
     log.info("agent stopped")
     return 0
@@ -237,10 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(config)
     except ConfigError as exc:
         print(f"corral-agent: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except AgentError as exc:
         log.error("cannot start: %s", exc)
-        return 2
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -122,6 +122,8 @@ class Runner:
         self._stop_event = threading.Event()
         self._sleep: Callable[[float], None] = sleep or self._wait
         self._stopping = False
+        #: Reports the controller refused since start (``--once`` exits non-zero on any).
+        self.refused = 0
         self._scans_since_full: int | None = None
         self._last_full: float | None = None
         if scanner.has_cache():
@@ -266,6 +268,7 @@ class Runner:
             except ReportRejectedError as exc:
                 self._metrics.report_duration.observe(self._monotonic() - started)
                 self.outbox.pop()
+                self.refused += 1
                 self._metrics.reports.labels(result="rejected").inc()
                 log.error("controller refused a report: %s", exc, extra={"code": exc.code})
                 continue

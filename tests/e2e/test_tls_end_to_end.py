@@ -143,6 +143,7 @@ def test_the_documented_tls_path_runs_end_to_end(controller: tuple[str, Path]) -
     # refusal and drops the report: resending it cannot help).
     other = _run([*agent, "--instance-id", "i-2", "--state-dir", str(home / "s2")], agent_env)
     assert "PERMISSION_DENIED" in other.stdout + other.stderr
+    assert other.returncode == 1  # --once says the report was refused
 
     shown = _run([corral, "fleet", "list", "--json", "--controller", address], operator)
     assert shown.returncode == 0, shown.stderr
