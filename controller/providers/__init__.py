@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from controller.providers.agentcerts import DEFAULT_DAYS, AgentCertificates
 from controller.providers.base import (
     InstanceState,
     LaunchedInstance,
@@ -22,8 +23,10 @@ from controller.providers.errors import (
     ProviderError,
     TemporaryProviderError,
 )
+from controller.security.identity import DEFAULT_TRUST_DOMAIN
 
 __all__ = [
+    "AGENT_CERT_KEYS",
     "PROVIDER_NAMES",
     "InstanceState",
     "LaunchSpec",
@@ -59,9 +62,34 @@ def _check_keys(name: str, config: Mapping[str, Any], known: set[str]) -> None:
         )
 
 
-def create_provider(name: str, config: Mapping[str, Any]) -> Provider:
+#: Settings of the providers that start host agents, for the agents' certificates.
+AGENT_CERT_KEYS = frozenset({"agent_ca_dir", "agent_cert_days"})
+
+
+def _agent_certificates(
+    config: Mapping[str, Any], *, trust_domain: str
+) -> AgentCertificates | None:
+    """The ``agent_ca_dir`` setting as an issuer, checked now; None when it is not set."""
+    ca_dir = config.get("agent_ca_dir")
+    if not ca_dir:
+        return None
+    days = config.get("agent_cert_days", DEFAULT_DAYS)
+    if isinstance(days, bool) or not isinstance(days, int):
+        raise PermanentProviderError(
+            f"agent_cert_days must be a whole number of days, not {days!r}",
+            reason="invalid_config",
+        )
+    certificates = AgentCertificates(ca_dir=str(ca_dir), days=days, trust_domain=trust_domain)
+    certificates.check()
+    return certificates
+
+
+def create_provider(
+    name: str, config: Mapping[str, Any], *, trust_domain: str = DEFAULT_TRUST_DOMAIN
+) -> Provider:
     """Build the provider called ``name`` from a parsed config table.
 
+    ``trust_domain`` is what agent certificates issued from ``agent_ca_dir`` name.
     Raises PermanentProviderError for an unknown name or setting, or a missing
     SDK (install ``corral[docker]`` or ``corral[aws]``).
     """
@@ -69,13 +97,18 @@ def create_provider(name: str, config: Mapping[str, Any]) -> Provider:
         if name == "local":
             from controller.providers.local import LocalConfig, LocalProvider  # noqa: PLC0415
 
-            _check_keys(name, config, {"data_dir", "agent_command", "interval", "stop_timeout"})
+            _check_keys(
+                name,
+                config,
+                {"data_dir", "agent_command", "interval", "stop_timeout"} | AGENT_CERT_KEYS,
+            )
             return LocalProvider(
                 LocalConfig(
                     data_dir=str(config["data_dir"]),
                     agent_prefix=_strings(config, "agent_command"),
                     interval=float(config.get("interval", 1.0)),
                     stop_timeout=float(config.get("stop_timeout", 5.0)),
+                    agent_certificates=_agent_certificates(config, trust_domain=trust_domain),
                 )
             )
         if name == "exec":
@@ -104,7 +137,8 @@ def create_provider(name: str, config: Mapping[str, Any]) -> Provider:
             _check_keys(
                 name,
                 config,
-                {"base_url", "command", "agent_command", "state_dir", "artifacts_dir", "interval"},
+                {"base_url", "command", "agent_command", "state_dir", "artifacts_dir", "interval"}
+                | AGENT_CERT_KEYS,
             )
             return DockerProvider(
                 DockerConfig(
@@ -114,6 +148,7 @@ def create_provider(name: str, config: Mapping[str, Any]) -> Provider:
                     agent_interval=float(config.get("interval", 1.0)),
                     state_dir=config.get("state_dir"),
                     artifacts_dir=config.get("artifacts_dir"),
+                    agent_certificates=_agent_certificates(config, trust_domain=trust_domain),
                 )
             )
         if name == "aws-asg":

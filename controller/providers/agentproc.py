@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -77,14 +77,18 @@ class AgentProcesses:
     def __init__(self) -> None:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
-    def start(self, argv: Sequence[str], *, log_path: str) -> int:
+    def start(
+        self, argv: Sequence[str], *, log_path: str, env: Mapping[str, str] | None = None
+    ) -> int:
         """Start ``argv`` detached, output appended to ``log_path``; returns its PID.
 
+        ``env`` is added to this process's environment (e.g. the agent's TLS files).
         Raises OSError when the program cannot be started.
         """
         with open(log_path, "ab") as log:
             child = subprocess.Popen(
                 list(argv),
+                env={**os.environ, **env} if env else None,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

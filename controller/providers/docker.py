@@ -12,7 +12,9 @@ container's merged root filesystem (``GraphDriver.Data.MergedDir``, present
 for the overlay driver on a rootful engine), exactly as the local provider
 does, and stops it on terminate; its PID is kept in
 ``STATE_DIR/<instance>.json``, and it reads the image's baked identity from
-``ARTIFACTS_DIR/sha256-<hex>/image.json``. Without it, run the agent some other way (a
+``ARTIFACTS_DIR/sha256-<hex>/image.json``. With ``agent_certificates`` each
+host agent gets its own certificate in ``STATE_DIR/<instance>/tls`` (removed
+on terminate). Without it, run the agent some other way (a
 sidecar with the container's root mounted read-only, or a host service).
 
 Only this module imports the ``docker`` SDK; its errors are mapped here:
@@ -31,6 +33,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from controller.providers.agentcerts import AgentCertificates, discard
 from controller.providers.agentproc import AgentCommand, AgentProcesses
 from controller.providers.base import (
     LABEL_GROUP,
@@ -70,6 +73,8 @@ class DockerConfig:
     """Where host agents' PIDs and state live (required with ``agent_prefix``)."""
     artifacts_dir: str | None = None
     """Baked images for host agents: ``sha256-<hex>/image.json`` + ``manifest.pb`` per digest."""
+    agent_certificates: AgentCertificates | None = None
+    """Issue each host agent a certificate for its instance (the controller requires mTLS)."""
 
 
 class DockerProvider(Provider):
@@ -189,6 +194,8 @@ class DockerProvider(Provider):
         record = self._agent_record(spec.instance_id)
         if record and self._agents.is_running(int(record["pid"]), root):
             return
+        certificates = self._config.agent_certificates
+        env = certificates.ensure(spec.instance_id, state_dir).env() if certificates else None
         argv = self._agent.argv(
             controller=spec.controller,
             root=root,
@@ -201,7 +208,7 @@ class DockerProvider(Provider):
             group=spec.group,
             state_dir=state_dir,
         )
-        pid = self._agents.start(argv, log_path=os.path.join(state_dir, "agent.log"))
+        pid = self._agents.start(argv, log_path=os.path.join(state_dir, "agent.log"), env=env)
         partial = self._agent_file(spec.instance_id) + ".tmp"
         with open(partial, "w", encoding="utf-8") as handle:
             json.dump({"pid": pid, "root": root}, handle)
@@ -224,6 +231,8 @@ class DockerProvider(Provider):
             self._agents.stop(int(record["pid"]), str(record["root"]))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._agent_file(instance_id))
+        if self._config.state_dir:
+            discard(os.path.join(self._config.state_dir, instance_id))
         for container in self._containers(LABEL_INSTANCE, instance_id):
             try:
                 container.remove(force=True)

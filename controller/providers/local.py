@@ -5,6 +5,7 @@ data directory::
 
     artifacts/sha256-<hex>/   image.tar, manifest.pb, image.json (see import_artifact)
     instances/<id>/           instance.json, rootfs/, state/, agent.log
+    instances/<id>/state/tls/ the agent's certificate, when ``agent_certificates`` is set
 
 ``instance.json`` holds the labels (group, instance, idempotency key, image
 digest) and the agent's PID; it is written atomically. A launch writes it
@@ -32,6 +33,7 @@ from typing import Any
 
 from agent.artifact import ARTIFACT_NAME, IMAGE_JSON_NAME, MANIFEST_NAME, ArtifactError
 from agent.unpack import unpack_artifact
+from controller.providers.agentcerts import AgentCertificates
 from controller.providers.agentproc import AgentCommand, AgentProcesses, default_agent_prefix
 from controller.providers.base import (
     InstanceState,
@@ -59,6 +61,8 @@ class LocalConfig:
     """The agents' scan interval in seconds."""
     stop_timeout: float = 5.0
     """Seconds between SIGTERM and SIGKILL when an instance is terminated."""
+    agent_certificates: AgentCertificates | None = None
+    """Issue each agent a certificate for its instance (the controller requires mTLS)."""
 
 
 def _check_id(value: str, what: str) -> None:
@@ -292,6 +296,9 @@ class LocalProvider(Provider):
             return
         found = self._processes.find(marker)  # started before a crash, PID never recorded
         if found is None:
+            state_dir = os.path.join(self._dir(instance_id), "state")
+            certificates = self._config.agent_certificates
+            env = certificates.ensure(instance_id, state_dir).env() if certificates else None
             argv = self._agent.argv(
                 controller=str(document["controller"]),
                 root=marker,
@@ -300,11 +307,11 @@ class LocalProvider(Provider):
                     self.artifact_dir(str(document["image_digest"])), IMAGE_JSON_NAME
                 ),
                 group=str(document["group"]),
-                state_dir=os.path.join(self._dir(instance_id), "state"),
+                state_dir=state_dir,
             )
             log_path = os.path.join(self._dir(instance_id), "agent.log")
             try:
-                found = self._processes.start(argv, log_path=log_path)
+                found = self._processes.start(argv, log_path=log_path, env=env)
             except OSError as exc:
                 raise PermanentProviderError(
                     f"cannot start the agent {argv[0]}: {exc.strerror or exc}",

@@ -176,6 +176,36 @@ def issue(
     return files
 
 
+@dataclass(frozen=True)
+class CertificateInfo:
+    """What a certificate says about itself: its URI SANs and its validity window."""
+
+    uris: tuple[str, ...]
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+
+
+def read_certificate(path: Path) -> CertificateInfo:
+    """The URI SANs and validity of the first certificate in ``path`` (PEM).
+
+    Raises CertificateError when the file cannot be read or parsed.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except OSError as exc:
+        raise CertificateError(f"cannot read certificate {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise CertificateError(f"{path} holds no usable certificate: {exc}") from None
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = tuple(names.get_values_for_type(x509.UniformResourceIdentifier))
+    except x509.ExtensionNotFound:
+        uris = ()
+    return CertificateInfo(
+        uris=uris, not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc
+    )
+
+
 def _load_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     try:
         key_pem = (directory / CA_KEY).read_bytes()

@@ -4,11 +4,13 @@
 the demo's short intervals, 127.0.0.1 on free ports), restartable, and reads
 the fleet back through the gRPC client and the replacement rows through a
 read-only SQLite connection. Extra provider tables (``[providers.docker]``)
-can be appended to its config before it starts.
+can be appended to its config before it starts; with ``server_tls`` it serves
+mutual TLS and the client presents ``client_tls``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -22,6 +24,7 @@ from controller.cli import demo_support as support
 from controller.cli.client import FleetClient
 from controller.cli.images import _read_bake, _requests
 from controller.providers.local import LocalConfig, LocalProvider
+from controller.security.tls import TlsFiles
 from protos.corral.v1 import agent_pb2, fleet_pb2
 
 STATE = {v: k.removeprefix("INSTANCE_STATE_").lower() for k, v in agent_pb2.InstanceState.items()}
@@ -30,18 +33,37 @@ STATE = {v: k.removeprefix("INSTANCE_STATE_").lower() for k, v in agent_pb2.Inst
 class Fleet:
     """A controller process on a data dir, restartable, with a client and its images."""
 
-    def __init__(self, data: Path, *, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        data: Path,
+        *,
+        extra_config: str = "",
+        local_config: str = "",
+        server_tls: TlsFiles | None = None,
+        client_tls: TlsFiles | None = None,
+    ) -> None:
         self.data = data
         data.mkdir(parents=True, exist_ok=True)
         self.port = support.free_port()
         self.config = support.write_config(
             data, grpc_port=self.port, metrics_port=support.free_port(), s=support.DemoSettings()
         )
+        if server_tls is not None:  # top-level keys go before the provider tables
+            settings = (
+                f"tls_ca_file = {json.dumps(server_tls.ca_file)}\n"
+                f"tls_cert_file = {json.dumps(server_tls.cert_file)}\n"
+                f"tls_key_file = {json.dumps(server_tls.key_file)}\n"
+            )
+            self.config.write_text(settings + self.config.read_text())
+        if local_config:  # more [providers.local] settings
+            text = self.config.read_text()
+            header = "[providers.local]\n"
+            self.config.write_text(text.replace(header, header + local_config.strip() + "\n", 1))
         if extra_config:
             with self.config.open("a") as handle:
                 handle.write("\n" + extra_config)
         self.process: subprocess.Popen[bytes] | None = None
-        self.client = FleetClient(f"127.0.0.1:{self.port}", timeout=5.0)
+        self.client = FleetClient(f"127.0.0.1:{self.port}", timeout=5.0, tls=client_tls)
         self.images: dict[str, str] = {}
 
     def start(self) -> None:
