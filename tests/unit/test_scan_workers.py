@@ -18,8 +18,23 @@ from agent.scan import scan
 OPEN = Policy(exclude=())
 
 
+_BYSTANDERS: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def bystanders() -> None:
+    """Children the test process already had (other suites' services): never workers."""
+    _BYSTANDERS.clear()
+    _BYSTANDERS.update(p.pid for p in psutil.Process().children())
+
+
 def children() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children() if p.status() != psutil.STATUS_ZOMBIE]
+    """Live children started since the test began: the scan's hashing workers."""
+    return [
+        p
+        for p in psutil.Process().children()
+        if p.pid not in _BYSTANDERS and p.status() != psutil.STATUS_ZOMBIE
+    ]
 
 
 @pytest.fixture
