@@ -74,12 +74,7 @@ class Effects:
         elif isinstance(action, LookupLaunch):
             await self._lookup(action, group.name, provider)
         elif isinstance(action, AdoptLaunch):
-            row = self._row(action.replacement_id)
-            self._register(row, action.new_instance_id)
-            self._update(
-                row, phase=Phase.WAITING_CONFORMANT, new_instance_id=action.new_instance_id
-            )
-            self.lookups.pop(row.replacement_id, None)
+            await self._adopt(action, provider)
         elif isinstance(action, Terminate):
             await self._terminate(action, provider)
         elif isinstance(action, MarkFailed):
@@ -147,15 +142,7 @@ class Effects:
             launch_error=None,
             new_instance_id=None,
         )
-        spec = LaunchSpec(
-            group=row.group,
-            image_ref=action.image_ref,
-            image_digest=self._digest(action.image_ref),
-            instance_id=new_instance_id(row.group, action.launch_key),
-            idempotency_key=action.launch_key,
-            controller=self.controller_address,
-            not_before=row.recorded_at,
-        )
+        spec = self._spec(row, launch_key=action.launch_key, image_ref=action.image_ref)
         try:
             launched = await asyncio.to_thread(provider.launch, spec)
         except ProviderError as exc:
@@ -172,6 +159,32 @@ class Effects:
             launched.instance_id,
             action.attempt,
             extra=_extra(row),
+        )
+
+    def _spec(self, row: ReplacementRecord, *, launch_key: str, image_ref: str) -> LaunchSpec:
+        return LaunchSpec(
+            group=row.group,
+            image_ref=image_ref,
+            image_digest=self._digest(image_ref),
+            instance_id=new_instance_id(row.group, launch_key),
+            idempotency_key=launch_key,
+            controller=self.controller_address,
+            not_before=row.recorded_at,
+        )
+
+    async def _adopt(self, action: AdoptLaunch, provider: Provider) -> None:
+        row = self._row(action.replacement_id)
+        lookup = self.lookups.pop(row.replacement_id, None)
+        if lookup is not None:
+            # Found under its key after a crash cut the launch short (an agent never
+            # started, a container never started): launching again under the same key
+            # is find-or-create by the provider contract, so it finishes that launch.
+            spec = self._spec(row, launch_key=lookup.launch_key, image_ref=row.image_ref)
+            await asyncio.to_thread(provider.launch, spec)
+        self._register(row, action.new_instance_id)
+        self._update(row, phase=Phase.WAITING_CONFORMANT, new_instance_id=action.new_instance_id)
+        log.info(
+            "replacement adopted %s after a restart", action.new_instance_id, extra=_extra(row)
         )
 
     async def _lookup(self, action: LookupLaunch, group: str, provider: Provider) -> None:

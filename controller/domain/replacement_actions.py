@@ -106,7 +106,12 @@ class LookupLaunch:
 
 @dataclass(frozen=True)
 class AdoptLaunch:
-    """The provider launched ``new_instance_id``: persist it and ``phase=waiting_conformant``."""
+    """The provider launched ``new_instance_id``: persist it and ``phase=waiting_conformant``.
+
+    When a lookup found it (a crash cut its launch short), first launch again under
+    the same key: find-or-create by the provider contract, it finishes whatever the
+    crash left undone (an agent or a container never started).
+    """
 
     replacement_id: str
     new_instance_id: str
