@@ -30,7 +30,8 @@ from agent.artifact import build_artifact
 from agent.policy import Policy
 from controller.cli import demo_support as support
 from controller.cli.client import ClientError, FleetClient, print_table
-from controller.cli.images import _read_bake, _requests
+from controller.cli.fleet import instance_json
+from controller.cli.images import register_bake
 from controller.providers.local import LocalConfig, LocalProvider
 from protos.corral.v1 import agent_pb2, fleet_pb2
 
@@ -122,8 +123,7 @@ class Demo:
             owner=(os.getuid(), os.getgid()),
         )  # fmt: skip
         LocalProvider(LocalConfig(data_dir=str(self.data))).import_artifact(str(out))
-        image, manifest = _read_bake(out)
-        self.client.stream(self.client.stub.RegisterImage, _requests(image, manifest))
+        register_bake(self.client, out)
         self.summary["image_ref"] = result.image_ref
         self.summary["image_build_seconds"] = round(time.monotonic() - started, 3)
         self.say(f"image       {result.image_ref} ({len(result.manifest.entries)} entries)")
@@ -193,6 +193,8 @@ class Demo:
                 if done and step not in steps:
                     steps[step] = now
                     self.say(f"  +{now:5.2f} s  {labels[step]}")
+                    if step == "tainted":
+                        self.say_evidence(old)
             if new is not None:
                 self.summary["replacement_instance"] = new.id
             return len(steps) == len(seen)
@@ -206,6 +208,14 @@ class Demo:
         self.summary["ok"] = True
         self.show(f"drift written → replacement conformant and old retired: {total:.2f} s")
         self.say(f"metrics     {self.summary['metrics_url']}")
+
+    def say_evidence(self, instance: fleet_pb2.Instance) -> None:
+        """What the agent reported as changed, as `corral fleet show` prints it."""
+        taint = instance_json(instance)["taint"] or {"changes": []}
+        self.summary["evidence"] = taint["changes"]
+        for change in taint["changes"]:
+            attributes = ", ".join(change["attributes"])
+            self.say(f"             {change['kind']} {change['path']} ({attributes})")
 
     def keep_running(self) -> None:
         self.say(

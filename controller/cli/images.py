@@ -97,9 +97,17 @@ def _requests(image: fleet_pb2.Image, manifest: Path) -> Iterator[fleet_pb2.Regi
                 return
 
 
+def register_bake(client: FleetClient, directory: Path) -> fleet_pb2.RegisterImageResponse:
+    """Register a bake output (``image.json`` + ``manifest.pb``), streaming the manifest.
+
+    Raises ClientError when the directory is not a bake output or the call fails.
+    """
+    image, manifest = _read_bake(directory)
+    return client.stream(client.stub.RegisterImage, _requests(image, manifest))
+
+
 def _register(client: FleetClient, args: argparse.Namespace) -> int:
-    image, manifest = _read_bake(Path(args.dir))
-    response = client.stream(client.stub.RegisterImage, _requests(image, manifest))
+    response = register_bake(client, Path(args.dir))
     if args.json:
         print_json({**image_json(response.image), "created": response.created})
     elif response.created:

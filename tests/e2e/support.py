@@ -22,7 +22,7 @@ from agent.artifact import build_artifact
 from agent.policy import Policy
 from controller.cli import demo_support as support
 from controller.cli.client import FleetClient
-from controller.cli.images import _read_bake, _requests
+from controller.cli.images import register_bake
 from controller.providers.local import LocalConfig, LocalProvider
 from controller.security.tls import TlsFiles
 from protos.corral.v1 import agent_pb2, fleet_pb2
@@ -106,8 +106,7 @@ class Fleet:
 
     def register(self, bake_dir: Path) -> None:
         """Register a bake output (image.json + manifest.pb) with the controller."""
-        image, manifest = _read_bake(bake_dir)
-        self.client.stream(self.client.stub.RegisterImage, _requests(image, manifest))
+        register_bake(self.client, bake_dir)
 
     def group(
         self, name: str, ref: str, *, size: int, mode: str = "enforce", provider: str = "local"
