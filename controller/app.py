@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
@@ -19,12 +18,12 @@ from controller.config import ControllerConfig
 from controller.domain.model import Group
 from controller.metrics import ControllerMetrics, FleetCollector
 from controller.ports import Clock, Store
-from controller.replacer import Replacer
+from controller.replacer import Leadership, Replacer, SoleController
 from controller.replacer_wiring import build_replacer
 from controller.scheduler import start_sweeps
 from controller.security.serving import security_from_config
 from controller.service import ControllerService
-from controller.store.sqlite import SqliteStore
+from controller.store_wiring import open_store
 
 log = logging.getLogger("corral.controller")
 
@@ -40,6 +39,7 @@ class Controller:
     scheduler: AsyncIOScheduler | None
     replacer: Replacer | None = None
     replacer_scheduler: AsyncIOScheduler | None = None
+    leadership: Leadership | None = None
 
     @property
     def port(self) -> int:
@@ -54,6 +54,9 @@ class Controller:
             self.replacer_scheduler.shutdown(wait=False)
         if self.replacer is not None:
             await self.replacer.stop()
+        close = getattr(self.leadership, "close", None)
+        if close is not None:
+            close()  # a replica that led hands over at once, not when its session times out
         self.store.close()
 
 
@@ -63,10 +66,19 @@ async def start_controller(
     clock: Clock,
     registry: CollectorRegistry,
     store: Store | None = None,
+    leadership: Leadership | None = None,
     sweeps: bool = True,
 ) -> Controller:
-    """Open the store, declare config groups, start serving. Call on a running loop."""
-    store = store or SqliteStore(Path(config.data_dir), flush_interval=config.flush_interval)
+    """Open the store, declare config groups, start serving. Call on a running loop.
+
+    ``leadership`` says whether this replica runs the replacement engine: by
+    default the one that goes with the configured store (an injected ``store``
+    is led by this controller alone).
+    """
+    if store is None:
+        store, opened_leadership = open_store(config)
+        leadership = leadership or opened_leadership
+    leadership = leadership or SoleController()
     metrics = ControllerMetrics(registry)
     registry.register(FleetCollector(store, clock))
     service = ControllerService(
@@ -95,7 +107,10 @@ async def start_controller(
     replacer = build_replacer(config, service, port=server.port) if sweeps else None
     replacer_scheduler = None
     if replacer is not None:
+        replacer.leadership = leadership
         service.state_listener = replacer.nudge
         replacer_scheduler = replacer.start()
     log.info("controller serving", extra={"listen": config.listen, "port": server.port})
-    return Controller(config, store, service, server, scheduler, replacer, replacer_scheduler)
+    return Controller(
+        config, store, service, server, scheduler, replacer, replacer_scheduler, leadership
+    )

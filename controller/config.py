@@ -6,6 +6,7 @@ at import time. Groups may be declared in the file::
     listen = "0.0.0.0:7070"
     metrics_listen = "0.0.0.0:9470"
     data_dir = "/var/lib/corral"
+    store = "sqlite"            # or "postgres" (replicas; postgres_dsn or CORRAL_POSTGRES_DSN)
     report_interval = 30        # seconds; what agents are configured with
     stale_after = 90            # silent this long → unknown (default 3 x report_interval)
 
@@ -52,6 +53,11 @@ class ControllerConfig:
     #: Where Prometheus scrapes; empty disables the metrics server.
     metrics_listen: str = DEFAULT_METRICS_LISTEN
     data_dir: str = "/var/lib/corral"
+    #: ``sqlite`` (embedded, one controller) or ``postgres`` (replicas share one database).
+    store: str = "sqlite"
+    #: libpq connection string for ``store = "postgres"``; it may hold a password, so it
+    #: is never logged (prefer the ``CORRAL_POSTGRES_DSN`` environment variable or a .pgpass).
+    postgres_dsn: str = field(default="", repr=False)
     #: How often agents report (seconds); the default staleness derives from it.
     report_interval: float = 30.0
     #: Silence longer than this marks an instance unknown; 0 means 3 x report_interval.
@@ -158,6 +164,7 @@ def _apply(config: ControllerConfig, values: Mapping[str, Any], *, source: str) 
 # Settings that are HOST:PORT addresses (empty allowed where it means "off"/"default").
 _ADDRESSES = {"listen": False, "metrics_listen": True, "advertise": True}
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_STORES = ("sqlite", "postgres")
 # Integer settings where 0 has a meaning ("derive it"); the others must be positive.
 _ZERO_ALLOWED = {"max_concurrent_replacements"}
 
@@ -186,6 +193,8 @@ def _coerce(key: str, value: Any, *, source: str) -> Any:
             _check_address(text, empty_ok=_ADDRESSES[key])
         elif key == "log_level" and text.lower() not in _LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+        elif key == "store" and text not in _STORES:
+            raise ValueError(f"must be one of {', '.join(_STORES)}")
         return text
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {key} = {value!r} is not valid: {exc}") from exc

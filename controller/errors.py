@@ -44,5 +44,9 @@ class ResourceExhaustedError(ControllerError):
     """A size or rate bound was exceeded (RESOURCE_EXHAUSTED)."""
 
 
+class UnavailableError(ControllerError):
+    """A service the controller needs (its database) is unreachable for now; retry (UNAVAILABLE)."""
+
+
 class ConfigError(ControllerError):
     """The controller's configuration (file, environment or flags) is invalid."""

@@ -1,6 +1,6 @@
 """The controller's ports: what the core needs from storage and time, nothing more.
 
-Adapters live in :mod:`controller.store` (memory, SQLite; PostgreSQL later) and
+Adapters live in :mod:`controller.store` (memory, SQLite, PostgreSQL) and
 :mod:`controller.testing` (a fake clock). One contract suite
 (``tests/contract/test_store_contract.py``) runs against every store adapter.
 """

@@ -19,7 +19,8 @@ instances all conform costs one sweep per ``sweep_seconds``, not one per tick.
 
 Only one replacer may act on a store: :class:`Leadership` is the port that says
 whether this controller is the one. With SQLite the single controller is the
-leader (:class:`SoleController`); a PostgreSQL store will hold an advisory lock.
+leader (:class:`SoleController`); replicas on PostgreSQL elect one with an advisory
+lock (:class:`controller.store.postgres_leadership.PostgresLeadership`).
 """
 
 from __future__ import annotations

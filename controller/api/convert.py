@@ -42,6 +42,7 @@ from controller.errors import (
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    UnavailableError,
 )
 from protos.corral.v1 import agent_pb2, fleet_pb2, manifest_pb2
 
@@ -52,6 +53,7 @@ STATUS_CODES: dict[type[ControllerError], grpc.StatusCode] = {
     FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    UnavailableError: grpc.StatusCode.UNAVAILABLE,
     # The audit log: a bad event or export is the caller's; a checkpoint that is
     # not retained is a state refusal; any other audit failure is the store
     # being unreadable for now (retry).

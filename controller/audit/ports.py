@@ -1,9 +1,11 @@
 """The audit log port: what the controller's orchestration and the auditors' CLI rely on.
 
 Adapters: ``memory.MemoryAuditLog`` (tests, the embedded default without a data
-dir) and ``sqlite.SqliteAuditLog`` (standalone file, or inside the controller
-store's own connection via ``sqlite.append_in``). One contract suite
-(tests/contract/test_audit_log_contract.py) holds every adapter to this port.
+dir), ``sqlite.SqliteAuditLog`` (standalone file, or inside the controller
+store's own connection via ``sqlite.append_in``) and ``postgres.PostgresAuditLog``
+(shared by controller replicas; ``postgres.append_in`` inside the store's
+transaction). One contract suite (tests/contract/test_audit_log_contract.py)
+holds every adapter to this port.
 """
 
 from __future__ import annotations

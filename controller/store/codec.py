@@ -13,7 +13,16 @@ from typing import Any
 from agent.diff import Change, ChangeKind
 from agent.manifest import Entry, EntryError, EntryType
 from agent.paths import display_path, parse_display_path
-from controller.domain.model import DriftKind, Footprint, Instance, InstanceState, Taint
+from controller.domain.model import (
+    DriftKind,
+    Footprint,
+    Group,
+    GroupMode,
+    ImageRecord,
+    Instance,
+    InstanceState,
+    Taint,
+)
 
 INSTANCE_COLUMNS = (
     "id",
@@ -151,3 +160,85 @@ def _change_from_json(data: dict[str, Any]) -> Change:
             EntryError(fields[9]),
         )
     return Change(ChangeKind(data["kind"]), path, entry, tuple(data["attributes"]))
+
+
+IMAGE_COLUMNS = (
+    "name, version, ref, digest, manifest_digest, root, entry_count, byte_count, "
+    "registered_at, registered_by"
+)
+GROUP_COLUMNS = (
+    "name, desired_image_ref, desired_image_digest, mode, provider, "
+    "max_concurrent_replacements, desired_size, breaker_open, image_history, generation, "
+    "breaker_opened_at, breaker_resumed_at, breaker_reason, past_images"
+)
+
+
+def image_to_row(image: ImageRecord) -> tuple[object, ...]:
+    return (
+        image.name,
+        image.version,
+        image.ref,
+        image.digest,
+        image.manifest_digest,
+        image.root,
+        image.entry_count,
+        image.byte_count,
+        image.registered_at,
+        image.registered_by,
+    )
+
+
+def image_from_row(row: tuple[object, ...]) -> ImageRecord:
+    name, version, ref, digest, manifest_digest, root, entries, size, at, by = row
+    return ImageRecord(
+        name=str(name),
+        version=str(version),
+        ref=str(ref),
+        digest=str(digest),
+        manifest_digest=str(manifest_digest),
+        root=bytes(root),  # type: ignore[call-overload]
+        entry_count=int(entries),  # type: ignore[call-overload]
+        byte_count=int(size),  # type: ignore[call-overload]
+        registered_at=float(at),  # type: ignore[arg-type]
+        registered_by=str(by),
+    )
+
+
+def group_to_row(group: Group) -> tuple[object, ...]:
+    return (
+        group.name,
+        group.desired_image_ref,
+        group.desired_image_digest,
+        group.mode.value,
+        group.provider,
+        group.max_concurrent_replacements,
+        group.desired_size,
+        int(group.breaker_open),
+        json.dumps(list(group.image_history)),
+        group.generation,
+        group.breaker_opened_at,
+        group.breaker_resumed_at,
+        group.breaker_reason,
+        json.dumps(list(group.past_images)),
+    )
+
+
+def group_from_row(row: tuple[object, ...]) -> Group:
+    name, ref, digest, mode, provider, budget, size, breaker, history = row[:9]
+    generation, opened_at, resumed_at, breaker_reason, past = row[9:]
+    return Group(
+        name=str(name),
+        desired_image_ref=str(ref),
+        desired_image_digest=str(digest),
+        mode=GroupMode(mode),
+        provider=str(provider),
+        max_concurrent_replacements=int(budget),  # type: ignore[call-overload]
+        desired_size=int(size),  # type: ignore[call-overload]
+        breaker_open=bool(breaker),
+        image_history=tuple(json.loads(str(history))),
+        generation=int(generation),  # type: ignore[call-overload]
+        breaker_opened_at=None if opened_at is None else float(opened_at),  # type: ignore[arg-type]
+        breaker_resumed_at=None if resumed_at is None else float(resumed_at),  # type: ignore[arg-type]
+        breaker_reason=str(breaker_reason),
+        past_images=tuple(json.loads(str(past))),
+    )

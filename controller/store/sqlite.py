@@ -27,7 +27,6 @@ PostgreSQL adapter can share the schema and :mod:`controller.store.codec`.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -36,10 +35,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from controller.audit import AuditLog, Event, SqliteAuditLog, append_in, install_schema
-from controller.domain.model import Group, GroupMode, ImageRecord, Instance
+from controller.domain.model import Group, ImageRecord, Instance
 from controller.domain.replacement_record import ReplacementRecord
 from controller.errors import ControllerError, NotFoundError
-from controller.store.codec import INSTANCE_COLUMNS, instance_from_row, instance_to_row
+from controller.store.codec import (
+    GROUP_COLUMNS,
+    IMAGE_COLUMNS,
+    INSTANCE_COLUMNS,
+    group_from_row,
+    group_to_row,
+    image_from_row,
+    image_to_row,
+    instance_from_row,
+    instance_to_row,
+)
 from controller.store.memory import check_new_image, check_same_group
 from controller.store.replacement_rows import (
     INSERT_REPLACEMENT,
@@ -105,15 +114,6 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (2, MIGRATION_2),
 )
 
-_IMAGE_COLUMNS = (
-    "name, version, ref, digest, manifest_digest, root, entry_count, byte_count, "
-    "registered_at, registered_by"
-)
-_GROUP_COLUMNS = (
-    "name, desired_image_ref, desired_image_digest, mode, provider, "
-    "max_concurrent_replacements, desired_size, breaker_open, image_history, generation, "
-    "breaker_opened_at, breaker_resumed_at, breaker_reason, past_images"
-)
 _UPSERT_INSTANCE = (
     f"INSERT INTO instances ({', '.join(INSTANCE_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in INSTANCE_COLUMNS)}) "
@@ -137,10 +137,10 @@ class SqliteStore:
         migrate(self._db)
         install_schema(self._db)
         self._audit_reader: SqliteAuditLog | None = None
-        images = [_image_from_row(r) for r in self._db.execute(_select_images())]
+        images = [image_from_row(r) for r in self._db.execute(_select_images())]
         self._images_by_ref = {i.ref: i for i in images}
         self._images_by_digest = {i.digest: i for i in images}
-        self._groups = {g.name: g for g in map(_group_from_row, self._db.execute(_select_groups()))}
+        self._groups = {g.name: g for g in map(group_from_row, self._db.execute(_select_groups()))}
         self._instances = {
             i.id: i
             for i in map(
@@ -179,8 +179,8 @@ class SqliteStore:
                     (image.manifest_digest, manifest),
                 )
                 self._db.execute(
-                    f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    _image_to_row(image),
+                    f"INSERT INTO images ({IMAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    image_to_row(image),
                 )
                 self._append(audit)
             self._images_by_ref[image.ref] = image
@@ -214,9 +214,9 @@ class SqliteStore:
                 return check_same_group(group, existing)
             with self._transaction():
                 self._db.execute(
-                    f"INSERT INTO groups ({_GROUP_COLUMNS}) "
-                    f"VALUES ({', '.join('?' for _ in _group_to_row(group))})",
-                    _group_to_row(group),
+                    f"INSERT INTO groups ({GROUP_COLUMNS}) "
+                    f"VALUES ({', '.join('?' for _ in group_to_row(group))})",
+                    group_to_row(group),
                 )
                 self._append(audit)
             self._groups[group.name] = group
@@ -226,7 +226,7 @@ class SqliteStore:
         with self._lock:
             if group.name not in self._groups:
                 raise NotFoundError(f"group {group.name!r} is not declared")
-            row = _group_to_row(group)
+            row = group_to_row(group)
             with self._transaction():
                 self._db.execute(
                     "UPDATE groups SET desired_image_ref = ?, desired_image_digest = ?, "
@@ -389,79 +389,8 @@ def migrate(db: sqlite3.Connection) -> int:
 
 
 def _select_images() -> str:
-    return f"SELECT {_IMAGE_COLUMNS} FROM images ORDER BY registered_at, ref"
+    return f"SELECT {IMAGE_COLUMNS} FROM images ORDER BY registered_at, ref"
 
 
 def _select_groups() -> str:
-    return f"SELECT {_GROUP_COLUMNS} FROM groups"
-
-
-def _image_to_row(image: ImageRecord) -> tuple[object, ...]:
-    return (
-        image.name,
-        image.version,
-        image.ref,
-        image.digest,
-        image.manifest_digest,
-        image.root,
-        image.entry_count,
-        image.byte_count,
-        image.registered_at,
-        image.registered_by,
-    )
-
-
-def _image_from_row(row: tuple[object, ...]) -> ImageRecord:
-    name, version, ref, digest, manifest_digest, root, entries, size, at, by = row
-    return ImageRecord(
-        name=str(name),
-        version=str(version),
-        ref=str(ref),
-        digest=str(digest),
-        manifest_digest=str(manifest_digest),
-        root=bytes(root),  # type: ignore[call-overload]
-        entry_count=int(entries),  # type: ignore[call-overload]
-        byte_count=int(size),  # type: ignore[call-overload]
-        registered_at=float(at),  # type: ignore[arg-type]
-        registered_by=str(by),
-    )
-
-
-def _group_to_row(group: Group) -> tuple[object, ...]:
-    return (
-        group.name,
-        group.desired_image_ref,
-        group.desired_image_digest,
-        group.mode.value,
-        group.provider,
-        group.max_concurrent_replacements,
-        group.desired_size,
-        int(group.breaker_open),
-        json.dumps(list(group.image_history)),
-        group.generation,
-        group.breaker_opened_at,
-        group.breaker_resumed_at,
-        group.breaker_reason,
-        json.dumps(list(group.past_images)),
-    )
-
-
-def _group_from_row(row: tuple[object, ...]) -> Group:
-    name, ref, digest, mode, provider, budget, size, breaker, history = row[:9]
-    generation, opened_at, resumed_at, breaker_reason, past = row[9:]
-    return Group(
-        name=str(name),
-        desired_image_ref=str(ref),
-        desired_image_digest=str(digest),
-        mode=GroupMode(mode),
-        provider=str(provider),
-        max_concurrent_replacements=int(budget),  # type: ignore[call-overload]
-        desired_size=int(size),  # type: ignore[call-overload]
-        breaker_open=bool(breaker),
-        image_history=tuple(json.loads(str(history))),
-        generation=int(generation),  # type: ignore[call-overload]
-        breaker_opened_at=None if opened_at is None else float(opened_at),  # type: ignore[arg-type]
-        breaker_resumed_at=None if resumed_at is None else float(resumed_at),  # type: ignore[arg-type]
-        breaker_reason=str(breaker_reason),
-        past_images=tuple(json.loads(str(past))),
-    )
+    return f"SELECT {GROUP_COLUMNS} FROM groups"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,30 +19,51 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.audit import events as ev
+from controller.audit.chain import Position
 from controller.audit.errors import CheckpointError
 from controller.audit.memory import MemoryAuditLog
 from controller.audit.ports import AuditLog
 from controller.audit.record import Event
 from controller.audit.sqlite import SqliteAuditLog
+from tests.fixtures.postgres import fresh_schema, schema_dsn
 
-ADAPTERS = ["memory", "sqlite"]
+ADAPTERS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 IMAGES = [f"web@sha256:{c * 64}" for c in "abc"]
 STATES = ["pending", "conformant", "tainted", "replacing", "unknown", "retired"]
 
 
-def make_log(kind: str) -> AuditLog:
+@contextmanager
+def postgres_log() -> Iterator[AuditLog]:
+    """A PostgreSQL audit log in a fresh schema, dropped afterwards."""
+    from controller.audit.postgres import PostgresAuditLog  # noqa: PLC0415
+
+    with fresh_schema() as schema:
+        log = PostgresAuditLog.connect(schema_dsn(schema))
+        try:
+            yield log
+        finally:
+            log.close()
+
+
+def make_log(kind: str, stack: ExitStack) -> AuditLog:
     if kind == "memory":
         return MemoryAuditLog()
+    if kind == "postgres":
+        return stack.enter_context(postgres_log())
     return SqliteAuditLog(
         sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     )
 
 
 @pytest.fixture(params=ADAPTERS)
-def log(request: pytest.FixtureRequest, tmp_path: Path) -> AuditLog:
+def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AuditLog]:
     if request.param == "memory":
-        return MemoryAuditLog()
-    return SqliteAuditLog.open(tmp_path / "audit.db")
+        yield MemoryAuditLog()
+    elif request.param == "postgres":
+        with postgres_log() as log:
+            yield log
+    else:
+        yield SqliteAuditLog.open(tmp_path / "audit.db")
 
 
 def transition(
@@ -67,18 +90,20 @@ def test_records_are_gapless_and_linked(log: AuditLog) -> None:
     assert log.verify().ok
 
 
-def test_same_events_give_the_same_hashes_in_every_adapter() -> None:
-    heads = set()
-    for kind in ADAPTERS:
-        log = make_log(kind)
-        log.append(transition("i-1", 10, "pending"))
-        log.append(
-            ev.rollout(
-                "web", at_ms=11, actor="operator:alice", from_image=IMAGES[0], to_image=IMAGES[1]
-            )
+@pytest.mark.parametrize("kind", ADAPTERS)
+def test_same_events_give_the_same_hashes_in_every_adapter(kind: str) -> None:
+    with ExitStack() as stack:
+        assert _two_events_head(make_log(kind, stack)) == _two_events_head(MemoryAuditLog())
+
+
+def _two_events_head(log: AuditLog) -> Position:
+    log.append(transition("i-1", 10, "pending"))
+    log.append(
+        ev.rollout(
+            "web", at_ms=11, actor="operator:alice", from_image=IMAGES[0], to_image=IMAGES[1]
         )
-        heads.add(log.head())
-    assert len(heads) == 1
+    )
+    return log.head()
 
 
 def test_times_never_go_back(log: AuditLog) -> None:
@@ -297,21 +322,22 @@ def play(
 def test_conformance_matches_naive_replay(
     kind: str, script: list[Step], checkpoint_every: int, prune: bool, group: str | None
 ) -> None:
-    log = make_log(kind)
-    history, _ = play(log, script, checkpoint_every)
-    end = history[-1][0] if history else 0
-    earliest = -1
-    checkpoints = log.checkpoints()
-    if prune and checkpoints:
-        cut = checkpoints[len(checkpoints) // 2]
-        log.prune_before(cut)
-        earliest = cut.at_ms
-    assert log.verify().ok
-    for at_ms in range(max(earliest, -1), end + 2):
-        got = log.conformance_at(at_ms, group=group)
-        expected = naive_conformance(history, at_ms, group)
-        assert {i.instance_id: (i.group, i.image, i.state) for i in got.instances} == expected, (
-            at_ms
-        )
-        conformant = sum(1 for v in expected.values() if v[2] == "conformant")
-        assert got.ratio == (conformant / len(expected) if expected else None)
+    with ExitStack() as stack:
+        log = make_log(kind, stack)
+        history, _ = play(log, script, checkpoint_every)
+        end = history[-1][0] if history else 0
+        earliest = -1
+        checkpoints = log.checkpoints()
+        if prune and checkpoints:
+            cut = checkpoints[len(checkpoints) // 2]
+            log.prune_before(cut)
+            earliest = cut.at_ms
+        assert log.verify().ok
+        for at_ms in range(max(earliest, -1), end + 2):
+            got = log.conformance_at(at_ms, group=group)
+            expected = naive_conformance(history, at_ms, group)
+            assert {
+                i.instance_id: (i.group, i.image, i.state) for i in got.instances
+            } == expected, at_ms
+            conformant = sum(1 for v in expected.values() if v[2] == "conformant")
+            assert got.ratio == (conformant / len(expected) if expected else None)

@@ -1,4 +1,4 @@
-"""One contract for every Store adapter: memory and SQLite (PostgreSQL joins later)."""
+"""One contract for every Store adapter: memory, SQLite and PostgreSQL (marked ``postgres``)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from controller.errors import AlreadyExistsError, NotFoundError
 from controller.ports import Store
 from controller.store.memory import MemoryStore
 from controller.store.sqlite import SqliteStore
+from tests.fixtures.postgres import fresh_schema, postgres_dsn
 
 IMAGE = ImageRecord(
     name="web",
@@ -43,9 +44,17 @@ IMAGE = ImageRecord(
 GROUP = Group(name="web", desired_image_ref=IMAGE.ref, desired_image_digest=IMAGE.digest)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    adapter: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path)
+    if request.param == "postgres":
+        from controller.store.postgres import PostgresStore  # noqa: PLC0415
+
+        with fresh_schema() as schema:
+            adapter: Store = PostgresStore(postgres_dsn(), schema=schema)
+            yield adapter
+            adapter.close()
+        return
+    adapter = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path)
     yield adapter
     adapter.close()
 
