@@ -19,31 +19,33 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from controller.audit import queries, sqlite_queries
-from controller.audit.chain import (
-    Checkpoint,
-    Position,
-    VerifyResult,
-    key_id,
-    sign_position,
-    verify_chain,
-    verify_checkpoints,
+from controller.audit import sql_log
+from controller.audit.chain import Position
+from controller.audit.errors import AuditError
+from controller.audit.record import GENESIS_HASH, Event, Record, make_record
+from controller.audit.snapshot import clamp
+from controller.audit.sql_queries import COLUMNS, TRANSITION_COLUMNS, Dialect
+
+TRANSITION = f"{TRANSITION_COLUMNS}, json_extract(data, '$.to')"
+DIALECT = Dialect(
+    param="?",
+    transition=TRANSITION,
+    latest_transitions=(
+        f"SELECT {TRANSITION} FROM audit_records WHERE seq IN ("
+        " SELECT MAX(seq) FROM audit_records INDEXED BY audit_records_transitions"
+        " WHERE kind = 'instance.state' AND seq <= ? GROUP BY instance_id)"
+    ),
+    latest_desired=(
+        f"SELECT {COLUMNS} FROM audit_records WHERE seq IN ("
+        " SELECT MAX(seq) FROM audit_records"
+        " WHERE kind IN ('group.created', 'group.rollout', 'group.rollback') AND seq <= ?"
+        " GROUP BY group_name)"
+    ),
+    kind_index=" INDEXED BY audit_records_kind",
 )
-from controller.audit.errors import AuditError, CheckpointError
-from controller.audit.record import (
-    GENESIS_HASH,
-    Event,
-    Record,
-    canonical_json,
-    make_record,
-    stored_body_hash,
-)
-from controller.audit.snapshot import checkpoint_event, clamp
-from controller.audit.sqlite_queries import COLUMNS, record_from_row
+"""SQLite's spellings; the write lock is ``BEGIN IMMEDIATE``'s, so head reads take none."""
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS audit_records (
@@ -111,36 +113,31 @@ def append_in(conn: sqlite3.Connection, event: Event) -> Record:
     """
     if not conn.in_transaction:
         raise AuditError("append_in needs an open write transaction (BEGIN IMMEDIATE)")
-    seq, prev, head_ms = conn.execute(
-        "SELECT seq, hash, at_ms FROM audit_head WHERE id = 1"
-    ).fetchone()
-    record = make_record(seq + 1, prev, clamp(event, head_ms))
-    _insert(conn, [record])
-    return record
+    return sql_log.append(conn, event, dialect=DIALECT)
 
 
 def bulk_append_in(conn: sqlite3.Connection, events: Iterable[Event]) -> Position:
     """Append many events in the caller's write transaction (bulk import, benchmarks)."""
     if not conn.in_transaction:
         raise AuditError("bulk_append_in needs an open write transaction (BEGIN IMMEDIATE)")
-    seq, prev, head_ms = conn.execute(
-        "SELECT seq, hash, at_ms FROM audit_head WHERE id = 1"
-    ).fetchone()
+    seq, prev, head_ms = sql_log.read_head(conn)
     batch: list[Record] = []
     for event in events:
         record = make_record(seq + 1, prev, clamp(event, head_ms))
         seq, prev, head_ms = record.seq, record.hash, record.event.at_ms
         batch.append(record)
         if len(batch) >= 10_000:
-            _insert(conn, batch)
+            sql_log.extend(conn, batch, dialect=DIALECT)
             batch = []
     if batch:
-        _insert(conn, batch)
+        sql_log.extend(conn, batch, dialect=DIALECT)
     return Position(seq, prev)
 
 
-class SqliteAuditLog:
+class SqliteAuditLog(sql_log.SqlAuditLog[sqlite3.Connection]):
     """The ``AuditLog`` port on one SQLite connection (its own, or the store's)."""
+
+    dialect = DIALECT
 
     def __init__(self, conn: sqlite3.Connection, *, install: bool = True) -> None:
         self._conn = conn
@@ -204,184 +201,7 @@ class SqliteAuditLog:
             finally:
                 self._conn.rollback()
 
-    def append(self, event: Event) -> Record:
-        with self._write() as conn:
-            return append_in(conn, event)
-
     def bulk_append(self, events: Iterable[Event]) -> Position:
         """Append many events in one transaction: a valid chain, at insert speed."""
         with self._write() as conn:
             return bulk_append_in(conn, events)
-
-    def head(self) -> Position:
-        with self._read() as conn:
-            seq, digest = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
-        return Position(seq, digest)
-
-    def records(
-        self, *, since_ms: int | None = None, until_ms: int | None = None
-    ) -> Iterator[Record]:
-        low = since_ms if since_ms is not None else -1
-        high = until_ms if until_ms is not None else 2**62
-        with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT {COLUMNS} FROM audit_records WHERE at_ms BETWEEN ? AND ? ORDER BY seq",
-                (low, high),
-            )
-            for row in rows:
-                yield record_from_row(row)
-
-    def verify(self, *, key: bytes | None = None) -> VerifyResult:
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT seq, hash, base_seq, base_hash FROM audit_head WHERE id = 1"
-            ).fetchone()
-            if row is None:
-                problem = "the audit_head row is missing: the log was tampered with"
-                return VerifyResult(False, 0, 0, 0, "", None, problem)
-            head, base = Position(row[0], row[1]), Position(row[2], row[3])
-            stored = (
-                _StoredRow(r)
-                for r in conn.execute(f"SELECT {COLUMNS} FROM audit_records ORDER BY seq")
-            )
-            result = verify_chain(stored, base=base, head=head)
-            checkpoints = self._checkpoints(conn)
-            hashes = dict(
-                conn.execute(
-                    "SELECT r.seq, r.hash FROM audit_records r JOIN audit_checkpoints c"
-                    " ON c.seq = r.seq"
-                ).fetchall()
-            )
-        return verify_checkpoints(result, checkpoints, hashes, base=base, key=key)
-
-    def checkpoint(self, *, at_ms: int, actor: str, key: bytes | None = None) -> Checkpoint:
-        with self._write() as conn:
-            seq, digest = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
-            state = sqlite_queries.state_after(conn, seq)
-            record = append_in(
-                conn, checkpoint_event(Position(seq, digest), state, at_ms=at_ms, actor=actor)
-            )
-            position = Position(record.seq, record.hash)
-            checkpoint = Checkpoint(
-                record.seq,
-                record.hash,
-                record.event.at_ms,
-                key_id(key) if key is not None else None,
-                sign_position(key, position) if key is not None else None,
-            )
-            conn.execute(
-                "INSERT INTO audit_checkpoints VALUES (?, ?, ?, ?, ?)",
-                (
-                    checkpoint.seq,
-                    checkpoint.hash,
-                    checkpoint.at_ms,
-                    checkpoint.key_id,
-                    checkpoint.signature,
-                ),
-            )
-        return checkpoint
-
-    def checkpoints(self) -> list[Checkpoint]:
-        with self._read() as conn:
-            return self._checkpoints(conn)
-
-    @staticmethod
-    def _checkpoints(conn: sqlite3.Connection) -> list[Checkpoint]:
-        rows = conn.execute(
-            "SELECT seq, hash, at_ms, key_id, signature FROM audit_checkpoints ORDER BY seq"
-        ).fetchall()
-        return [Checkpoint(*row) for row in rows]
-
-    def prune_before(self, checkpoint: Checkpoint) -> int:
-        with self._write() as conn:
-            row = conn.execute(
-                "SELECT c.hash, r.prev_hash FROM audit_checkpoints c"
-                " JOIN audit_records r ON r.seq = c.seq WHERE c.seq = ?",
-                (checkpoint.seq,),
-            ).fetchone()
-            if row is None or row[0] != checkpoint.hash:
-                raise CheckpointError(f"no retained checkpoint at seq {checkpoint.seq}")
-            conn.execute(
-                "UPDATE audit_head SET base_seq = ?, base_hash = ? WHERE id = 1",
-                (checkpoint.seq - 1, row[1]),
-            )
-            removed = conn.execute(
-                "DELETE FROM audit_records WHERE seq < ?", (checkpoint.seq,)
-            ).rowcount
-            conn.execute("DELETE FROM audit_checkpoints WHERE seq < ?", (checkpoint.seq,))
-            return int(removed)
-
-    def conformance_at(self, at_ms: int, *, group: str | None = None) -> queries.Conformance:
-        with self._read() as conn:
-            return sqlite_queries.conformance_at(conn, at_ms, group=group)
-
-    def instance_history(self, instance_id: str) -> queries.InstanceHistory:
-        with self._read() as conn:
-            return sqlite_queries.instance_history(conn, instance_id)
-
-    def image_history(self) -> tuple[queries.ImageHistory, ...]:
-        with self._read() as conn:
-            return sqlite_queries.image_history(conn)
-
-
-def _insert(conn: sqlite3.Connection, records: list[Record]) -> None:
-    conn.executemany(
-        f"INSERT INTO audit_records ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                r.seq,
-                r.event.at_ms,
-                str(r.event.kind),
-                r.event.actor,
-                r.event.reason,
-                r.event.instance_id,
-                r.event.related_instance_id,
-                r.event.group,
-                r.event.image,
-                canonical_json(dict(r.event.data)).decode("utf-8"),
-                r.prev_hash,
-                r.hash,
-            )
-            for r in records
-        ],
-    )
-    last = records[-1]
-    conn.execute(
-        "UPDATE audit_head SET seq = ?, hash = ?, at_ms = ? WHERE id = 1",
-        (last.seq, last.hash, last.event.at_ms),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class _StoredRow:
-    """A row as stored, hashed without trusting any column (verification only)."""
-
-    row: tuple[Any, ...]
-
-    @property
-    def seq(self) -> int:
-        return int(self.row[0])
-
-    @property
-    def prev_hash(self) -> str:
-        return str(self.row[10])
-
-    @property
-    def hash(self) -> str:
-        return str(self.row[11])
-
-    def digest(self) -> str:
-        _, at_ms, kind, actor, reason, instance, related, group, image, data, prev, _ = self.row
-        return stored_body_hash(
-            seq=self.row[0],
-            prev=prev,
-            at_ms=at_ms,
-            kind=kind,
-            actor=actor,
-            reason=reason,
-            instance=instance,
-            related=related,
-            group=group,
-            image=image,
-            data_text=data,
-        )
