@@ -61,72 +61,27 @@ from controller.store.codec import (
     instance_from_row,
     instance_to_row,
 )
-from controller.store.memory import check_new_image, check_same_group
 from controller.store.replacement_rows import (
     INSERT_REPLACEMENT,
-    MIGRATION_2,
     REPLACEMENT_COLUMNS,
     UPDATE_REPLACEMENT,
     replacement_from_row,
     replacement_to_row,
     update_params,
 )
+from controller.store.rules import check_new_image, check_same_group
+from controller.store.schema import (
+    CREATE_MIGRATIONS_TABLE,
+    RECORD_MIGRATION,
+    UPDATE_GROUP,
+    UPSERT_INSTANCE,
+    migrations,
+)
 
 log = logging.getLogger(__name__)
 Connection = psycopg.Connection[tuple[Any, ...]]
 
-# The same steps as the SQLite store's (version numbers mean the same schema), in
-# PostgreSQL types. Each runs once, in order, in one transaction; never edit a released step.
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (
-        1,
-        (
-            "CREATE TABLE manifests (digest TEXT PRIMARY KEY, body BYTEA NOT NULL)",
-            """CREATE TABLE images (
-                ref TEXT PRIMARY KEY,
-                digest TEXT NOT NULL UNIQUE,
-                name TEXT NOT NULL,
-                version TEXT NOT NULL,
-                manifest_digest TEXT NOT NULL REFERENCES manifests(digest),
-                root BYTEA NOT NULL,
-                entry_count BIGINT NOT NULL,
-                byte_count BIGINT NOT NULL,
-                registered_at DOUBLE PRECISION NOT NULL,
-                registered_by TEXT NOT NULL)""",
-            """CREATE TABLE groups (
-                name TEXT PRIMARY KEY,
-                desired_image_ref TEXT NOT NULL,
-                desired_image_digest TEXT NOT NULL,
-                mode TEXT NOT NULL,
-                provider TEXT NOT NULL,
-                max_concurrent_replacements INTEGER NOT NULL,
-                desired_size INTEGER NOT NULL,
-                breaker_open INTEGER NOT NULL,
-                image_history TEXT NOT NULL)""",
-            # The taint and its evidence as JSONB, so an operator can ask the table
-            # which instances had a given path changed.
-            """CREATE TABLE instances (
-                id TEXT PRIMARY KEY,
-                group_name TEXT NOT NULL REFERENCES groups(name),
-                state TEXT NOT NULL,
-                image_ref TEXT NOT NULL,
-                image_digest TEXT NOT NULL,
-                root BYTEA NOT NULL,
-                first_seen DOUBLE PRECISION NOT NULL,
-                last_report DOUBLE PRECISION NOT NULL,
-                seq BIGINT NOT NULL,
-                boot_id TEXT NOT NULL,
-                scanned_at_ms BIGINT NOT NULL,
-                suspicious INTEGER NOT NULL,
-                taint JSONB,
-                rss_bytes BIGINT NOT NULL,
-                cpu_millis BIGINT NOT NULL,
-                replaces TEXT NOT NULL)""",
-            "CREATE INDEX instances_group ON instances(group_name)",
-        ),
-    ),
-    (2, MIGRATION_2),
-)
+MIGRATIONS = migrations(binary="BYTEA", taint="JSONB")
 
 
 def _pg(statement: str) -> str:
@@ -137,19 +92,10 @@ def _pg(statement: str) -> str:
 _SELECT_INSTANCES = "SELECT " + ", ".join(
     "taint::text" if c == "taint" else c for c in INSTANCE_COLUMNS
 )
-_UPSERT_INSTANCE = (
-    f"INSERT INTO instances ({', '.join(INSTANCE_COLUMNS)}) "
-    f"VALUES ({', '.join('%s' for _ in INSTANCE_COLUMNS)}) "
-    "ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in INSTANCE_COLUMNS[1:])
-)
+_UPSERT_INSTANCE = _pg(UPSERT_INSTANCE)
 # A heartbeat keeps the state it was decided on: if another replica changed it, skip.
 _HEARTBEAT = _UPSERT_INSTANCE + " WHERE instances.state = excluded.state"
-_UPDATE_GROUP = (
-    "UPDATE groups SET "
-    + ", ".join(f"{c.strip()} = %s" for c in GROUP_COLUMNS.split(",")[1:])
-    + " WHERE name = %s"
-)
+_UPDATE_GROUP = _pg(UPDATE_GROUP)
 _SELECT_REPLACEMENTS = f"SELECT {', '.join(REPLACEMENT_COLUMNS)} FROM replacements"
 
 
@@ -432,18 +378,12 @@ def migrate(db: Connection) -> int:
     """
     with db.transaction():
         db.execute(MIGRATION_LOCK)
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            "version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-        )
+        db.execute(CREATE_MIGRATIONS_TABLE)
         applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
         for version, statements in MIGRATIONS:
             if version in applied:
                 continue
             for statement in statements:
                 db.execute(statement)
-            db.execute(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
-                (version, time.time()),
-            )
+            db.execute(_pg(RECORD_MIGRATION), (version, time.time()))
     return max(version for version, _ in MIGRATIONS)

@@ -38,6 +38,7 @@ from controller.audit import AuditLog, Event, SqliteAuditLog, append_in, install
 from controller.domain.model import Group, ImageRecord, Instance
 from controller.domain.replacement_record import ReplacementRecord
 from controller.errors import ControllerError, NotFoundError
+from controller.store.cached import CachedReads
 from controller.store.codec import (
     GROUP_COLUMNS,
     IMAGE_COLUMNS,
@@ -49,80 +50,29 @@ from controller.store.codec import (
     instance_from_row,
     instance_to_row,
 )
-from controller.store.memory import check_new_image, check_same_group
 from controller.store.replacement_rows import (
     INSERT_REPLACEMENT,
-    MIGRATION_2,
     SELECT_REPLACEMENTS,
     UPDATE_REPLACEMENT,
     replacement_from_row,
     replacement_to_row,
     update_params,
 )
+from controller.store.rules import check_new_image, check_same_group
+from controller.store.schema import (
+    CREATE_MIGRATIONS_TABLE,
+    RECORD_MIGRATION,
+    UPDATE_GROUP,
+    UPSERT_INSTANCE,
+    migrations,
+)
 
 log = logging.getLogger(__name__)
 
-# Each step runs once, in order, inside one transaction; never edit a released step.
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (
-        1,
-        (
-            """CREATE TABLE manifests (
-                digest TEXT PRIMARY KEY,
-                body BLOB NOT NULL)""",
-            """CREATE TABLE images (
-                ref TEXT PRIMARY KEY,
-                digest TEXT NOT NULL UNIQUE,
-                name TEXT NOT NULL,
-                version TEXT NOT NULL,
-                manifest_digest TEXT NOT NULL REFERENCES manifests(digest),
-                root BLOB NOT NULL,
-                entry_count BIGINT NOT NULL,
-                byte_count BIGINT NOT NULL,
-                registered_at DOUBLE PRECISION NOT NULL,
-                registered_by TEXT NOT NULL)""",
-            """CREATE TABLE groups (
-                name TEXT PRIMARY KEY,
-                desired_image_ref TEXT NOT NULL,
-                desired_image_digest TEXT NOT NULL,
-                mode TEXT NOT NULL,
-                provider TEXT NOT NULL,
-                max_concurrent_replacements INTEGER NOT NULL,
-                desired_size INTEGER NOT NULL,
-                breaker_open INTEGER NOT NULL,
-                image_history TEXT NOT NULL)""",
-            """CREATE TABLE instances (
-                id TEXT PRIMARY KEY,
-                group_name TEXT NOT NULL REFERENCES groups(name),
-                state TEXT NOT NULL,
-                image_ref TEXT NOT NULL,
-                image_digest TEXT NOT NULL,
-                root BLOB NOT NULL,
-                first_seen DOUBLE PRECISION NOT NULL,
-                last_report DOUBLE PRECISION NOT NULL,
-                seq BIGINT NOT NULL,
-                boot_id TEXT NOT NULL,
-                scanned_at_ms BIGINT NOT NULL,
-                suspicious INTEGER NOT NULL,
-                taint TEXT,
-                rss_bytes BIGINT NOT NULL,
-                cpu_millis BIGINT NOT NULL,
-                replaces TEXT NOT NULL)""",
-            "CREATE INDEX instances_group ON instances(group_name)",
-        ),
-    ),
-    (2, MIGRATION_2),
-)
-
-_UPSERT_INSTANCE = (
-    f"INSERT INTO instances ({', '.join(INSTANCE_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in INSTANCE_COLUMNS)}) "
-    "ON CONFLICT(id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in INSTANCE_COLUMNS[1:])
-)
+MIGRATIONS = migrations(binary="BLOB", taint="TEXT")
 
 
-class SqliteStore:
+class SqliteStore(CachedReads):
     """:class:`controller.ports.Store` on one SQLite file in ``data_dir``."""
 
     def __init__(self, data_dir: Path, *, flush_interval: float = 1.0) -> None:
@@ -187,15 +137,6 @@ class SqliteStore:
             self._images_by_digest[image.digest] = image
             return True
 
-    def get_image_by_ref(self, ref: str) -> ImageRecord | None:
-        return self._images_by_ref.get(ref)
-
-    def get_image_by_digest(self, digest: str) -> ImageRecord | None:
-        return self._images_by_digest.get(digest)
-
-    def list_images(self) -> list[ImageRecord]:
-        return sorted(self._images_by_ref.values(), key=lambda i: (i.registered_at, i.ref))
-
     def get_manifest(self, manifest_digest: str) -> bytes:
         with self._lock:
             row = self._db.execute(
@@ -228,33 +169,11 @@ class SqliteStore:
                 raise NotFoundError(f"group {group.name!r} is not declared")
             row = group_to_row(group)
             with self._transaction():
-                self._db.execute(
-                    "UPDATE groups SET desired_image_ref = ?, desired_image_digest = ?, "
-                    "mode = ?, provider = ?, max_concurrent_replacements = ?, "
-                    "desired_size = ?, breaker_open = ?, image_history = ?, generation = ?, "
-                    "breaker_opened_at = ?, breaker_resumed_at = ?, breaker_reason = ?, "
-                    "past_images = ? WHERE name = ?",
-                    (*row[1:], row[0]),
-                )
+                self._db.execute(UPDATE_GROUP, (*row[1:], row[0]))
                 self._append(audit)
             self._groups[group.name] = group
 
-    def get_group(self, name: str) -> Group | None:
-        return self._groups.get(name)
-
-    def list_groups(self) -> list[Group]:
-        return [self._groups[name] for name in sorted(self._groups)]
-
     # Instances ----------------------------------------------------------------
-
-    def get_instance(self, instance_id: str) -> Instance | None:
-        return self._instances.get(instance_id)
-
-    def list_instances(self, group: str = "") -> list[Instance]:
-        return sorted(
-            (i for i in list(self._instances.values()) if not group or i.group == group),
-            key=lambda i: i.id,
-        )
 
     def save_instance(
         self, instance: Instance, *, durable: bool = True, audit: Sequence[Event] = ()
@@ -264,7 +183,7 @@ class SqliteStore:
         if durable or audit:
             with self._lock:
                 with self._transaction():
-                    self._db.execute(_UPSERT_INSTANCE, instance_to_row(instance))
+                    self._db.execute(UPSERT_INSTANCE, instance_to_row(instance))
                     self._append(audit)
                 with self._cache_lock:
                     self._dirty.discard(instance.id)
@@ -298,12 +217,6 @@ class SqliteStore:
                 self._append(audit)
             self._replacements[record.replacement_id] = record
 
-    def get_replacement(self, replacement_id: str) -> ReplacementRecord | None:
-        return self._replacements.get(replacement_id)
-
-    def list_replacements(self, group: str = "") -> list[ReplacementRecord]:
-        return [r for r in list(self._replacements.values()) if not group or r.group == group]
-
     def audit_log(self) -> AuditLog:
         """A read-only view on its own connection (opened on first use)."""
         with self._lock:
@@ -320,7 +233,7 @@ class SqliteStore:
                 return
             try:
                 with self._transaction():
-                    self._db.executemany(_UPSERT_INSTANCE, map(instance_to_row, pending))
+                    self._db.executemany(UPSERT_INSTANCE, map(instance_to_row, pending))
             except BaseException:
                 with self._cache_lock:
                     self._dirty.update(i.id for i in pending)
@@ -370,10 +283,7 @@ class _Transaction:
 
 def migrate(db: sqlite3.Connection) -> int:
     """Apply every migration step not applied yet; returns the schema version."""
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        "version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-    )
+    db.execute(CREATE_MIGRATIONS_TABLE)
     applied = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
     for version, statements in MIGRATIONS:
         if version in applied:
@@ -381,10 +291,7 @@ def migrate(db: sqlite3.Connection) -> int:
         with _Transaction(db):
             for statement in statements:
                 db.execute(statement)
-            db.execute(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                (version, time.time()),
-            )
+            db.execute(RECORD_MIGRATION, (version, time.time()))
     return max(version for version, _ in MIGRATIONS)
 
 
