@@ -30,46 +30,10 @@ from controller.audit.sql_queries import COLUMNS, TRANSITION_COLUMNS, Dialect
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS audit_records (
-    seq BIGINT PRIMARY KEY,
-    at_ms BIGINT NOT NULL,
-    kind TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    instance_id TEXT,
-    related_instance_id TEXT,
-    group_name TEXT,
-    image TEXT,
-    data TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_records_at ON audit_records (at_ms);
-CREATE INDEX IF NOT EXISTS audit_records_kind ON audit_records (kind, seq);
-CREATE INDEX IF NOT EXISTS audit_records_instance
-    ON audit_records (instance_id, seq) WHERE instance_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS audit_records_related
-    ON audit_records (related_instance_id, seq) WHERE related_instance_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS audit_records_transitions
-    ON audit_records (instance_id, seq) WHERE kind = 'instance.state';
-CREATE TABLE IF NOT EXISTS audit_head (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    seq BIGINT NOT NULL,
-    hash TEXT NOT NULL,
-    at_ms BIGINT NOT NULL,
-    base_seq BIGINT NOT NULL,
-    base_hash TEXT NOT NULL
-);
-INSERT INTO audit_head VALUES (1, 0, '{GENESIS_HASH}', 0, 0, '{GENESIS_HASH}')
+SCHEMA = (
+    sql_log.tables(integer="BIGINT")
+    + f"""INSERT INTO audit_head VALUES (1, 0, '{GENESIS_HASH}', 0, 0, '{GENESIS_HASH}')
     ON CONFLICT (id) DO NOTHING;
-CREATE TABLE IF NOT EXISTS audit_checkpoints (
-    seq BIGINT PRIMARY KEY,
-    hash TEXT NOT NULL,
-    at_ms BIGINT NOT NULL,
-    key_id TEXT,
-    signature TEXT
-);
 CREATE OR REPLACE FUNCTION audit_records_guard() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
@@ -86,6 +50,7 @@ CREATE OR REPLACE TRIGGER audit_records_guard BEFORE UPDATE OR DELETE ON audit_r
 CREATE OR REPLACE TRIGGER audit_records_no_truncate BEFORE TRUNCATE ON audit_records
     FOR EACH STATEMENT EXECUTE FUNCTION audit_records_guard();
 """
+)
 
 MIGRATION_LOCK = (
     "SELECT pg_advisory_xact_lock(hashtextextended('corral.migrate:' || current_schema(), 0))"

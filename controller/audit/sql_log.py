@@ -5,8 +5,9 @@ latest (seq, hash) and the pruning base in the single ``audit_head`` row, and
 the checkpoints in ``audit_checkpoints``. :class:`SqlAuditLog` implements the
 ``AuditLog`` port on those tables; an adapter subclass opens the connection,
 gives its transactions (``_read``, ``_write``), its :class:`Dialect` and, if it
-streams large results its own way, ``_stream``. Schemas, triggers and locking
-stay in the adapters.
+streams large results its own way, ``_stream``. The tables and indexes are
+written once too (:func:`tables`); the head row's insert, the triggers and the
+locking stay in the adapters.
 """
 
 from __future__ import annotations
@@ -34,6 +35,52 @@ from controller.audit.snapshot import checkpoint_event, clamp
 INSERT_RECORD = f"INSERT INTO audit_records ({sq.COLUMNS}) VALUES ({', '.join('?' * 12)})"
 UPDATE_HEAD = "UPDATE audit_head SET seq = ?, hash = ?, at_ms = ? WHERE id = 1"
 MISSING_HEAD = "the audit_head row is missing: the log was tampered with"
+
+
+def tables(*, integer: str) -> str:
+    """The audit tables and indexes; ``integer`` is the type of seqs and times.
+
+    SQLite's ``INTEGER`` is 64-bit and makes ``seq`` the rowid; PostgreSQL's is ``BIGINT``.
+    """
+    return f"""
+CREATE TABLE IF NOT EXISTS audit_records (
+    seq {integer} PRIMARY KEY,
+    at_ms {integer} NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    instance_id TEXT,
+    related_instance_id TEXT,
+    group_name TEXT,
+    image TEXT,
+    data TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_records_at ON audit_records (at_ms);
+CREATE INDEX IF NOT EXISTS audit_records_kind ON audit_records (kind, seq);
+CREATE INDEX IF NOT EXISTS audit_records_instance
+    ON audit_records (instance_id, seq) WHERE instance_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audit_records_related
+    ON audit_records (related_instance_id, seq) WHERE related_instance_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS audit_records_transitions
+    ON audit_records (instance_id, seq) WHERE kind = 'instance.state';
+CREATE TABLE IF NOT EXISTS audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq {integer} NOT NULL,
+    hash TEXT NOT NULL,
+    at_ms {integer} NOT NULL,
+    base_seq {integer} NOT NULL,
+    base_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    seq {integer} PRIMARY KEY,
+    hash TEXT NOT NULL,
+    at_ms {integer} NOT NULL,
+    key_id TEXT,
+    signature TEXT
+);
+"""
 
 
 class _Batch(Protocol):

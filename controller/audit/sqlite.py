@@ -47,51 +47,16 @@ DIALECT = Dialect(
 )
 """SQLite's spellings; the write lock is ``BEGIN IMMEDIATE``'s, so head reads take none."""
 
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS audit_records (
-    seq INTEGER PRIMARY KEY,
-    at_ms INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    instance_id TEXT,
-    related_instance_id TEXT,
-    group_name TEXT,
-    image TEXT,
-    data TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_records_at ON audit_records (at_ms);
-CREATE INDEX IF NOT EXISTS audit_records_kind ON audit_records (kind, seq);
-CREATE INDEX IF NOT EXISTS audit_records_instance
-    ON audit_records (instance_id, seq) WHERE instance_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS audit_records_related
-    ON audit_records (related_instance_id, seq) WHERE related_instance_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS audit_records_transitions
-    ON audit_records (instance_id, seq) WHERE kind = 'instance.state';
-CREATE TABLE IF NOT EXISTS audit_head (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    seq INTEGER NOT NULL,
-    hash TEXT NOT NULL,
-    at_ms INTEGER NOT NULL,
-    base_seq INTEGER NOT NULL,
-    base_hash TEXT NOT NULL
-);
-INSERT OR IGNORE INTO audit_head VALUES (1, 0, '{GENESIS_HASH}', 0, 0, '{GENESIS_HASH}');
-CREATE TABLE IF NOT EXISTS audit_checkpoints (
-    seq INTEGER PRIMARY KEY,
-    hash TEXT NOT NULL,
-    at_ms INTEGER NOT NULL,
-    key_id TEXT,
-    signature TEXT
-);
+SCHEMA = (
+    sql_log.tables(integer="INTEGER")
+    + f"""INSERT OR IGNORE INTO audit_head VALUES (1, 0, '{GENESIS_HASH}', 0, 0, '{GENESIS_HASH}');
 CREATE TRIGGER IF NOT EXISTS audit_records_no_update BEFORE UPDATE ON audit_records
 BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_records_prune_only BEFORE DELETE ON audit_records
 WHEN OLD.seq > (SELECT base_seq FROM audit_head WHERE id = 1)
 BEGIN SELECT RAISE(ABORT, 'audit records are deleted only behind a checkpoint'); END;
 """
+)
 
 
 def install_schema(conn: sqlite3.Connection) -> None:
