@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,9 +20,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _build(tmp: Path) -> Path:
+    # Built from a copy: setuptools leaves build/ behind, and a stale build/lib would
+    # ship modules the checkout no longer has.
+    source = tmp / "source"
+    for name in ("pyproject.toml", "README.md", "agent", "controller", "protos"):
+        if (REPO / name).is_dir():
+            shutil.copytree(
+                REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            source.mkdir(exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--quiet", "--wheel-dir", str(tmp / "dist"), str(REPO)],
+         "--quiet", "--wheel-dir", str(tmp / "dist"), str(source)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     (wheel,) = (tmp / "dist").glob("corral-*.whl")
