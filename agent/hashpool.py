@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 from agent import hashing
 from agent.errors import AgentError
-from agent.hashing import FileJob, Outcome
+from agent.hashing import FileJob, Listed, Outcome
 
 _LENGTH = struct.Struct("<Q")
 
-Finished = list[tuple[object, list[Outcome]]]
+Finished = list[tuple[object, list[Outcome | Listed]]]
 """Batches whose digests came back: (the caller's tag, one outcome per file)."""
 
 
@@ -34,7 +34,7 @@ class WorkerError(AgentError):
     """A hashing process died or broke its pipe; the scan cannot be completed."""
 
 
-def _write_message(fd: int, value: list[FileJob] | list[Outcome]) -> None:
+def _write_message(fd: int, value: list[FileJob | bytes] | list[Outcome | Listed]) -> None:
     data = marshal.dumps(value)
     view = memoryview(_LENGTH.pack(len(data)) + data)
     while view:
@@ -114,7 +114,7 @@ class HashPool:
             os.close(results_write)
             self._workers.append(_Worker(pid, jobs_write, results_read))
 
-    def submit(self, tag: object, jobs: list[FileJob]) -> Finished:
+    def submit(self, tag: object, jobs: list[FileJob | bytes]) -> Finished:
         """Queue a batch on the least busy worker; returns the batches finished so far."""
         if not self._workers:
             self._start()

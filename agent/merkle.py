@@ -45,7 +45,8 @@ def compute_root(leaves: Iterable[bytes]) -> bytes:
 
 def _packed_bucket_hash(packed: bytearray) -> bytes:
     """:func:`_bucket_hash` of the 32-byte leaves concatenated in ``packed``."""
-    return _bucket_hash(packed[i : i + 32] for i in range(0, len(packed), 32))
+    data = bytes(packed)  # slices of bytes are cheaper to make and compare than of a bytearray
+    return _bucket_hash([data[i : i + 32] for i in range(0, len(data), 32)])
 
 
 class RootIndex:

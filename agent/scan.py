@@ -3,15 +3,17 @@
 The scanner is read-only. It never opens FIFOs, sockets or device nodes, never
 follows a symlink, and records a file that vanishes or cannot be read mid-scan
 with an error instead of failing. A :class:`StatCache` lets a rescan skip
-hashing files whose (inode, size, mtime_ns, ctime_ns) did not change.
+hashing files whose (inode, size, mtime_ns, ctime_ns) did not change, and
+reading symlinks whose stamp did not change.
 
 How it is fast: the calling process walks the tree (``scandir`` + ``lstat``,
 an explicit stack, so depth is unbounded) and hands regular files in batches
 to forked hashing processes (:mod:`agent.hashing`), collecting finished
 batches as it goes. Entries are plain tuples, sorted once at the end. With a
-cache, the scan also keeps each entry's leaf hash (cached for unchanged files),
-so the root of an unchanged tree needs no re-encoding. The result depends only
-on the tree, never on the number of workers.
+cache, the scan also keeps each entry's leaf hash (cached for every unchanged
+object), so a rescan re-encodes only what changed, and the root of a tree in
+which nothing changed at all is the cached root. The result depends only on
+the tree, never on the number of workers.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ from functools import cached_property
 from hashlib import sha256
 from operator import itemgetter
 
-from agent.hashing import FileJob, Outcome, hash_file
+from agent.hashing import FileJob, Listed, Outcome, hash_file
 from agent.hashpool import HashPool
 from agent.manifest import Entry, EntryError, EntryType, leaf_hash, root_of
 from agent.merkle import compute_root
 from agent.policy import Policy
 from agent.readbudget import TokenBucket
 from agent.scanrules import Exclusions, ignoring, include_roots, leaf_signature
-from agent.statcache import Record, StatCache, stamp_of
+from agent.statcache import Record, StatCache, other_stamp_of, stamp_of
 
 __all__ = ["Progress", "ScanResult", "StatCache", "default_workers", "entry_from_stat", "scan"]
 
@@ -59,9 +61,10 @@ _new_tuple = tuple.__new__  # builds an Entry without NamedTuple.__new__'s Pytho
 _path_of = itemgetter(0)  # Entry.path, as a C-level sort key
 _S_IFMT = 0o170000
 _S_IFREG = stat.S_IFREG
+_S_IFDIR = stat.S_IFDIR
 
-_Pending = tuple[bytes, os.stat_result]
-"""A regular file waiting for its digest: (path inside the root, its lstat)."""
+_Pending = tuple[bytes, os.stat_result | None]
+"""A regular file waiting for its digest: (path inside the root, its lstat if taken)."""
 
 
 def default_workers() -> int:
@@ -74,8 +77,8 @@ class ScanResult:
     """What a scan found: entries sorted by path, and what it cost.
 
     ``root`` is computed on first use (baking builds a manifest, which computes
-    the same root, and need not pay twice); after a scan with a cache the leaf
-    hashes are already known and the root is cheap.
+    the same root, and need not pay twice); a scan with a cache computes it
+    from the leaves it kept (or reuses the cached root) before returning.
     """
 
     entries: list[Entry]
@@ -84,12 +87,12 @@ class ScanResult:
     bytes_hashed: int
     errors: int
     seconds: float
-    _leaves: list[bytes] | None = field(default=None, repr=False, compare=False)
+    _root: bytes | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def root(self) -> bytes:
-        if self._leaves is not None:
-            return compute_root(self._leaves)
+        if self._root is not None:
+            return self._root
         return root_of(self.entries)
 
 
@@ -113,7 +116,8 @@ def _entry(
     if kind is EntryType.CHAR_DEVICE or kind is EntryType.BLOCK_DEVICE:
         major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
     mode = st.st_mode & 0o7777
-    return Entry(path, kind, mode, st.st_uid, st.st_gid, 0, digest, target, major, minor, error)
+    fields = (path, kind, mode, st.st_uid, st.st_gid, 0, digest, target, major, minor, error)
+    return _new_tuple(Entry, fields)
 
 
 def entry_from_stat(
@@ -168,9 +172,17 @@ class _Scan:
         self.old_records: dict[bytes, Record] = {}
         if cache is not None and not full_rehash:
             self.old_records = cache.records
-        self.reuse_leaves = cache is not None and cache.leaf_signature == self.signature
+        # A cached leaf is reused as is only when the entry needs no stripping and was
+        # hashed under the same policy; otherwise the cached digest still saves the read.
+        self.reuse_leaves = (
+            cache is not None and cache.leaf_signature == self.signature and self.strip is None
+        )
+        self.cached_root = cache.root if cache is not None and self.reuse_leaves else None
+        self.reused = 0
+        """Entries whose leaf came from ``old_records`` unchanged."""
         self.new_records: dict[bytes, Record] = {}
         self.leaves: list[bytes] | None = [] if cache is not None else None
+        self.root: bytes | None = None
         self.racy_after = time.time_ns() - (cache.racy_window_ns if cache is not None else 0)
         self.progress = progress
         self.read_budget = read_budget
@@ -178,6 +190,11 @@ class _Scan:
         self.batch_limit = BATCH_BYTES
         if read_budget is not None:  # smaller batches, so the budget paces evenly
             self.batch_limit = max(1, min(BATCH_BYTES, int(read_budget.burst)))
+        # With nothing cached to compare against, a regular file's lstat would only
+        # feed its entry: the hashing process takes its attributes instead.
+        self.hash_unexamined = (
+            self.pool is not None and read_budget is None and not self.old_records
+        )
         self.entries: list[Entry] = []
         self.batch: list[_Pending] = []
         self.batch_bytes = 0
@@ -209,12 +226,9 @@ class _Scan:
             try:
                 listing = os.scandir(self.base + directory)
             except OSError as exc:
-                gone = isinstance(exc, FileNotFoundError | NotADirectoryError)
-                self.errors += 1
-                error = EntryError.VANISHED if gone else EntryError.UNREADABLE
-                self.add(_entry(directory, dir_st, EntryType.DIRECTORY, error=error))
+                self.record_unlistable(directory, dir_st, exc)
                 continue
-            self.add(_entry(directory, dir_st, EntryType.DIRECTORY))
+            self.record_other(directory, dir_st, EntryType.DIRECTORY)
             with listing:
                 self.walk_listing(directory, listing, device, stack)
             self.maybe_report_progress()
@@ -226,50 +240,67 @@ class _Scan:
         device: int | None,
         stack: list[tuple[bytes, os.stat_result]],
     ) -> None:
-        """Record the children of one directory.
+        """Record the children of one directory; subdirectories go on ``stack``.
 
-        This loop runs once per object in the tree, so the common case (a
-        regular file unchanged since the last scan) is inlined and uses locals.
+        This loop runs once per object in the tree. Its common case, a regular
+        file unchanged since the last scan, is the fast path: the stamp from
+        lstat matches the cache record, so the entry is built from the lstat and
+        the cached digest, and the cached leaf and record are reused as they
+        are. Everything else goes through the methods below.
         """
-        prefix = directory if directory != b"/" else b""
+        prefix = directory + b"/" if directory != b"/" else b"/"
         excludes = self.policy.excludes if self.exclusions.may_exclude(directory) else None
         old_records = self.old_records.get
         new_records = self.new_records
         entries = self.entries.append
         add_leaf = (self.leaves if self.leaves is not None else []).append
-        reuse = self.reuse_leaves and self.strip is None and self.leaves is not None
-        cached_count = 0
+        reuse = self.reuse_leaves
+        unexamined = self.hash_unexamined
+        push = stack.append
+        reused = 0
         for child in listing:
-            path = prefix + b"/" + child.name
+            path = prefix + child.name
             if excludes is not None and excludes(path):
+                continue
+            if unexamined and child.is_file(follow_symlinks=False):
+                self.record_listed_file(path)  # no cache to consult: no lstat needed
                 continue
             try:
                 st = child.stat(follow_symlinks=False)
             except OSError as exc:
                 self.record_lost(path, child, exc)
                 continue
-            if st.st_mode & _S_IFMT != _S_IFREG:
-                self.record(path, st, device, stack)
-                continue
-            cached = old_records(path)
-            if cached is None or cached[0] != (
-                st.st_ino,
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-            ):
-                self.record_file(path, st)
-            elif reuse and cached[2]:
-                head = (path, _REGULAR, st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_size)
-                entries(_new_tuple(Entry, (*head, cached[1], b"", 0, 0, _NO_ERROR)))
-                add_leaf(cached[2])
-                new_records[path] = cached
-                cached_count += 1
+            kind = st.st_mode & _S_IFMT
+            if kind == _S_IFREG:
+                cached = old_records(path)
+                if (
+                    reuse
+                    and cached is not None
+                    and cached[0] == (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                    and cached[2]
+                ):  # the fast path
+                    digest, leaf = cached[1], cached[2]
+                    mode, uid, gid, size = st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_size
+                    fields = (path, _REGULAR, mode, uid, gid, size, digest, b"", 0, 0, _NO_ERROR)
+                    entries(_new_tuple(Entry, fields))  # one tuple, no NamedTuple.__new__ frame
+                    add_leaf(leaf)
+                    new_records[path] = cached
+                    reused += 1
+                else:
+                    self.record_regular(path, st, cached)
+            elif kind == _S_IFDIR and (device is None or st.st_dev == device):
+                push((path, st))  # recorded when listed, with any listing error
             else:
-                leaf = self.add(_regular(path, st, cached[1]))
-                new_records[path] = (cached[0], cached[1], leaf)
-                cached_count += 1
-        self.cached += cached_count
+                self.record(path, st, device, stack)
+        self.cached += reused
+        self.reused += reused
+
+    def record_unlistable(self, directory: bytes, st: os.stat_result, exc: OSError) -> None:
+        """A directory that vanished or cannot be listed since its parent was."""
+        gone = isinstance(exc, FileNotFoundError | NotADirectoryError)
+        self.errors += 1
+        error = EntryError.VANISHED if gone else EntryError.UNREADABLE
+        self.add(_entry(directory, st, EntryType.DIRECTORY, error=error))
 
     def record(
         self,
@@ -278,33 +309,67 @@ class _Scan:
         device: int | None,
         stack: list[tuple[bytes, os.stat_result]],
     ) -> None:
-        """Record anything but an unchanged regular file; a directory goes on ``stack``."""
+        """Record any object but a directory to enter, which goes on ``stack``."""
         kind = _TYPES.get(stat.S_IFMT(st.st_mode), EntryType.SOCKET)
         if kind is EntryType.REGULAR:
-            cached = self.old_records.get(path)
-            if cached is not None and cached[0] == stamp_of(st):
-                self.cached += 1
-                leaf = self.add(_regular(path, st, cached[1]))
-                self.new_records[path] = (cached[0], cached[1], leaf)
-            else:
-                self.record_file(path, st)
-        elif kind is EntryType.DIRECTORY:
-            if device is not None and st.st_dev != device:
-                self.add(_entry(path, st, kind))  # a mount point: recorded, not entered
-            else:
-                stack.append((path, st))  # recorded when listed, with any listing error
-        elif kind is EntryType.SYMLINK:
-            try:
-                target = os.readlink(self.base + path)
-            except OSError as exc:
-                self.errors += 1
-                gone = isinstance(exc, FileNotFoundError) or exc.errno == 22  # EINVAL: replaced
-                error = EntryError.VANISHED if gone else EntryError.UNREADABLE
-                self.add(_entry(path, st, kind, error=error))
-                return
-            self.add(_entry(path, st, kind, sha256(target).digest(), target))
+            self.record_regular(path, st, self.old_records.get(path))
+        elif kind is EntryType.DIRECTORY and (device is None or st.st_dev == device):
+            stack.append((path, st))  # recorded when listed, with any listing error
         else:
-            self.add(_entry(path, st, kind))  # never opened: FIFOs, sockets, devices
+            self.record_other(path, st, kind)  # a mount point is recorded, not entered
+
+    def record_regular(self, path: bytes, st: os.stat_result, cached: Record | None) -> None:
+        """A regular file off the fast path: its cached digest if its stamp holds, else hash it."""
+        if cached is None or cached[0] != stamp_of(st):
+            self.record_file(path, st)
+            return
+        self.cached += 1
+        if self.reuse_leaves and cached[2]:
+            self.add_reused(_regular(path, st, cached[1]), cached[2])
+            self.new_records[path] = cached
+            return
+        leaf = self.add(_regular(path, st, cached[1]))
+        self.new_records[path] = (cached[0], cached[1], leaf)
+
+    def record_other(self, path: bytes, st: os.stat_result, kind: EntryType) -> None:
+        """Record a directory, symlink, device node, FIFO or socket (never opened).
+
+        A symlink's target comes from the cache while its stamp holds, else from
+        readlink; the cached leaf is reused as for a file.
+        """
+        stamp = other_stamp_of(st)
+        cached = self.old_records.get(path)
+        hit = cached is not None and cached[0] == stamp
+        target = b""
+        if kind is EntryType.SYMLINK:
+            if cached is not None and hit:
+                target = cached[1]
+            else:
+                try:
+                    target = os.readlink(self.base + path)
+                except OSError as exc:
+                    self.errors += 1
+                    gone = isinstance(exc, FileNotFoundError) or exc.errno == 22  # EINVAL
+                    error = EntryError.VANISHED if gone else EntryError.UNREADABLE
+                    self.add(_entry(path, st, kind, error=error))
+                    return
+            entry = _entry(path, st, kind, sha256(target).digest(), target)
+        else:
+            entry = _entry(path, st, kind)
+        if cached is not None and hit and self.reuse_leaves and cached[2]:
+            self.add_reused(entry, cached[2])
+            self.new_records[path] = cached
+            return
+        leaf = self.add(entry)
+        if self.cache is not None and max(st.st_mtime_ns, st.st_ctime_ns) < self.racy_after:
+            self.new_records[path] = (stamp, target, leaf)
+
+    def add_reused(self, entry: Entry, leaf: bytes) -> None:
+        """Record an unchanged entry with its cached leaf (only when leaves are reused)."""
+        assert self.leaves is not None
+        self.entries.append(entry)
+        self.leaves.append(leaf)
+        self.reused += 1
 
     def record_lost(self, path: bytes, child: os.DirEntry[bytes], exc: OSError) -> None:
         """A listed name whose lstat failed: it vanished (or cannot be examined)."""
@@ -312,6 +377,12 @@ class _Scan:
         kind = EntryType.DIRECTORY if child.is_dir(follow_symlinks=False) else EntryType.REGULAR
         error = EntryError.VANISHED if isinstance(exc, FileNotFoundError) else EntryError.UNREADABLE
         self.add(Entry(path, kind, 0, 0, 0, error=error))
+
+    def record_listed_file(self, path: bytes) -> None:
+        """A regular file listed but not examined: its hashing process stats it."""
+        self.batch.append((path, None))
+        if len(self.batch) >= BATCH_FILES:
+            self.submit()
 
     def record_file(self, path: bytes, st: os.stat_result) -> None:
         """A regular file to hash: now (no workers) or in the next batch."""
@@ -331,7 +402,10 @@ class _Scan:
             return
         if self.read_budget is not None:
             self.read_budget.take(self.batch_bytes)
-        jobs: list[FileJob] = [(self.base + p, st.st_ino, st.st_size) for p, st in self.batch]
+        base = self.base
+        jobs: list[FileJob | bytes] = [
+            base + p if st is None else (base + p, st.st_ino, st.st_size) for p, st in self.batch
+        ]
         finished = self.pool.submit(self.batch, jobs)
         self.in_flight += len(jobs)
         self.batch = []
@@ -340,11 +414,35 @@ class _Scan:
             self.finish_batch(batch, outcomes)
         self.maybe_report_progress()
 
-    def finish_batch(self, batch: object, outcomes: list[Outcome]) -> None:
+    def finish_batch(self, batch: object, outcomes: list[Outcome | Listed]) -> None:
         assert isinstance(batch, list)
         self.in_flight -= len(batch)
         for (path, st), outcome in zip(batch, outcomes, strict=True):
-            self.finish_file(path, st, outcome)
+            if st is not None:
+                self.finish_file(path, st, outcome)  # type: ignore[arg-type]  # sent a FileJob
+            else:
+                self.finish_listed(path, outcome)  # type: ignore[arg-type]  # sent a path
+
+    def finish_listed(self, path: bytes, listed: Listed) -> None:
+        """A file hashed by :func:`hash_listed`: the entry takes the attributes it saw."""
+        outcome, fields = listed
+        if not fields:  # gone, or no longer a regular file
+            self.errors += 1
+            self.add(Entry(path, _REGULAR, 0, 0, 0, error=EntryError.VANISHED))
+            return
+        mode, ino, uid, gid, size, mtime_ns, ctime_ns = fields
+        if isinstance(outcome, int):
+            self.errors += 1
+            self.add(
+                Entry(path, _REGULAR, mode & 0o7777, uid, gid, size, error=EntryError(outcome))
+            )
+            return
+        self.hashed += 1
+        self.bytes += size
+        entry = (path, _REGULAR, mode & 0o7777, uid, gid, size, outcome, b"", 0, 0, _NO_ERROR)
+        leaf = self.add(_new_tuple(Entry, entry))
+        if self.cache is not None and max(mtime_ns, ctime_ns) < self.racy_after:
+            self.new_records[path] = ((ino, size, mtime_ns, ctime_ns), outcome, leaf)
 
     def finish_file(self, path: bytes, st: os.stat_result, outcome: Outcome) -> None:
         if isinstance(outcome, int):
@@ -368,7 +466,20 @@ class _Scan:
             finally:
                 self.pool.close()
         if self.cache is not None:
-            self.cache.replace_records(self.new_records, leaf_signature=self.signature)
+            assert self.leaves is not None
+            unchanged = self.reused == len(self.entries) == len(self.old_records)
+            if unchanged and self.cached_root is not None:
+                # Every entry is the cached one and none was added or removed: the
+                # cached root is the root over these very leaves.
+                self.root = self.cached_root
+            else:
+                self.root = compute_root(self.leaves)
+            complete = len(self.new_records) == len(self.entries)  # every entry is cached
+            self.cache.replace_records(
+                self.new_records,
+                leaf_signature=self.signature,
+                root=self.root if complete else None,
+            )
         self.entries.sort(key=_path_of)
         self.report_progress()
         return self.entries
@@ -428,8 +539,12 @@ def scan(
     # A scan allocates a tuple per object and frees nothing until it ends, which
     # makes the cyclic garbage collector re-examine the growing entry list again
     # and again (a tenth of a rescan's time). It creates no cycles, so the
-    # collector is paused for its duration.
+    # collector is paused for its duration, and what it made then goes straight
+    # to the oldest generation (freeze + unfreeze, unless the process froze
+    # objects of its own) instead of being examined once more by the first
+    # young collection after the scan.
     collecting = gc.isenabled()
+    promote = collecting and gc.get_freeze_count() == 0
     gc.disable()
     try:
         for rel in include_roots(policy):
@@ -445,6 +560,9 @@ def scan(
         state.abort()
         raise
     finally:
+        if promote:
+            gc.freeze()
+            gc.unfreeze()
         if collecting:
             gc.enable()
     return ScanResult(
@@ -454,5 +572,5 @@ def scan(
         bytes_hashed=state.bytes,
         errors=state.errors,
         seconds=time.monotonic() - started,
-        _leaves=state.leaves,
+        _root=state.root,
     )

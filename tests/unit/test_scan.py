@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import pickle
@@ -269,14 +270,22 @@ def test_a_file_deleted_before_it_is_read_is_recorded_as_vanished(
 ) -> None:
     write(tmp_path / "keep", b"k")
     victim = write(tmp_path / "victim", b"v")
-    real_hash = hashing.hash_file
+    real_hash, real_listed = hashing.hash_file, hashing.hash_listed
 
-    def deleting_hash(path: bytes, ino: int, size: int, buffer: object = None) -> hashing.Outcome:
+    def delete_victim(path: bytes) -> None:
         if path.endswith(b"/victim") and os.path.exists(path):
             os.unlink(path)
+
+    def deleting_hash(path: bytes, ino: int, size: int, buffer: object = None) -> hashing.Outcome:
+        delete_victim(path)
         return real_hash(path, ino, size)
 
+    def deleting_listed(path: bytes, buffer: object = None) -> hashing.Listed:
+        delete_victim(path)  # a scan without a cache: the hashing process stats the file
+        return real_listed(path)
+
     monkeypatch.setattr(hashing, "hash_file", deleting_hash)
+    monkeypatch.setattr(hashing, "hash_listed", deleting_listed)
     monkeypatch.setattr(scan_module, "hash_file", deleting_hash)
 
     for workers in (0, 2):
@@ -287,6 +296,28 @@ def test_a_file_deleted_before_it_is_read_is_recorded_as_vanished(
         assert entries[b"/victim"].sha256 == b""
         assert entries[b"/keep"].error is EntryError.NONE
         assert result.errors == 1
+
+
+def test_a_listed_file_is_hashed_with_the_attributes_of_what_was_opened(tmp_path: Path) -> None:
+    """Without a cache the walk does not lstat files: the hashing process reports what it saw."""
+    regular = write(tmp_path / "regular", b"content", 0o640)
+    os.mkfifo(tmp_path / "now-a-fifo")  # a name listed as a file, replaced since
+    (tmp_path / "now-a-link").symlink_to("regular")
+
+    digest, fields = hashing.hash_listed(os.fsencode(regular))
+    st = regular.lstat()
+    assert digest == hashlib.sha256(b"content").digest()
+    assert fields == (
+        st.st_mode,
+        st.st_ino,
+        st.st_uid,
+        st.st_gid,
+        7,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+    )
+    for gone in ("now-a-fifo", "now-a-link", "absent"):  # never read, never a hang
+        assert hashing.hash_listed(os.fsencode(tmp_path / gone)) == (EntryError.VANISHED, ())
 
 
 def test_a_file_replaced_after_listing_is_recorded_as_vanished(
@@ -379,6 +410,27 @@ def test_unreadable_files_and_directories_are_recorded_not_fatal(
     assert entries[b"/secret"].size == 2 and entries[b"/secret"].mode == 0o600
     assert entries[b"/locked"].error is EntryError.UNREADABLE
     assert b"/locked/inner" not in entries
+
+
+def test_a_scan_leaves_the_garbage_collector_as_it_found_it(tmp_path: Path) -> None:
+    write(tmp_path / "file", b"x")
+    assert gc.isenabled()
+    scan(tmp_path, OPEN, workers=0)
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0  # what the scan made was promoted, not left frozen
+    gc.disable()
+    try:
+        scan(tmp_path, OPEN, workers=0)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    gc.freeze()  # a process that froze its own objects keeps them frozen
+    try:
+        frozen = gc.get_freeze_count()
+        scan(tmp_path, OPEN, workers=0)
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_result_root_matches_the_manifest_root(tmp_path: Path) -> None:

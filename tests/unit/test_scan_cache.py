@@ -11,7 +11,7 @@ import pytest
 
 from agent import scan as scan_module
 from agent import statcache
-from agent.manifest import EntryType, root_of
+from agent.manifest import EntryType, encode_entry, root_of
 from agent.policy import Policy
 from agent.scan import scan
 from agent.statcache import StatCache
@@ -47,7 +47,7 @@ def test_rescan_of_an_unchanged_tree_hashes_nothing(tree: Path) -> None:
     assert (second.files_hashed, second.files_cached) == (0, 20)
     assert second.entries == first.entries
     assert second.root == first.root == root_of(second.entries)
-    assert len(cache) == 20
+    assert len(cache) == len(first.entries) == 25  # 20 files, 4 directories, 1 symlink
 
 
 def test_same_size_and_mtime_but_new_ctime_is_rehashed(tree: Path) -> None:
@@ -72,7 +72,7 @@ def test_full_rehash_ignores_the_cache(tree: Path) -> None:
     scan(tree, OPEN, cache=cache)
     result = scan(tree, OPEN, cache=cache, full_rehash=True)
     assert (result.files_hashed, result.files_cached) == (20, 0)
-    assert len(cache) == 20
+    assert len(cache) == len(result.entries)
 
 
 def test_files_touched_within_the_racy_window_are_not_cached(tree: Path) -> None:
@@ -86,8 +86,8 @@ def test_deleted_files_leave_the_cache(tree: Path) -> None:
     cache = fresh_cache()
     scan(tree, OPEN, cache=cache)
     (tree / "d2/f2").unlink()
-    scan(tree, OPEN, cache=cache)
-    assert len(cache) == 19
+    result = scan(tree, OPEN, cache=cache)
+    assert len(cache) == len(result.entries) == 24
     assert cache.lookup(b"/d2/f2", (tree / "d0/f0").stat()) is None
 
 
@@ -175,7 +175,7 @@ def test_a_corrupt_cache_file_starts_empty_with_a_warning(
 
 
 def test_another_format_version_is_not_trusted(tmp_path: Path) -> None:
-    body = statcache._HEADER.pack(statcache.MAGIC, statcache.VERSION + 1, 0, 0)
+    body = statcache._PREFIX.pack(statcache.MAGIC, statcache.VERSION + 1) + bytes(64)
     path = tmp_path / "statcache"
     path.write_bytes(body + hashlib.sha256(body).digest())
     with pytest.raises(ValueError, match="format version"):
@@ -187,8 +187,15 @@ def test_a_missing_cache_file_starts_empty(tmp_path: Path) -> None:
     assert len(StatCache.load(tmp_path / "absent")) == 0
 
 
-def test_only_regular_files_are_cached(tree: Path) -> None:
+def test_every_object_is_cached_and_only_files_by_their_content_stamp(tree: Path) -> None:
     cache = fresh_cache()
     result = scan(tree, OPEN, cache=cache)
-    regular = {e.path for e in result.entries if e.type is EntryType.REGULAR}
-    assert set(cache.records) == regular
+    assert set(cache.records) == {e.path for e in result.entries}
+    for entry in result.entries:
+        stamp, content, leaf = cache.records[entry.path]
+        assert leaf == hashlib.sha256(encode_entry(entry)).digest()
+        if entry.type is EntryType.REGULAR:
+            assert (len(stamp), content) == (4, entry.sha256)
+        else:  # (ino, mode, uid, gid, mtime_ns, ctime_ns): never equal to a file's stamp
+            assert (len(stamp), content) == (6, entry.link_target)
+    assert cache.root == result.root
