@@ -479,6 +479,7 @@ class _Scan:
                 self.new_records,
                 leaf_signature=self.signature,
                 root=self.root if complete else None,
+                changed=not (unchanged and self.cached_root is not None),
             )
         self.entries.sort(key=_path_of)
         self.report_progress()

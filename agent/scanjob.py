@@ -129,8 +129,8 @@ def scan_and_compare(
     )
 
 
-def _save(cache: StatCache, path: str, outcome: ScanOutcome, before: int) -> ScanOutcome:
-    if outcome.files_hashed == 0 and len(cache) == before and os.path.exists(path):
+def _save(cache: StatCache, path: str, outcome: ScanOutcome) -> ScanOutcome:
+    if not cache.changed and os.path.exists(path):
         return outcome
     try:
         cache.save(path)
@@ -163,13 +163,12 @@ class InProcessScanner:
 
     def run(self, request: ScanRequest) -> ScanOutcome:
         pacer = ScanPacer(budget=0, should_stop=lambda: self._stopping)
-        before = len(self._cache)
         outcome = scan_and_compare(
             request, cache=self._cache, progress=pacer, sleep=self._sleep, clock=self._clock
         )
         if self._cache_path is None:
             return outcome
-        return _save(self._cache, self._cache_path, outcome, before)
+        return _save(self._cache, self._cache_path, outcome)
 
     def stop(self) -> None:
         self._stopping = True
@@ -236,10 +235,9 @@ def main(argv: list[str]) -> int:
     [cache_path] = argv
     request = pickle.load(sys.stdin.buffer)
     cache = StatCache.load(cache_path)
-    before = len(cache)
     result: ScanOutcome | _Failure
     try:
-        result = _save(cache, cache_path, scan_and_compare(request, cache=cache), before)
+        result = _save(cache, cache_path, scan_and_compare(request, cache=cache))
     except (AgentError, OSError) as exc:
         result = _Failure(f"scan of {request.root} failed: {exc}")
     sys.stdout.buffer.write(pickle.dumps(result))

@@ -86,6 +86,8 @@ class StatCache:
         self.root: bytes | None = None
         self.records: dict[bytes, Record] = {}
         """path -> (stamp, content, leaf). Read directly by the scanner's hot loop."""
+        self.changed = False
+        """Whether the records differ from what was loaded or last saved."""
 
     def __len__(self) -> int:
         return len(self.records)
@@ -110,23 +112,32 @@ class StatCache:
         """Record ``digest`` as the content of ``path`` while its stamp is the one in ``st``."""
         self.records[path] = (stamp_of(st), digest, leaf)
         self.root = None
+        self.changed = True
 
     def retain(self, paths: Iterable[bytes]) -> None:
         """Forget every path not in ``paths`` (files gone since the last scan)."""
         keep = set(paths)
         self.records = {path: record for path, record in self.records.items() if path in keep}
         self.root = None
+        self.changed = True
 
     def replace_records(
-        self, records: dict[bytes, Record], *, leaf_signature: str, root: bytes | None = None
+        self,
+        records: dict[bytes, Record],
+        *,
+        leaf_signature: str,
+        root: bytes | None = None,
+        changed: bool = True,
     ) -> None:
         """Swap in the records of a completed scan (the scanner's new generation).
 
-        ``root`` must be the root over exactly the leaves of ``records`` (or None).
+        ``root`` must be the root over exactly the leaves of ``records`` (or None);
+        ``changed=False`` says they are the very records held before (nothing to save).
         """
         self.records = records
         self.leaf_signature = leaf_signature
         self.root = root
+        self.changed = self.changed or changed
 
     def encode(self) -> bytes:
         """The cache in the versioned file format (paths in sorted order)."""
@@ -217,6 +228,7 @@ class StatCache:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, target)
+        self.changed = False
 
     @classmethod
     def load(
