@@ -13,6 +13,17 @@ transaction; a crash loses at most that interval of heartbeats, never a state
 transition. The calls are synchronous and short; the gRPC server calls them on
 its event loop (durable writes are rare, one small transaction each).
 
+A heartbeat saved behind may change only what an agent reports every time (root,
+times, sequence, boot, footprint, image); one that would change a state, a taint
+or anything else an audit event describes is refused (ControllerError), so such a
+change can never wait in memory. The flush writes the rows whose only changes
+since their last durable write are heartbeat fields with a single ``UPDATE …
+FROM json_each(?)`` statement: Python's sqlite3 module releases and retakes the
+GIL around every step, so ``executemany`` over thousands of rows would hand the
+GIL back and forth with the event loop thousands of times a second, while one
+statement is one step (the rows' roots travel as one blob, sliced by offset).
+The few rows that changed an image field are upserted whole.
+
 Audit: the audit tables (:mod:`controller.audit.sqlite`) live in the same file.
 Every durable write appends its audit events with ``append_in`` inside its own
 ``BEGIN IMMEDIATE`` transaction, so a state change and its records commit or
@@ -27,11 +38,12 @@ PostgreSQL adapter can share the schema and :mod:`controller.store.codec`.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from controller.audit import AuditLog, Event, SqliteAuditLog, append_in, install_schema
@@ -102,7 +114,9 @@ class SqliteStore(CachedReads):
             r.replacement_id: r
             for r in map(replacement_from_row, self._db.execute(SELECT_REPLACEMENTS))
         }
-        self._dirty: set[str] = set()
+        # Instances saved behind since their last durable write: True when a field
+        # besides the heartbeat columns changed too (the whole row is upserted).
+        self._dirty: dict[str, bool] = {}
         # _lock serialises SQL; _cache_lock guards the dicts only and is held briefly,
         # so a heartbeat never waits for a flush or a durable commit in progress.
         self._cache_lock = threading.Lock()
@@ -186,12 +200,13 @@ class SqliteStore(CachedReads):
                     self._db.execute(UPSERT_INSTANCE, instance_to_row(instance))
                     self._append(audit)
                 with self._cache_lock:
-                    self._dirty.discard(instance.id)
+                    self._dirty.pop(instance.id, None)
                     self._instances[instance.id] = instance
             return
         # Hot path: no SQL and no wait on a flush in progress.
         with self._cache_lock:
-            self._dirty.add(instance.id)
+            whole = _heartbeat_change(self._instances.get(instance.id), instance)
+            self._dirty[instance.id] = whole or self._dirty.get(instance.id, False)
             self._instances[instance.id] = instance
 
     # Replacements (always durable: they are written before any provider call) ------
@@ -227,16 +242,22 @@ class SqliteStore(CachedReads):
     def flush(self) -> None:
         with self._lock:
             with self._cache_lock:
-                pending = [self._instances[i] for i in self._dirty]
-                self._dirty.clear()
+                dirty, self._dirty = self._dirty, {}
+                pending = [(self._instances[i], whole) for i, whole in dirty.items()]
             if not pending:
                 return
             try:
                 with self._transaction():
-                    self._db.executemany(UPSERT_INSTANCE, map(instance_to_row, pending))
+                    whole = [instance for instance, full in pending if full]
+                    beats = [instance for instance, full in pending if not full]
+                    if whole:
+                        self._db.executemany(UPSERT_INSTANCE, map(instance_to_row, whole))
+                    if beats:
+                        self._db.execute(HEARTBEAT_UPDATE, heartbeat_params(beats))
             except BaseException:
                 with self._cache_lock:
-                    self._dirty.update(i.id for i in pending)
+                    for instance_id, full in dirty.items():
+                        self._dirty[instance_id] = full or self._dirty.get(instance_id, False)
                 raise
 
     def close(self) -> None:
@@ -279,6 +300,67 @@ class _Transaction:
 
     def __exit__(self, kind: object, value: object, traceback: object) -> None:
         self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+HEARTBEAT_UPDATE = (
+    "UPDATE instances SET "
+    "root = substr(:roots, json_extract(beat.value, '$[1]') + 1, "
+    "json_extract(beat.value, '$[2]')), "
+    "last_report = json_extract(beat.value, '$[3]'), "
+    "seq = json_extract(beat.value, '$[4]'), "
+    "boot_id = json_extract(beat.value, '$[5]'), "
+    "scanned_at_ms = json_extract(beat.value, '$[6]'), "
+    "rss_bytes = json_extract(beat.value, '$[7]'), "
+    "cpu_millis = json_extract(beat.value, '$[8]') "
+    "FROM json_each(:beats) AS beat "
+    "WHERE instances.id = json_extract(beat.value, '$[0]')"
+)
+"""The heartbeat columns of many rows in one statement (one sqlite3 step)."""
+
+
+def heartbeat_params(instances: Iterable[Instance]) -> dict[str, object]:
+    """:data:`HEARTBEAT_UPDATE`'s parameters: the rows as JSON, their roots as one blob."""
+    beats: list[tuple[object, ...]] = []
+    roots = bytearray()
+    for instance in instances:
+        beats.append(
+            (
+                instance.id,
+                len(roots),
+                len(instance.root),
+                instance.last_report,
+                instance.seq,
+                instance.boot_id,
+                instance.scanned_at_ms,
+                instance.footprint.rss_bytes,
+                instance.footprint.cpu_millis,
+            )
+        )
+        roots += instance.root
+    return {"beats": json.dumps(beats), "roots": bytes(roots)}
+
+
+def _heartbeat_change(before: Instance | None, after: Instance) -> bool:
+    """Whether saving ``after`` behind changes more than the heartbeat columns.
+
+    True when an image field changed (the row is then upserted whole at the next
+    flush). Raises ControllerError for what must be durable: a new instance, or a
+    change of state, taint or any other field an audit event describes.
+    """
+    if before is None or (
+        before.state is not after.state
+        or (before.taint is not after.taint and before.taint != after.taint)
+        or before.suspicious != after.suspicious
+        or before.group != after.group
+        or before.first_seen != after.first_seen
+        or before.replaces != after.replaces
+    ):
+        raise ControllerError(
+            f"instance {after.id}: a new instance or a change of state, taint or record "
+            "must be saved durably, not behind",
+            reason="not_durable",
+        )
+    return before.image_ref != after.image_ref or before.image_digest != after.image_digest
 
 
 def migrate(db: sqlite3.Connection) -> int:
