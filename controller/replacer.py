@@ -74,6 +74,9 @@ class ReplacerSettings:
     tick_seconds: float = 1.0
     sweep_seconds: float = 30.0
     """Every group is planned at least this often, nudged or not."""
+    nudge_delay: float = 0.1
+    """Nudges within this window are planned together: a registration storm of
+    thousands of instances costs a few plans of their group, not one per report."""
     engine: ReplacementSettings = field(default_factory=ReplacementSettings)
 
 
@@ -105,6 +108,7 @@ class Replacer:
         self._active: set[str] = set()
         """Groups with a replacement in flight: planned on every tick."""
         self._last_sweep = float("-inf")
+        self._nudge_scheduled = False
         self._holds: dict[str, str] = {}
         self._missing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -136,30 +140,38 @@ class Replacer:
     def nudge(self, group: str = "") -> None:
         """Plan ``group`` (every group when empty) soon. Call on the event loop."""
         self._dirty.add(group)
+        self._schedule_nudged_tick()
+
+    def _schedule_nudged_tick(self) -> None:
+        if self._nudge_scheduled:
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # not on the loop (a test calling the service directly): the job ticks
-        task = loop.create_task(self.tick())
+        self._nudge_scheduled = True
+        loop.call_later(self.settings.nudge_delay, self._start_nudged_tick)
+
+    def _start_nudged_tick(self) -> None:
+        self._nudge_scheduled = False
+        task = asyncio.get_running_loop().create_task(self.tick(include_active=False))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def tick(self) -> None:
-        """Plan the groups that are due (ticks never overlap; nudges during one coalesce)."""
+    async def tick(self, *, include_active: bool = True) -> None:
+        """Plan the groups that are due: nudged ones, and (the job's ticks) those with
+        work in flight and, once per sweep, every group. Ticks never overlap."""
         if self._lock.locked():
-            return  # the running tick picks up what was nudged
+            return  # the running tick schedules what was nudged meanwhile
         async with self._lock:
-            include_active = True
-            while self.leadership.is_leader():
-                names = self._due_groups(include_active=include_active)
-                if not names:
-                    return
-                include_active = False
-                for name in names:
+            if self.leadership.is_leader():
+                for name in self._due_groups(include_active=include_active):
                     if await self._tick_group(name):
                         self._active.add(name)
                     else:
                         self._active.discard(name)
+        if self._dirty:
+            self._schedule_nudged_tick()  # nudged while this tick ran
 
     def _due_groups(self, *, include_active: bool) -> list[str]:
         """The groups to plan now; takes the nudges."""

@@ -30,7 +30,7 @@ class _Recorder(Replacer):
             metrics=ControllerMetrics(CollectorRegistry()),
             providers={},
             controller_address="127.0.0.1:1",
-            settings=ReplacerSettings(tick_seconds=1.0, sweep_seconds=30.0),
+            settings=ReplacerSettings(tick_seconds=1.0, sweep_seconds=30.0, nudge_delay=0.01),
         )
         self.planned: list[str] = []
         self.in_flight: set[str] = set()
@@ -104,3 +104,36 @@ def test_an_empty_nudge_plans_every_group(replacer: _Recorder) -> None:
     _tick(replacer)
     replacer.nudge()
     assert _tick(replacer) == list(GROUPS)
+
+
+def test_a_storm_of_nudges_plans_each_group_once(replacer: _Recorder) -> None:
+    _tick(replacer)
+    replacer.planned.clear()
+
+    async def storm() -> None:
+        for n in range(1000):  # a thousand agents registering at once
+            replacer.nudge(GROUPS[n % 2])
+        await asyncio.sleep(0.1)
+
+    asyncio.run(storm())
+    assert sorted(replacer.planned) == ["api", "batch"]
+
+
+def test_nudges_during_a_tick_are_planned_after_it(replacer: _Recorder) -> None:
+    _tick(replacer)
+    replacer.planned.clear()
+    original = replacer._tick_group
+
+    async def slow(name: str) -> bool:
+        replacer.nudge("web")  # a report arrives while this group is planned
+        await asyncio.sleep(0)
+        return await original(name)
+
+    replacer._tick_group = slow  # type: ignore[method-assign]
+
+    async def run() -> None:
+        replacer.nudge("api")
+        await asyncio.sleep(0.1)
+
+    asyncio.run(run())
+    assert replacer.planned[:2] == ["api", "web"]
