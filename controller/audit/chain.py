@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from controller.audit.errors import InvalidEventError
@@ -80,6 +80,10 @@ class VerifyResult:
     last_hash: str
     first_bad_seq: int | None = None
     problem: str = ""
+
+    def failed_at(self, seq: int, problem: str) -> VerifyResult:
+        """This result, marked broken at record ``seq`` for ``problem``."""
+        return replace(self, ok=False, first_bad_seq=seq, problem=problem)
 
     def describe(self) -> str:
         if self.ok:
@@ -221,13 +225,5 @@ def verify_checkpoints(
         else:
             problem = check_checkpoint(checkpoint, key)
         if problem:
-            return VerifyResult(
-                False,
-                result.checked,
-                result.first_seq,
-                result.last_seq,
-                result.last_hash,
-                seq,
-                problem,
-            )
+            return result.failed_at(seq, problem)
     return result

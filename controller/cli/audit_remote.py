@@ -104,15 +104,7 @@ class RemoteAuditLog:
         for checkpoint in self._checkpoints:
             problem = check_checkpoint(checkpoint, key)
             if problem:
-                return VerifyResult(
-                    False,
-                    result.checked,
-                    result.first_seq,
-                    result.last_seq,
-                    result.last_hash,
-                    checkpoint.seq,
-                    problem,
-                )
+                return result.failed_at(checkpoint.seq, problem)
         return result
 
     def head(self) -> Position:
