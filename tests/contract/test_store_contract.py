@@ -14,9 +14,7 @@ from agent.manifest import Entry, EntryType
 from controller.domain.model import (
     DriftKind,
     Footprint,
-    Group,
     GroupMode,
-    ImageRecord,
     Instance,
     InstanceState,
     Taint,
@@ -28,20 +26,7 @@ from controller.ports import Store
 from controller.store.memory import MemoryStore
 from controller.store.sqlite import SqliteStore
 from tests.fixtures.postgres import fresh_schema, postgres_dsn
-
-IMAGE = ImageRecord(
-    name="web",
-    version="1",
-    ref="web@sha256:" + "a" * 64,
-    digest="sha256:" + "a" * 64,
-    manifest_digest="sha256:" + "b" * 64,
-    root=b"\x01" * 32,
-    entry_count=3,
-    byte_count=10,
-    registered_at=100.0,
-    registered_by="tester",
-)
-GROUP = Group(name="web", desired_image_ref=IMAGE.ref, desired_image_digest=IMAGE.digest)
+from tests.fixtures.records import GROUP, IMAGE
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

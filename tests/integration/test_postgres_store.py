@@ -17,27 +17,15 @@ import psycopg
 import pytest
 
 from controller.audit import events as ev
-from controller.domain.model import Group, ImageRecord, Instance, InstanceState
+from controller.domain.model import Instance, InstanceState
 from controller.errors import AlreadyExistsError, ControllerError, NotFoundError
 from controller.store.postgres import PostgresStore
 from controller.store.postgres_leadership import PostgresLeadership
 from tests.fixtures.postgres import connect, fresh_schema, postgres_dsn
+from tests.fixtures.records import GROUP, IMAGE
 
 pytestmark = pytest.mark.postgres
 
-IMAGE = ImageRecord(
-    name="web",
-    version="1",
-    ref="web@sha256:" + "a" * 64,
-    digest="sha256:" + "a" * 64,
-    manifest_digest="sha256:" + "b" * 64,
-    root=b"\x01" * 32,
-    entry_count=3,
-    byte_count=10,
-    registered_at=100.0,
-    registered_by="tester",
-)
-GROUP = Group(name="web", desired_image_ref=IMAGE.ref, desired_image_digest=IMAGE.digest)
 INSTANCE = Instance(
     id="i-1",
     group="web",
