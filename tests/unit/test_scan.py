@@ -428,7 +428,9 @@ def test_a_scan_leaves_the_garbage_collector_as_it_found_it(tmp_path: Path) -> N
     try:
         frozen = gc.get_freeze_count()
         scan(tmp_path, OPEN, workers=0)
-        assert gc.get_freeze_count() == frozen
+        # Not unfrozen (that would make it 0), nothing of the scan's added; frozen
+        # objects the rest of the process frees meanwhile may lower it.
+        assert 0 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
 
