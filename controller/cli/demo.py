@@ -111,6 +111,7 @@ class Demo:
         self.say(
             f"controller  127.0.0.1:{self.grpc_port} (pid {self.controller.pid}), data {self.data}"
         )
+        self.say(f"metrics     {self.summary['metrics_url']} (while the demo runs)")
 
     def build_and_register(self) -> str:
         assert self.client is not None
@@ -207,7 +208,6 @@ class Demo:
         self.summary["drift_to_replacement_conformant_seconds"] = total
         self.summary["ok"] = True
         self.show(f"drift written → replacement conformant and old retired: {total:.2f} s")
-        self.say(f"metrics     {self.summary['metrics_url']}")
 
     def say_evidence(self, instance: fleet_pb2.Instance) -> None:
         """What the agent reported as changed, as `corral fleet show` prints it."""
