@@ -14,10 +14,6 @@ transition is written whenever either the state or the image changes.
 
 from __future__ import annotations
 
-from collections import Counter
-
-from agent.diff import ChangeKind
-from agent.paths import display_path
 from controller.audit import events as ev
 from controller.audit.record import MAX_TEXT, Event
 from controller.domain.model import DriftKind, Group, ImageRecord, Instance, Taint
@@ -165,7 +161,6 @@ def group_events(group: Group, *, at_ms: int, actor: str, reason: str = "") -> l
 
 
 def _evidence(instance: Instance, taint: Taint, *, at_ms: int, actor: str) -> Event:
-    kinds = Counter(change.kind for change in taint.changes)
     return ev.drift_evidence(
         instance.id,
         at_ms=at_ms,
@@ -173,10 +168,7 @@ def _evidence(instance: Instance, taint: Taint, *, at_ms: int, actor: str) -> Ev
         group=instance.group,
         image=instance.image_ref,
         kind=taint.kind.value,
-        added=kinds[ChangeKind.ADDED],
-        removed=kinds[ChangeKind.REMOVED],
-        modified=kinds[ChangeKind.MODIFIED],
-        first_paths=[display_path(c.path) for c in taint.changes[: ev.MAX_EVIDENCE_PATHS]],
+        **ev.summarize_changes(taint.changes),
         truncated=taint.evidence_truncated,
         evidence_verified=taint.evidence_verified,
     )

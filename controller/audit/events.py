@@ -10,6 +10,7 @@ Actors read ``"agent:<instance>"``, ``"operator:<name>"`` or ``"controller"``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TypedDict
 
 from agent.diff import Change, ChangeKind
 from agent.paths import display_path
@@ -103,7 +104,16 @@ def drift_evidence(
     )
 
 
-def summarize_changes(changes: Iterable[Change]) -> dict[str, int | list[str]]:
+class ChangeSummary(TypedDict):
+    """The evidence fields of :func:`drift_evidence`, from a list of changes."""
+
+    added: int
+    removed: int
+    modified: int
+    first_paths: list[str]
+
+
+def summarize_changes(changes: Iterable[Change]) -> ChangeSummary:
     """Counts per change kind and the first displayable paths, for ``drift_evidence(**...)``."""
     counts = {ChangeKind.ADDED: 0, ChangeKind.REMOVED: 0, ChangeKind.MODIFIED: 0}
     paths: list[str] = []

@@ -249,30 +249,6 @@ def make_record(seq: int, prev_hash: str, event: Event) -> Record:
     return Record(seq, prev_hash, hash_body(record_body(seq, prev_hash, event)), event)
 
 
-def event_from_body(body: Mapping[str, Any]) -> Event:
-    """Rebuild the event from a record body (an export line or a stored row).
-
-    Raises InvalidEventError when a field is missing or of the wrong type.
-    """
-    try:
-        data = body["data"]
-        if not isinstance(data, dict):
-            raise InvalidEventError("record data must be a JSON object")
-        return Event(
-            kind=EventKind(body["kind"]),
-            at_ms=body["at_ms"],
-            actor=body["actor"],
-            reason=body["reason"],
-            instance_id=body["instance"],
-            related_instance_id=body["related"],
-            group=body["group"],
-            image=body["image"],
-            data=data,
-        )
-    except (KeyError, ValueError, TypeError) as error:
-        raise InvalidEventError(f"not an audit record body: {error!r}") from error
-
-
 def _check_text(name: str, value: object) -> None:
     if not isinstance(value, str):
         raise InvalidEventError(f"{name} must be a string, got {type(value).__name__}")
