@@ -41,6 +41,9 @@ from agent.sequence import SequenceNumbers
 
 log = logging.getLogger(__name__)
 
+#: Retryable codes that mean the controller was not reached (or not in time).
+_UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -300,7 +303,10 @@ class Runner:
                 if self._backoff.failures == 1:  # these were queued while all seemed well
                     self._metrics.reports.labels(result="buffered").inc(len(self.outbox))
                 log.warning(
-                    "delivery failed; reports kept for a retry",
+                    "%s; reports kept for a retry",
+                    "controller unreachable"
+                    if exc.code in _UNREACHABLE
+                    else "controller failed the call",
                     extra={
                         "error": str(exc),
                         "code": exc.code,

@@ -153,7 +153,7 @@ def test_a_damaged_outbox_file_is_set_aside_and_the_agent_starts_empty(
 ) -> None:
     state = tmp_path / "state"
     state.mkdir()
-    (state / FILE_NAME).write_bytes(b"corral-agent-outbox 1 00 12\n{\"reports\":")
+    (state / FILE_NAME).write_bytes(b'corral-agent-outbox 1 00 12\n{"reports":')
     with caplog.at_level(logging.INFO):
         harness = Harness(tmp_path, durable=True)
     assert len(harness.runner.outbox) == 0
