@@ -26,7 +26,9 @@ from pathlib import Path
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.artifact import build_artifact
 from agent.outbox_file import FILE_NAME, DamagedOutboxError, decode
+from agent.policy import Policy
 from agent.report import PendingReport
 from controller.cli import demo_support
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc
@@ -194,3 +196,15 @@ def serve(servicer: ScriptedController) -> tuple[grpc.Server, str]:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, f"127.0.0.1:{port}"
+
+
+def baked_sample(tmp_path: Path) -> tuple[Path, Path]:
+    """A small sample root and its bake output (``image.json`` + ``manifest.pb``)."""
+    source = tmp_path / "sample-root"
+    demo_support.write_sample_root(source, files=5)
+    out = tmp_path / "image"
+    build_artifact(
+        str(source), str(out), name="app", version="1", policy=Policy(),
+        owner=(os.getuid(), os.getgid()),
+    )  # fmt: skip
+    return source, out / "image.json"
