@@ -29,7 +29,8 @@ mirrored, every change rewrites the file, and the file is removed when the
 outbox empties. In the steady state (a header-only report queued and delivered
 at once) nothing is written: heartbeats cost no fsync. :meth:`Outbox.persist`
 writes whatever is queued (at SIGTERM). A failed write is logged and counted
-(through ``on_write_error``), never fatal: the reports stay in memory.
+(through ``on_write_error``), never fatal: the reports stay in memory, and the
+next change or failed delivery writes again.
 
 Not thread-safe: the runner uses it from one thread at a time.
 """
@@ -128,7 +129,7 @@ class Outbox:
 
     def keep(self) -> None:
         """A delivery failed: from now on, keep what is queued on disk too."""
-        if not self._mirrored and self._items and self._file is not None:
+        if (not self._mirrored or self._write_failing) and self._items and self._file:
             self._mirrored = True
             self._write()
 

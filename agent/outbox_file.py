@@ -39,6 +39,7 @@ FILE_NAME = "outbox.json"
 MAGIC = "corral-agent-outbox"
 VERSION = 1
 DAMAGED_SUFFIX = ".damaged-"
+_TEMPORARY_PREFIX = ".outbox."
 
 
 class DamagedOutboxError(ValueError):
@@ -246,7 +247,9 @@ class OutboxFile:
         """The persisted reports; a damaged file is set aside (one log line) and yields none.
 
         A file that exists but cannot be read is logged the same way and left in place.
+        Temporary files left by a write that was killed are removed.
         """
+        self._remove_temporaries()
         try:
             with open(self.path, "rb") as handle:
                 data = handle.read()
@@ -280,10 +283,20 @@ class OutboxFile:
                 self._on_damaged()
             return []
 
+    def _remove_temporaries(self) -> None:
+        try:
+            names = os.listdir(self._dir)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(_TEMPORARY_PREFIX):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self._dir, name))
+
     def save(self, reports: Sequence[PendingReport]) -> None:
         """Replace the file with ``reports`` atomically and durably. Raises OSError."""
         data = encode(reports)
-        fd, temporary = tempfile.mkstemp(prefix=".outbox.", dir=self._dir)
+        fd, temporary = tempfile.mkstemp(prefix=_TEMPORARY_PREFIX, dir=self._dir)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)

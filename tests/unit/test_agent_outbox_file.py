@@ -109,6 +109,14 @@ def test_an_unknown_enum_or_field_type_in_evidence_is_damaged() -> None:
         decode(data + body)
 
 
+def test_a_temporary_left_by_a_killed_write_is_removed_at_load(tmp_path: Path) -> None:
+    (tmp_path / ".outbox.k1ll3d").write_bytes(b"half a fi")
+    box = OutboxFile(str(tmp_path))
+    box.save(REPORTS)
+    assert box.load() == REPORTS
+    assert [p.name for p in tmp_path.iterdir()] == [FILE_NAME]
+
+
 def test_save_then_load_and_remove(tmp_path: Path) -> None:
     box = OutboxFile(str(tmp_path))
     box.save(REPORTS)
