@@ -57,7 +57,9 @@ _EXIT_CODES = """exit codes:
       INVALID_ARGUMENT); the log says why
   2   bad settings, identity or image
   69  --once: the controller stayed unreachable for every attempt
-      (a refused TLS handshake looks like this too)"""
+      (a refused TLS handshake looks like this too), or kept failing
+      (INTERNAL, UNKNOWN...); the report is kept in STATE_DIR/outbox.json
+      and delivered by the next run"""
 _FLAGS = (
     ("--controller", str, "HOST:PORT", "the controller's AgentService address"),
     ("--root", str, "DIR", "the root to watch (default /)"),
