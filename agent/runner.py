@@ -174,12 +174,8 @@ class Runner:
             self.outbox.persist()
             log.info(
                 "reports kept for the next start",
-                extra={"reports": len(self.outbox), "path": self.outbox_path},
+                extra={"reports": len(self.outbox), "path": self.outbox.path},
             )
-
-    @property
-    def outbox_path(self) -> str | None:
-        return self.outbox.path
 
     # -- scanning ---------------------------------------------------------------
 
