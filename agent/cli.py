@@ -38,6 +38,7 @@ from agent.identity import (
 from agent.logs import configure_logging
 from agent.metrics import AgentMetrics, new_registry, serve_metrics
 from agent.outbox import Outbox
+from agent.outbox_file import OutboxFile
 from agent.report import Footprint
 from agent.runner import Limits, Runner, Schedule, Subject
 from agent.scanjob import SubprocessScanner
@@ -56,7 +57,9 @@ _EXIT_CODES = """exit codes:
       INVALID_ARGUMENT); the log says why
   2   bad settings, identity or image
   69  --once: the controller stayed unreachable for every attempt
-      (a refused TLS handshake looks like this too)"""
+      (a refused TLS handshake looks like this too), or kept failing
+      (INTERNAL, UNKNOWN...); the report is kept in STATE_DIR/outbox.json
+      and delivered by the next run"""
 _FLAGS = (
     ("--controller", str, "HOST:PORT", "the controller's AgentService address"),
     ("--root", str, "DIR", "the root to watch (default /)"),
@@ -157,10 +160,22 @@ def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
     tls = None
     if config.tls_ca_file:
         tls = TlsFiles(config.tls_ca_file, config.tls_cert_file, config.tls_key_file)
+    # The retry cap is the report interval (at most 300 s): a recovered controller hears
+    # from every agent within one interval of coming back, well inside its staleness
+    # (three report intervals of listening time). gRPC's reconnect backoff is bounded too.
+    retry_cap = min(300.0, max(config.interval, 1.0))
     transport = GrpcTransport(
-        config.controller, deadline=config.deadline, agent_version=version, tls=tls
+        config.controller,
+        deadline=config.deadline,
+        agent_version=version,
+        reconnect_cap=retry_cap,
+        tls=tls,
     )
     process = psutil.Process()
+
+    def state_write_failed(_exc: OSError) -> None:
+        metrics.errors.labels(reason="state_write_failed").inc()
+
     return Runner(
         subject=Subject(
             instance_id=instance_id,
@@ -180,17 +195,18 @@ def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
         ),
         scanner=SubprocessScanner(cache_path=os.path.join(state_dir, "statcache")),
         transport=transport,
-        outbox=Outbox(capacity=config.outbox_capacity),
-        sequence=SequenceNumbers(
-            boot_id=boot_id,
-            state_dir=state_dir,
-            clock=time.time,
-            on_write_error=lambda _exc: metrics.errors.labels(reason="state_write_failed").inc(),
+        outbox=Outbox(
+            capacity=config.outbox_capacity,
+            file=OutboxFile(
+                state_dir,
+                on_damaged=lambda: metrics.errors.labels(reason="outbox_damaged").inc(),
+            ),
+            on_write_error=state_write_failed,
         ),
-        # Capped at twice the interval: below the controller's default staleness (three
-        # report intervals), so a recovered controller hears from every agent before it
-        # would call one silent.
-        backoff=Backoff(base=1.0, cap=min(300.0, max(config.interval, 1.0) * 2)),
+        sequence=SequenceNumbers(
+            boot_id=boot_id, state_dir=state_dir, clock=time.time, on_write_error=state_write_failed
+        ),
+        backoff=Backoff(base=1.0, cap=retry_cap),
         metrics=metrics,
         footprint=lambda: footprint_of(process),
     )

@@ -8,10 +8,12 @@ reports go out as soon as the controller is back rather than at the next scan.
 One worker means a retry never runs concurrently with a scan.
 
 SIGTERM and SIGINT stop the schedule, end a scan in progress (its child
-process is terminated; the stat cache file is only ever replaced atomically)
-and exit 0. Reports still buffered at that
-moment are not persisted: the next start scans afresh and reports the state
-then (the controller treats the gap as silence, never as drift).
+process is terminated; the stat cache file is only ever replaced atomically),
+cancel a delivery in flight (its report is kept), write every report still
+queued to the outbox file (:meth:`Runner.persist`) and exit 0. The next start
+delivers those reports first. A report whose delivery was cancelled may have
+reached the controller; resent with the same ``seq`` and root, it is taken as
+a duplicate.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def run_scheduled(
     finally:
         runner.stop()
         scheduler.shutdown(wait=True)
+        runner.persist()
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

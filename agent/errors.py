@@ -16,11 +16,15 @@ class PolicyError(AgentError):
 
 
 class RetryableError(AgentError):
-    """A failure worth retrying after ``delay`` seconds (e.g. the controller is down)."""
+    """A failure worth retrying after ``delay`` seconds (e.g. the controller is down).
 
-    def __init__(self, message: str, *, delay: float) -> None:
+    ``code`` names the gRPC status when the controller answered one.
+    """
+
+    def __init__(self, message: str, *, delay: float, code: str = "UNAVAILABLE") -> None:
         super().__init__(message)
         self.delay = delay
+        self.code = code
 
 
 class ReportRejectedError(AgentError):

@@ -14,7 +14,13 @@ from prometheus_client.process_collector import ProcessCollector
 
 REPORT_RESULTS = ("delivered", "buffered", "dropped", "rejected")
 SCAN_MODES = ("full", "incremental")
-ERROR_REASONS = ("scan_failed", "state_write_failed", "evidence_unavailable", "unexpected")
+ERROR_REASONS = (
+    "scan_failed",
+    "state_write_failed",
+    "evidence_unavailable",
+    "outbox_damaged",
+    "unexpected",
+)
 
 
 class AgentMetrics:
@@ -47,6 +53,12 @@ class AgentMetrics:
             "corral_agent_reports",
             "Reports by what became of them.",
             ["result"],
+            registry=registry,
+        )
+        self.report_failures = Counter(
+            "corral_agent_report_failures",
+            "Calls to the controller that did not deliver a report, by gRPC status code.",
+            ["code"],
             registry=registry,
         )
         self.report_duration = Histogram(

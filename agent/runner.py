@@ -10,10 +10,13 @@ the root with the baked baseline root:
   bounded (:func:`agent.report.bound_evidence`).
 
 Reports go through the :class:`~agent.outbox.Outbox` and are delivered oldest
-first; a retryable failure stops delivery and arms the backoff, the scheduler
-calls :meth:`Runner.flush` again when it has passed. A report the controller
-refused is dropped (logged, counted). When the controller answers a plain
-report with ``evidence_wanted``, a drift report for the same root follows.
+first; a retryable failure (see :mod:`agent.transport` for which codes are)
+keeps the report, on disk from then on (:meth:`Outbox.keep`), stops delivery
+and arms the backoff; the scheduler calls :meth:`Runner.flush` again when it
+has passed. A report the controller refused definitively is dropped (logged
+once, counted by code). Reports kept on disk by an earlier run are queued
+ahead of anything new when the runner is built. When the controller answers a
+plain report with ``evidence_wanted``, a drift report for the same root follows.
 The watched root is only ever read; the agent writes to its state dir only.
 """
 
@@ -37,6 +40,9 @@ from agent.scanjob import ScanOutcome, ScanRequest
 from agent.sequence import SequenceNumbers
 
 log = logging.getLogger(__name__)
+
+#: Retryable codes that mean the controller was not reached (or not in time).
+_UNREACHABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,19 @@ class Runner:
         if scanner.has_cache():
             # A cache kept from the last run is trusted: the full-rehash clock starts now.
             self._scans_since_full, self._last_full = 0, monotonic()
+        self._restore()
+
+    def _restore(self) -> None:
+        """Queue the reports an earlier run kept on disk (they go first)."""
+        for dropped in self.outbox.restore():
+            self._count_dropped(dropped)
+        if self.outbox:
+            drift = sum(1 for report in self.outbox.items() if report.is_drift)
+            log.info(
+                "delivering reports kept by the last run",
+                extra={"reports": len(self.outbox), "drift_reports": drift},
+            )
+        self._metrics.buffered_reports.set(len(self.outbox))
 
     def _wait(self, seconds: float) -> None:
         """Sleep, but wake at once when the agent is told to stop."""
@@ -139,10 +158,24 @@ class Runner:
         self._metrics.errors.labels(reason="unexpected").inc()
 
     def stop(self) -> None:
-        """Stop: abandon a scan in progress, deliver nothing more."""
+        """Stop: abandon a scan in progress, cancel a delivery in flight, deliver nothing more.
+
+        A cancelled delivery keeps its report; call :meth:`persist` once the
+        scheduler has stopped to write what is queued.
+        """
         self._stopping = True
         self._stop_event.set()
         self._scanner.stop()
+        self._transport.close()
+
+    def persist(self) -> None:
+        """Write every queued report to disk (at shutdown, after the last flush ended)."""
+        if self.outbox:
+            self.outbox.persist()
+            log.info(
+                "reports kept for the next start",
+                extra={"reports": len(self.outbox), "path": self.outbox.path},
+            )
 
     # -- scanning ---------------------------------------------------------------
 
@@ -236,12 +269,15 @@ class Runner:
         if self._backoff.failures:
             self._metrics.reports.labels(result="buffered").inc()  # the controller is away
         for dropped in self.outbox.push(report):
-            self._metrics.reports.labels(result="dropped").inc()
-            log.warning(
-                "outbox full: dropped a buffered report",
-                extra={"seq": dropped.header.seq, "drift": dropped.is_drift},
-            )
+            self._count_dropped(dropped)
         self._metrics.buffered_reports.set(len(self.outbox))
+
+    def _count_dropped(self, dropped: PendingReport) -> None:
+        self._metrics.reports.labels(result="dropped").inc()
+        log.warning(
+            "outbox full: dropped a buffered report",
+            extra={"seq": dropped.header.seq, "drift": dropped.is_drift},
+        )
 
     # -- delivery -----------------------------------------------------------------
 
@@ -257,20 +293,35 @@ class Runner:
                 delivery = self._transport.deliver(report)
             except RetryableError as exc:
                 self._metrics.report_duration.observe(self._monotonic() - started)
+                self._metrics.report_failures.labels(code=exc.code).inc()
+                self.outbox.keep()
                 delay = self._backoff.failure(at_least=exc.delay)
                 if self._backoff.failures == 1:  # these were queued while all seemed well
                     self._metrics.reports.labels(result="buffered").inc(len(self.outbox))
                 log.warning(
-                    "controller unreachable; reports buffered",
-                    extra={"error": str(exc), "retry_in": round(delay, 3)},
+                    "%s; reports kept for a retry",
+                    "controller unreachable"
+                    if exc.code in _UNREACHABLE
+                    else "controller failed the call",
+                    extra={
+                        "error": str(exc),
+                        "code": exc.code,
+                        "reports": len(self.outbox),
+                        "retry_in": round(delay, 3),
+                    },
                 )
                 return delay
             except ReportRejectedError as exc:
                 self._metrics.report_duration.observe(self._monotonic() - started)
+                self._metrics.report_failures.labels(code=exc.code).inc()
                 self.outbox.pop()
                 self.refused += 1
                 self._metrics.reports.labels(result="rejected").inc()
-                log.error("controller refused a report: %s", exc, extra={"code": exc.code})
+                log.error(
+                    "controller refused a report; dropped: %s",
+                    exc,
+                    extra={"code": exc.code, "seq": report.header.seq, "drift": report.is_drift},
+                )
                 continue
             self._metrics.report_duration.observe(self._monotonic() - started)
             self.outbox.pop()

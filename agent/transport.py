@@ -4,16 +4,44 @@ This is the only agent module that imports grpc or the ``agent_pb2`` messages.
 It converts the domain report (:mod:`agent.report`) to protobuf, calls the
 controller with a deadline on every call, lets the channel retry
 ``UNAVAILABLE`` (connection refused, server restarting) a few times on its
-own, and maps what still fails to the agent's errors:
+own, and maps what still fails to the agent's errors. The rule: a report is
+dropped only when the controller *judged that report* and refused it;
+anything that says the controller (or the path to it) could not judge it
+keeps the report.
 
-- ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``RESOURCE_EXHAUSTED``, ``ABORTED``,
-  ``CANCELLED`` → :class:`RetryableError` (keep the report, back off, retry;
-  a rate-limited call waits at least the ``retry-after-ms`` the controller
-  sent);
-- anything else (``INVALID_ARGUMENT``, ``FAILED_PRECONDITION`` for an undeclared
-  group or a stale ``seq``, ``ALREADY_EXISTS`` for a ``seq`` already used with a
-  different root, ...) → :class:`ReportRejectedError` with the status code name and the
-  controller's message (retrying the same report cannot help).
+Definitive refusals → :class:`ReportRejectedError` (dropped, counted, logged):
+
+- ``INVALID_ARGUMENT``, ``OUT_OF_RANGE``: the report is malformed or out of
+  range; the same bytes will be refused again;
+- ``FAILED_PRECONDITION``: an undeclared group, a stale ``seq``, a retired
+  instance: the controller's state rules this report out;
+- ``ALREADY_EXISTS``: the ``seq`` was already used with a different root;
+- ``PERMISSION_DENIED``: this caller may not report for this instance;
+- ``NOT_FOUND``: the controller does not know what the report refers to.
+
+Retryable → :class:`RetryableError` (kept, backed off, retried):
+
+- ``UNAVAILABLE`` (down, restarting, storage fault), ``DEADLINE_EXCEEDED``,
+  ``RESOURCE_EXHAUSTED`` (rate limited), ``ABORTED`` (a lost race),
+  ``CANCELLED`` (the agent is stopping);
+- ``UNKNOWN``, ``INTERNAL``, ``DATA_LOSS``: a controller fault, not a verdict
+  on the report;
+- ``UNIMPLEMENTED``: the address answers but does not serve ``AgentService``
+  (a controller being upgraded, a wrong port): nothing judged the report;
+- ``UNAUTHENTICATED``: the caller could not be identified (a client
+  certificate being rotated); after the operator fixes it and restarts the
+  agent, the kept reports are delivered.
+
+A retry waits at least the ``retry-after-ms`` trailer the controller sent
+(with any retryable code), up to :data:`MAX_RETRY_AFTER`.
+
+**Reconnecting.** gRPC's own reconnect backoff (by default up to 120 s) is
+bounded by ``reconnect_cap`` (the agent's retry cap), so after an outage the
+channel tries again at least as often as the agent does. And after a call
+failed with ``UNAVAILABLE`` or ``DEADLINE_EXCEEDED`` the next delivery opens
+a fresh channel, which connects at once instead of waiting for the old
+channel's backoff: an agent reports again at its first retry after the
+controller is back.
 
 Keepalive pings every 60 s while a call is open (the controller must allow
 ``grpc.http2.min_ping_interval_without_data_ms`` ≤ 60 000).
@@ -23,6 +51,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass
 
 import grpc
@@ -40,13 +69,23 @@ MAX_RETRY_AFTER = 3600.0
 MAX_SEND_BYTES = 4 << 20
 MAX_RECEIVE_BYTES = 1 << 20
 
-_RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.CANCELLED,
-}
+#: Codes that refuse the report itself: resending the same report cannot help.
+DEFINITIVE = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
+    }
+)
+#: After these, the next delivery opens a fresh channel (see the module docstring).
+_RECONNECT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+#: The first reconnect attempt after a connection is lost, in milliseconds.
+INITIAL_RECONNECT_MS = 1000
+#: The channel's longest reconnect backoff when the caller names none, in seconds.
+DEFAULT_RECONNECT_CAP = 60.0
 _KIND = {
     ChangeKind.ADDED: manifest_pb2.CHANGE_KIND_ADDED,
     ChangeKind.REMOVED: manifest_pb2.CHANGE_KIND_REMOVED,
@@ -110,9 +149,22 @@ def service_config(*, deadline: float) -> str:
     )
 
 
-def channel_options(*, deadline: float, agent_version: str) -> list[tuple[str, str | int]]:
+def is_definitive(code: grpc.StatusCode) -> bool:
+    """True when ``code`` refuses the report itself (drop it); False: keep and retry."""
+    return code in DEFINITIVE
+
+
+def channel_options(
+    *, deadline: float, agent_version: str, reconnect_cap: float
+) -> list[tuple[str, str | int]]:
+    """The channel's settings; its reconnect backoff never exceeds ``reconnect_cap`` seconds."""
+    cap_ms = max(1, int(reconnect_cap * 1000))
     return [
         ("grpc.enable_retries", 1),
+        ("grpc.initial_reconnect_backoff_ms", min(INITIAL_RECONNECT_MS, cap_ms)),
+        # Also the shortest time a connection attempt is given: at least the call deadline.
+        ("grpc.min_reconnect_backoff_ms", min(max(int(deadline * 1000), 1), cap_ms)),
+        ("grpc.max_reconnect_backoff_ms", cap_ms),
         ("grpc.service_config", service_config(deadline=deadline)),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
@@ -197,38 +249,73 @@ class GrpcTransport:
         *,
         deadline: float,
         agent_version: str,
+        reconnect_cap: float = DEFAULT_RECONNECT_CAP,
         tls: TlsFiles | None = None,
     ) -> None:
         self._deadline = deadline
-        options = channel_options(deadline=deadline, agent_version=agent_version)
-        if tls is None:
-            self._channel = grpc.insecure_channel(target, options=options)
-        else:
-            self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
-        self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        self._options = channel_options(
+            deadline=deadline, agent_version=agent_version, reconnect_cap=reconnect_cap
+        )
+        self._credentials = None if tls is None else tls.credentials()
         self._target = target
+        self._lock = threading.Lock()
+        self._closed = False
+        self._fresh_channel_due = False
+        self._channel, self._stub = self._open()
+
+    def _open(self) -> tuple[grpc.Channel, agent_pb2_grpc.AgentServiceStub]:
+        if self._credentials is None:
+            channel = grpc.insecure_channel(self._target, options=self._options)
+        else:
+            channel = grpc.secure_channel(self._target, self._credentials, options=self._options)
+        return channel, agent_pb2_grpc.AgentServiceStub(channel)
+
+    def _current_stub(self) -> agent_pb2_grpc.AgentServiceStub:
+        with self._lock:
+            if self._closed:
+                raise RetryableError(f"controller {self._target}: transport closed", delay=0.0)
+            if self._fresh_channel_due:
+                self._fresh_channel_due = False
+                old = self._channel
+                self._channel, self._stub = self._open()
+                old.close()
+            return self._stub
 
     def deliver(self, report: PendingReport) -> Delivery:
         """Send ``report``; see the module docstring for what each outcome raises."""
+        # Built before the call: a report that cannot be encoded is a bug, not an outage.
+        steady: agent_pb2.ReportRequest | None = None
+        with_evidence: agent_pb2.ReportDriftRequest | None = None
+        if report.evidence is None:
+            steady = report_request(report)
+        else:
+            with_evidence = drift_request(report)
+        stub = self._current_stub()
         try:
-            if report.evidence is None:
-                response = self._stub.Report(report_request(report), timeout=self._deadline)
-                return Delivery(
-                    state=_state(response.state), evidence_wanted=response.evidence_wanted
-                )
-            drift = self._stub.ReportDrift(drift_request(report), timeout=self._deadline)
-            return Delivery(state=_state(drift.state))
+            if with_evidence is not None:
+                drift = stub.ReportDrift(with_evidence, timeout=self._deadline)
+                return Delivery(state=_state(drift.state))
+            assert steady is not None
+            response = stub.Report(steady, timeout=self._deadline)
+            return Delivery(state=_state(response.state), evidence_wanted=response.evidence_wanted)
         except grpc.RpcError as exc:
             return self._failed(exc)
+        except ValueError as exc:  # the channel was closed under the call (stopping)
+            raise RetryableError(f"controller {self._target}: {exc}", delay=0.0) from None
 
     def _failed(self, exc: grpc.RpcError) -> Delivery:
         code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
         details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
         message = f"controller {self._target}: {code.name}: {details}"
-        if code in _RETRYABLE:
-            delay = retry_after(exc) if code is grpc.StatusCode.RESOURCE_EXHAUSTED else 0.0
-            raise RetryableError(message, delay=delay) from None
-        raise ReportRejectedError(message, code=code.name) from None
+        if is_definitive(code):
+            raise ReportRejectedError(message, code=code.name) from None
+        if code in _RECONNECT:
+            with self._lock:
+                self._fresh_channel_due = True
+        raise RetryableError(message, delay=retry_after(exc), code=code.name) from None
 
     def close(self) -> None:
-        self._channel.close()
+        """Close the channel; a call in flight ends with ``CANCELLED`` (kept, retryable)."""
+        with self._lock:
+            self._closed = True
+            self._channel.close()

@@ -298,11 +298,16 @@ def _free_port() -> int:
 
 def test_an_agent_started_before_its_controller_delivers_once_it_is_up(tmp_path: Path) -> None:
     port = _free_port()
-    agent = subprocess.Popen(
-        _agent_command(f"127.0.0.1:{port}", tmp_path), cwd=REPO, stderr=subprocess.PIPE
-    )
+    log = tmp_path / "agent.log"
+    with log.open("wb") as sink:
+        agent = subprocess.Popen(
+            _agent_command(f"127.0.0.1:{port}", tmp_path), cwd=REPO, stderr=sink
+        )
     try:
-        time.sleep(1.5)  # the agent scans and fails to deliver at least once
+        deadline = time.monotonic() + 30  # the agent scans and fails to deliver at least once
+        while b"controller unreachable" not in log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert b"controller unreachable" in log.read_bytes(), log.read_text()
         servicer = FakeAgentService()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
@@ -318,9 +323,8 @@ def test_an_agent_started_before_its_controller_delivers_once_it_is_up(tmp_path:
         assert servicer.reports[0].header.instance_id == "fedcba9876543210fedcba9876543210"
     finally:
         agent.send_signal(signal.SIGTERM)
-        _out, err = agent.communicate(timeout=20)
-    assert agent.returncode == 0, err.decode()
-    assert b"controller unreachable" in err
+        agent.wait(timeout=20)
+    assert agent.returncode == 0, log.read_text()
 
 
 def test_sigterm_stops_a_running_agent_cleanly(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ from agent.identity import read_image_json
 from agent.manifest import Manifest, digest_of
 from agent.metrics import AgentMetrics
 from agent.outbox import Outbox
+from agent.outbox_file import OutboxFile
 from agent.policy import Policy
 from agent.report import Delivery, Footprint, InstanceState, PendingReport
 from agent.runner import Limits, Runner, Schedule, Subject, full_rehash_due
@@ -82,14 +83,20 @@ class FakeTransport:
     def __init__(self) -> None:
         self.sent: list[PendingReport] = []
         self.down = False
+        self.failing_code = "UNAVAILABLE"
         self.evidence_wanted = False
         self.reject: set[int] = set()
         self.attempts = 0
+        self.closed = False
+        self.on_deliver: list[Any] = []
 
     def deliver(self, report: PendingReport) -> Delivery:
         self.attempts += 1
+        for hook in self.on_deliver:
+            hook(report)
         if self.down:
-            raise RetryableError("controller 127.0.0.1:1: UNAVAILABLE", delay=0.0)
+            code = self.failing_code
+            raise RetryableError(f"controller 127.0.0.1:1: {code}", delay=0.0, code=code)
         if report.header.seq in self.reject:
             raise ReportRejectedError("bad report", code="INVALID_ARGUMENT")
         self.sent.append(report)
@@ -99,7 +106,7 @@ class FakeTransport:
         )
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 class SpyScanner(InProcessScanner):
@@ -115,13 +122,15 @@ class SpyScanner(InProcessScanner):
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, **limits: int) -> None:
+    def __init__(self, tmp_path: Path, *, durable: bool = False, **limits: int) -> None:
         self.root = tmp_path / "root"
-        make_tree(self.root)
+        if not self.root.exists():
+            make_tree(self.root)
         image_json = bake(self.root, tmp_path / "image")
         self.image = read_image_json(str(image_json))
         self.state = tmp_path / "state"
-        self.state.mkdir()
+        self.state.mkdir(exist_ok=True)
+        self.outbox_file = OutboxFile(str(self.state)) if durable else None
         self.clock = FakeClock()
         self.transport = FakeTransport()
         self.registry = CollectorRegistry()
@@ -148,7 +157,7 @@ class Harness:
             limits=Limits(**limits),
             scanner=self.scanner,
             transport=self.transport,
-            outbox=Outbox(capacity=8),
+            outbox=Outbox(capacity=8, file=self.outbox_file),
             sequence=SequenceNumbers(
                 boot_id="8a7c0f64", state_dir=str(self.state), clock=self.clock.time
             ),
