@@ -4,5 +4,3 @@ The agent is an observer: it never writes to the root it watches. It owns the
 manifest format, which the controller imports; nothing here imports the
 controller.
 """
-
-__version__ = "0.1.0"

@@ -29,7 +29,6 @@ from agent.config import AgentConfig, ConfigError, load_config
 from agent.daemon import install_signal_handlers, run_scheduled
 from agent.errors import AgentError
 from agent.identity import (
-    agent_version,
     check_manifest_digest,
     read_boot_id,
     read_image_json,
@@ -44,6 +43,7 @@ from agent.runner import Limits, Runner, Schedule, Subject
 from agent.scanjob import SubprocessScanner
 from agent.sequence import SequenceNumbers
 from agent.transport import GrpcTransport, TlsFiles
+from agent.version import corral_version
 
 log = logging.getLogger("agent")
 
@@ -156,7 +156,7 @@ def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
     state = os.path.realpath(config.state_dir)
     relative = "/" + os.path.relpath(state, os.path.realpath(config.root))
     state_dir = _state_dir(config, image.policy.excludes(os.fsencode(relative)))
-    version = agent_version()
+    version = corral_version()
     tls = None
     if config.tls_ca_file:
         tls = TlsFiles(config.tls_ca_file, config.tls_cert_file, config.tls_key_file)
@@ -274,7 +274,7 @@ def run(config: AgentConfig) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "version":
-        print(f"corral-agent {agent_version()}")
+        print(f"corral-agent {corral_version()}")
         return 0
     configure_logging(level="INFO", context={})
     try:

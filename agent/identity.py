@@ -24,7 +24,6 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 from agent.errors import AgentError, PolicyError
@@ -51,13 +50,6 @@ class ImageIdentity:
     root: bytes
     entry_count: int
     policy: Policy
-
-
-def agent_version() -> str:
-    try:
-        return metadata.version("corral")
-    except metadata.PackageNotFoundError:
-        return "0.0.0+unknown"
 
 
 def check_instance_id(value: str) -> str:

@@ -1,4 +1,7 @@
-"""Structured logging for the agent: one JSON object per line unless on a terminal.
+"""Structured logging for every corral program: one JSON object per line unless on a terminal.
+
+The agent, the controller and the CLI share this one formatter (UTC, milliseconds,
+``Z``); the controller imports it from here, as it imports the manifest format.
 
 Every line names the instance, group and image it is about, so a fleet's logs
 can be searched by instance without parsing messages. On a TTY the same fields

@@ -3,5 +3,3 @@
 Decision logic is pure and lives apart from I/O; the gRPC service, the store, the
 providers and the scheduler sit at the edges.
 """
-
-__version__ = "0.1.0"

@@ -16,11 +16,12 @@ from prometheus_client import CollectorRegistry
 from controller.api.server import ControllerServer
 from controller.config import ControllerConfig
 from controller.domain.model import Group
+from controller.liveness import Liveness
 from controller.metrics import ControllerMetrics, FleetCollector
 from controller.ports import Clock, Store
 from controller.replacer import Leadership, Replacer, SoleController
 from controller.replacer_wiring import build_replacer
-from controller.scheduler import start_sweeps
+from controller.scheduler import start_background
 from controller.security.serving import security_from_config
 from controller.service import ControllerService
 from controller.store_wiring import open_store
@@ -38,20 +39,18 @@ class Controller:
     server: ControllerServer
     scheduler: AsyncIOScheduler | None
     replacer: Replacer | None = None
-    replacer_scheduler: AsyncIOScheduler | None = None
     leadership: Leadership | None = None
+    liveness: Liveness | None = None
 
     @property
     def port(self) -> int:
         return self.server.port
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Drain in-flight calls, stop the sweeps, flush and close the store."""
-        await self.server.stop(grace)
+        """Stop the background loops, drain in-flight calls, flush and close the store."""
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
-        if self.replacer_scheduler is not None:
-            self.replacer_scheduler.shutdown(wait=False)
+        await self.server.stop(grace)
         if self.replacer is not None:
             await self.replacer.stop()
         close = getattr(self.leadership, "close", None)
@@ -68,21 +67,27 @@ async def start_controller(
     store: Store | None = None,
     leadership: Leadership | None = None,
     sweeps: bool = True,
+    init: bool = False,
 ) -> Controller:
     """Open the store, declare config groups, start serving. Call on a running loop.
 
     ``leadership`` says whether this replica runs the replacement engine: by
     default the one that goes with the configured store (an injected ``store``
-    is led by this controller alone).
+    is led by this controller alone). ``init`` starts a fresh store where a
+    missing, empty or damaged one was found (see :func:`open_store`).
     """
     if store is None:
-        store, opened_leadership = open_store(config)
+        store, opened_leadership = open_store(config, init=init)
         leadership = leadership or opened_leadership
     leadership = leadership or SoleController()
     metrics = ControllerMetrics(registry)
     registry.register(FleetCollector(store, clock))
     service = ControllerService(
-        store, clock=clock, metrics=metrics, stale_after=config.effective_stale_after
+        store,
+        clock=clock,
+        metrics=metrics,
+        stale_after=config.effective_stale_after,
+        max_clock_skew=config.max_clock_skew,
     )
     for declared in config.groups:
         service.declare_group(
@@ -103,14 +108,20 @@ async def start_controller(
         security=security_from_config(config),
     )
     await server.start()
-    scheduler = start_sweeps(service, interval=config.sweep_interval) if sweeps else None
-    replacer = build_replacer(config, service, port=server.port) if sweeps else None
-    replacer_scheduler = None
-    if replacer is not None:
-        replacer.leadership = leadership
-        service.state_listener = replacer.nudge
-        replacer_scheduler = replacer.start()
+    scheduler = replacer = liveness = None
+    if sweeps:
+        replacer = build_replacer(config, service, port=server.port)
+        if replacer is not None:
+            replacer.leadership = leadership
+            service.state_listener = replacer.nudge
+        liveness = Liveness(metrics)
+        scheduler = start_background(
+            service,
+            liveness=liveness,
+            on_health=server.set_not_serving,
+            sweep_interval=config.sweep_interval,
+            flush_interval=config.flush_interval,
+            replacer=replacer,
+        )
     log.info("controller serving", extra={"listen": config.listen, "port": server.port})
-    return Controller(
-        config, store, service, server, scheduler, replacer, replacer_scheduler, leadership
-    )
+    return Controller(config, store, service, server, scheduler, replacer, leadership, liveness)

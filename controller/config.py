@@ -64,6 +64,9 @@ class ControllerConfig:
     stale_after: float = 0.0
     #: How often the staleness sweep runs (seconds).
     sweep_interval: float = 10.0
+    #: A report stamped further than this into the controller's future is refused
+    #: (INVALID_ARGUMENT, reason clock_skew), so one bad clock cannot wedge ordering.
+    max_clock_skew: float = 300.0
     #: Largest gRPC message accepted; bigger ones get RESOURCE_EXHAUSTED.
     max_message_bytes: int = 4 * MIB
     #: Largest manifest RegisterImage accepts (it arrives in chunks).

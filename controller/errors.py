@@ -36,6 +36,14 @@ class FailedPreconditionError(ControllerError):
     """The request is well formed but the current state refuses it (FAILED_PRECONDITION)."""
 
 
+class ConflictError(ControllerError):
+    """A compare-and-set write lost a race: the stored row changed since it was read (ABORTED).
+
+    Nothing was written. The caller reads again and decides again (a report), or
+    leaves the row to whoever changed it (a sweep).
+    """
+
+
 class PermissionDeniedError(ControllerError):
     """The caller may not do this (PERMISSION_DENIED)."""
 
@@ -50,3 +58,7 @@ class UnavailableError(ControllerError):
 
 class ConfigError(ControllerError):
     """The controller's configuration (file, environment or flags) is invalid."""
+
+
+class StoreRefusedError(ControllerError):
+    """The store is missing, empty, damaged or in use: refused at start, never served."""

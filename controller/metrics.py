@@ -11,12 +11,12 @@ code — never an instance id, a path or a digest.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from agent.version import corral_version
 from controller.domain.model import InstanceState
 from controller.domain.replacement import ACTIVE_PHASES
 from controller.ports import Clock, Store
@@ -33,7 +33,7 @@ class ControllerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         build = Gauge("corral_build_info", "corral build", ["version"], registry=registry)
-        build.labels(version=_version()).set(1)
+        build.labels(version=corral_version()).set(1)
         self.drift_detections = Counter(
             "corral_drift_detections_total",
             "Instances found drifted, by kind of drift",
@@ -84,6 +84,30 @@ class ControllerMetrics:
             "From the taint (or the rollout) to the replacement done",
             ["group"],
             buckets=REPLACEMENT_BUCKETS,
+            registry=registry,
+        )
+        self.write_conflicts = Counter(
+            "corral_store_write_conflicts_total",
+            "Compare-and-set writes that lost a race (nothing written; decided again or left)",
+            ["writer"],
+            registry=registry,
+        )
+        self.loop_up = Gauge(
+            "corral_background_loop_up",
+            "1 while a background loop runs on schedule, 0 when it died, failed or stalled",
+            ["loop"],
+            registry=registry,
+        )
+        self.loop_last_success = Gauge(
+            "corral_background_loop_last_success_timestamp_seconds",
+            "When a background loop last finished a run without an error",
+            ["loop"],
+            registry=registry,
+        )
+        self.loop_failures = Counter(
+            "corral_background_loop_failures_total",
+            "Runs of a background loop that raised (logged with the traceback)",
+            ["loop"],
             registry=registry,
         )
         self.replacement_errors = Counter(
@@ -175,13 +199,6 @@ def _age_histogram(ages: dict[str, list[float]]) -> HistogramMetricFamily:
         buckets.append(("+Inf", float(len(values))))
         family.add_metric([group], buckets, sum_value=sum(values))
     return family
-
-
-def _version() -> str:
-    try:
-        return metadata.version("corral")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def serve_metrics(registry: CollectorRegistry, listen: str) -> None:

@@ -36,6 +36,18 @@ class Store(Protocol):
     Reads never raise for a missing item (they return None); writes are atomic:
     a write that raises has changed nothing.
 
+    Every write of a group, an instance or a replacement is a compare-and-set on
+    the row's ``version``: the value written must carry the version it was read
+    at (0 for a row the writer believes new), the store writes it as version + 1
+    and returns what it stored. When the stored row changed since (another
+    replica, a sweep, a report), the write raises ConflictError and changes
+    nothing; nobody ever overwrites a row they did not read. On top of that, the
+    SQL stores refuse in the database itself any update that would take a
+    tainted, replacing or retired instance back.
+
+    Storage faults (disk full, I/O error, a locked or lost database) raise
+    UnavailableError: retry later, nothing was written.
+
     Every durable write takes ``audit``: the audit events describing it. They are
     appended to the store's audit log in the same transaction as the write, and
     only when the write changes something (an idempotent no-op appends nothing).
@@ -73,8 +85,11 @@ class Store(Protocol):
         """
         ...
 
-    def update_group(self, group: Group, *, audit: Sequence[Event] = ()) -> None:
-        """Replace the stored group of that name. Raises NotFoundError."""
+    def update_group(self, group: Group, *, audit: Sequence[Event] = ()) -> Group:
+        """Compare-and-set the stored group of that name; returns it as stored.
+
+        Raises NotFoundError, ConflictError.
+        """
         ...
 
     def get_group(self, name: str) -> Group | None: ...
@@ -91,8 +106,10 @@ class Store(Protocol):
 
     def save_instance(
         self, instance: Instance, *, durable: bool = True, audit: Sequence[Event] = ()
-    ) -> None:
-        """Create or replace the instance record; readers see it at once.
+    ) -> Instance:
+        """Create (``version`` 0) or compare-and-set the instance record; returns it as
+        stored. Readers see it at once. Raises ConflictError when the row changed since
+        ``instance`` was read (or exists, for a new one).
 
         With ``durable`` the record is on stable storage when this returns; without,
         it may be written behind (a steady-state heartbeat) and is on storage after
@@ -109,8 +126,13 @@ class Store(Protocol):
         """
         ...
 
-    def update_replacement(self, record: ReplacementRecord, *, audit: Sequence[Event] = ()) -> None:
-        """Durably replace the stored row with that id. Raises NotFoundError."""
+    def update_replacement(
+        self, record: ReplacementRecord, *, audit: Sequence[Event] = ()
+    ) -> ReplacementRecord:
+        """Durably compare-and-set the row with that id; returns it as stored.
+
+        Raises NotFoundError, ConflictError.
+        """
         ...
 
     def get_replacement(self, replacement_id: str) -> ReplacementRecord | None: ...

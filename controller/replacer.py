@@ -8,8 +8,9 @@ the actions in order through :class:`~controller.replacer_effects.Effects`
 until only waiting is left. Ticks run on the controller's event loop — every
 ``tick_seconds`` from an APScheduler job, and at once when a report or an
 operator changes an instance's state (:meth:`Replacer.nudge`) — so a tick never
-races a report for the same row. Provider calls run in a worker thread so a slow
-launch never stalls the reports.
+races a report for the same row. The job is the controller's scheduler's
+(:mod:`controller.scheduler`), supervised like every background loop. Provider
+calls run in a worker thread so a slow launch never stalls the reports.
 
 Planning reads a whole group, so a tick does not plan every group: only groups
 that were nudged, groups with a replacement in flight (whose grace periods and
@@ -30,8 +31,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
-
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from controller.domain.breaker import BreakerState
 from controller.domain.model import Group
@@ -112,22 +111,6 @@ class Replacer:
         self._holds: dict[str, str] = {}
         self._missing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-
-    def start(self) -> AsyncIOScheduler:
-        """Tick every ``tick_seconds`` on the running loop; ``shutdown()`` the result to stop."""
-        # The job runs every second or so: its "executed successfully" lines are noise.
-        logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
-        scheduler = AsyncIOScheduler()
-        scheduler.add_job(
-            self.tick,
-            "interval",
-            seconds=self.settings.tick_seconds,
-            id="replacer",
-            max_instances=1,
-            coalesce=True,
-        )
-        scheduler.start()
-        return scheduler
 
     async def stop(self) -> None:
         """Let a tick in progress finish, then release the providers."""

@@ -280,10 +280,9 @@ class Effects:
     def _update(self, row: ReplacementRecord, **changes: object) -> ReplacementRecord:
         updated = replace(row, **changes)  # type: ignore[arg-type]
         audit = trail.replacement_events(row, updated, at_ms=trail.ms(self.clock.now()))
-        self.store.update_replacement(updated, audit=audit)
-        return updated
+        return self.store.update_replacement(updated, audit=audit)
 
-    def _save(self, before: Instance | None, after: Instance, *, reason: str) -> None:
+    def _save(self, before: Instance | None, after: Instance, *, reason: str) -> Instance:
         """Store an instance change the engine made, with its audit events."""
         audit = trail.instance_events(
             before,
@@ -293,7 +292,7 @@ class Effects:
             source="controller",
             reason=reason,
         )
-        self.store.save_instance(after, audit=audit)
+        return self.store.save_instance(after, audit=audit)
 
     def _register(self, row: ReplacementRecord, instance_id: str) -> None:
         """Make the new instance known (pending), or mark an early reporter as a replacement."""

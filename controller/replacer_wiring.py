@@ -12,6 +12,7 @@ certificate (:mod:`controller.providers.agentcerts`).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from controller.config import ControllerConfig
@@ -97,6 +98,6 @@ def build_replacer(config: ControllerConfig, service: ControllerService, *, port
         settings=ReplacerSettings(
             tick_seconds=config.replacer_interval,
             sweep_seconds=config.replacer_sweep_interval,
-            engine=engine_settings(config),
+            engine=replace(engine_settings(config), listening_since=service.listening_since),
         ),
     )

@@ -12,6 +12,7 @@ heartbeat (not durable) builds no events at all.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -35,28 +36,39 @@ from controller.domain.model import (
 )
 from controller.domain.states import on_silence, transition
 from controller.errors import (
+    ConflictError,
     ControllerError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    UnavailableError,
 )
 from controller.manifests import ManifestCache
 from controller.metrics import ControllerMetrics
 from controller.ports import Clock, Store
 
 log = logging.getLogger("corral.controller")
+CONFLICT_RETRIES = 4
+"""How often a write that lost a compare-and-set race is decided again on the new row."""
 
 
 class ControllerService:
     """Reports in, decisions applied; images, groups and taints for operators."""
 
     def __init__(
-        self, store: Store, *, clock: Clock, metrics: ControllerMetrics, stale_after: float
+        self,
+        store: Store,
+        *,
+        clock: Clock,
+        metrics: ControllerMetrics,
+        stale_after: float,
+        max_clock_skew: float = 300.0,
     ) -> None:
         self.store = store
         self.clock = clock
         self.metrics = metrics
         self.stale_after = stale_after
+        self.max_clock_skew = max_clock_skew
         # Silence is counted from here at the earliest (see states.is_stale).
         self.listening_since = clock.now()
         self.manifests = ManifestCache(store)
@@ -73,10 +85,16 @@ class ControllerService:
     # Agent reports ------------------------------------------------------------
 
     def report(self, report: Report, evidence: Evidence | None = None) -> Decision:
-        """Take one agent report (with drift evidence, or None). Raises ControllerError."""
+        """Take one agent report (with drift evidence, or None). Raises ControllerError.
+
+        The decision is made on what is stored and written as a compare-and-set: if
+        another writer (a sweep, an operator, a replica) changed the instance in
+        between, the report is decided again on the new row, a few times at most,
+        then answered UNAVAILABLE so the agent retries it.
+        """
         started = time.perf_counter()
         try:
-            decision = self._report(report, evidence)
+            decision = self._decide_again_on_conflict(report, evidence)
         except ControllerError as exc:
             self.count_rejected(exc)
             log.info(
@@ -89,12 +107,32 @@ class ControllerService:
         self._observe_handling(time.perf_counter() - started)
         return decision
 
+    def _decide_again_on_conflict(self, report: Report, evidence: Evidence | None) -> Decision:
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                return self._report(report, evidence)
+            except ConflictError:
+                self.metrics.write_conflicts.labels(writer="report").inc()
+        raise UnavailableError(
+            f"instance {report.instance_id[:200]!r} is being changed by other writers; "
+            "retry the report",
+            reason="conflict",
+        )
+
     def count_rejected(self, error: ControllerError) -> None:
         """Count a refused report (also one refused before it reached the service)."""
         self._rejected.inc()
         self.metrics.reports_rejected.labels(reason=error.reason).inc()
 
     def _report(self, report: Report, evidence: Evidence | None) -> Decision:
+        now = self.clock.now()
+        ahead = report.scanned_at_ms / 1000 - now
+        if ahead > self.max_clock_skew:
+            raise InvalidArgumentError(
+                f"scanned_at_ms is {ahead:.0f} s ahead of the controller's clock (more than "
+                f"the {self.max_clock_skew:g} s allowed): fix the instance's clock (NTP)",
+                reason="clock_skew",
+            )
         store = self.store
         instance = store.get_instance(report.instance_id)
         group = store.get_group(report.group)
@@ -110,7 +148,7 @@ class ControllerService:
             desired=desired,
             running=running,
             report=report,
-            now=self.clock.now(),
+            now=now,
         )
         updated = decision.instance
         if evidence is not None and running is not None:
@@ -146,7 +184,8 @@ class ControllerService:
             self.metrics.evidence_rejected.labels(group=updated.group).inc()
             if stored is not None and not stored.suspicious:
                 flagged = mark_suspicious(stored)
-                self.store.save_instance(flagged, audit=self._agent_events(stored, flagged))
+                with contextlib.suppress(ConflictError):  # changed meanwhile: flag it next time
+                    self.store.save_instance(flagged, audit=self._agent_events(stored, flagged))
             log.warning("inconsistent drift evidence", extra=_fields(updated))
             raise
         return attach_evidence(updated, evidence, verified=verdict.verified)
@@ -235,6 +274,17 @@ class ControllerService:
 
     def taint(self, instance_id: str, *, reason: str, actor: str) -> Instance:
         """Taint an instance by hand. Idempotent for an instance already tainted."""
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                return self._taint(instance_id, reason=reason, actor=actor)
+            except ConflictError:
+                self.metrics.write_conflicts.labels(writer="operator").inc()
+        raise UnavailableError(
+            f"instance {instance_id[:200]!r} is being changed by other writers; retry",
+            reason="conflict",
+        )
+
+    def _taint(self, instance_id: str, *, reason: str, actor: str) -> Instance:
         instance = self.store.get_instance(instance_id)
         if instance is None:
             raise NotFoundError(f"no instance {instance_id!r} has reported")
@@ -249,12 +299,16 @@ class ControllerService:
             actor=trail.operator_actor(actor),
             source="operator",
         )
-        self.store.save_instance(updated, audit=audit)
-        self._count_taint(updated, new_taint, source="operator")
-        return updated
+        saved = self.store.save_instance(updated, audit=audit)
+        self._count_taint(saved, new_taint, source="operator")
+        return saved
 
     def sweep_stale(self) -> int:
-        """Mark instances silent for longer than ``stale_after`` as unknown; returns how many."""
+        """Mark instances silent for longer than ``stale_after`` as unknown; returns how many.
+
+        Each mark is a compare-and-set on the row the sweep read: an instance that
+        reported, was tainted or changed in any way since is left as it is.
+        """
         now = self.clock.now()
         marked = 0
         for instance in self.store.list_instances():
@@ -273,7 +327,11 @@ class ControllerService:
                     source="controller",
                     reason=f"no report for more than {self.stale_after:g} s",
                 )
-                self.store.save_instance(silent, audit=audit)
+                try:
+                    self.store.save_instance(silent, audit=audit)
+                except ConflictError:
+                    self.metrics.write_conflicts.labels(writer="sweep").inc()
+                    continue  # it changed since the sweep read it: its writer decided
                 log.warning("instance silent, now unknown", extra=_fields(silent))
                 marked += 1
         return marked
@@ -281,7 +339,8 @@ class ControllerService:
     def _resolve_group_digests(self, image: ImageRecord) -> None:
         for group in self.store.list_groups():
             if group.desired_image_ref == image.ref and not group.desired_image_digest:
-                self.store.update_group(replace(group, desired_image_digest=image.digest))
+                with contextlib.suppress(ConflictError):  # whoever changed it saw the image
+                    self.store.update_group(replace(group, desired_image_digest=image.digest))
 
     def _count_taint(self, instance: Instance, taint: Taint, *, source: str) -> None:
         self.metrics.taints.labels(group=instance.group, source=source).inc()

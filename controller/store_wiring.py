@@ -18,14 +18,17 @@ from controller.replacer import Leadership, SoleController
 from controller.store.sqlite import SqliteStore
 
 
-def open_store(config: ControllerConfig) -> tuple[Store, Leadership]:
+def open_store(config: ControllerConfig, *, init: bool = False) -> tuple[Store, Leadership]:
     """The configured store and who leads on it.
+
+    ``init`` starts a fresh SQLite store where the data dir holds a missing, empty
+    or damaged one (set aside, never deleted); see :mod:`controller.store.sqlite_open`.
 
     Raises ConfigError for PostgreSQL without a DSN or without psycopg, and
     ControllerError when the database cannot be reached (the DSN is never in it).
     """
     if config.store != "postgres":
-        store = SqliteStore(Path(config.data_dir), flush_interval=config.flush_interval)
+        store = SqliteStore(Path(config.data_dir), init=init)
         return store, SoleController()
     if not config.postgres_dsn:
         raise ConfigError(
@@ -38,4 +41,5 @@ def open_store(config: ControllerConfig) -> tuple[Store, Leadership]:
         raise ConfigError(
             f'store = "postgres" needs psycopg: pip install "corral[postgres]" ({error})'
         ) from None
-    return PostgresStore(config.postgres_dsn), PostgresLeadership(config.postgres_dsn)
+    leadership: Leadership = PostgresLeadership(config.postgres_dsn)
+    return PostgresStore(config.postgres_dsn), leadership

@@ -36,6 +36,7 @@ from controller.domain.model import (
 )
 from controller.errors import (
     AlreadyExistsError,
+    ConflictError,
     ControllerError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -54,6 +55,7 @@ STATUS_CODES: dict[type[ControllerError], grpc.StatusCode] = {
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    ConflictError: grpc.StatusCode.ABORTED,
     # The audit log: a bad event or export is the caller's; a checkpoint that is
     # not retained is a state refusal; any other audit failure is the store
     # being unreadable for now (retry).

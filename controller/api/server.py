@@ -74,6 +74,17 @@ class ControllerServer:
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
+    async def set_not_serving(self, services: set[str]) -> None:
+        """Health: NOT_SERVING for ``services`` ("" is the server as a whole), SERVING for
+        the rest (the controller's watchdog calls this when a background loop dies)."""
+        for name in ("", *SERVICES):
+            status = (
+                health_pb2.HealthCheckResponse.NOT_SERVING
+                if name in services
+                else health_pb2.HealthCheckResponse.SERVING
+            )
+            await self.health.set(name, status)
+
     async def stop(self, grace: float = 5.0) -> None:
         """Report NOT_SERVING, finish in-flight calls for up to ``grace`` seconds, stop."""
         await self.health.enter_graceful_shutdown()

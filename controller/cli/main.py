@@ -13,6 +13,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from agent.version import corral_version
+
 # Each command, and the module that adds it, in the order `corral --help` lists them.
 COMMANDS: dict[str, str] = {
     "bake": "controller.cli.bake",
@@ -27,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "demo": "controller.cli.demo",
     "audit": "controller.cli.audit",
     "certs": "controller.cli.certs",
+    "backup": "controller.cli.backup",
 }
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 
@@ -40,6 +43,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corral", description="Keep a fleet immutable: bake, verify, watch, replace."
     )
+    parser.add_argument("--version", action="version", version=f"corral {corral_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     module = COMMANDS.get(command or "")
     for name in (module,) if module else COMMAND_MODULES:

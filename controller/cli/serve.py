@@ -3,10 +3,16 @@
     corral-controller serve --listen HOST:PORT --data-dir DIR
                             [--metrics-listen HOST:PORT] [--config FILE]
                             [--tls-ca FILE --tls-cert FILE --tls-key FILE] [--insecure]
+                            [--init]
 
 Defaults: gRPC on 127.0.0.1:7070, metrics on 127.0.0.1:9470. On SIGTERM the
 health service reports NOT_SERVING, in-flight calls finish (5 s grace), pending
 heartbeats are flushed and the store is closed.
+
+The store is checked before it is trusted: a missing, empty or damaged SQLite
+database where the data dir held one, or a data dir another controller holds,
+is refused with one line and exit 1 (see docs/operations.md); ``--init`` starts
+a fresh store after moving the old files aside.
 
 A non-loopback ``--listen`` needs the three TLS files (client certificates are
 then required); without them the controller refuses to start (exit 2) unless
@@ -26,10 +32,11 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from agent.logs import configure_logging
+from agent.version import corral_version
 from controller.app import start_controller
 from controller.config import ControllerConfig, load_config
-from controller.errors import ControllerError
-from controller.logs import configure_logging
+from controller.errors import ControllerError, StoreRefusedError
 from controller.metrics import serve_metrics
 from controller.ports import SystemClock
 from controller.security.listen import check_listen
@@ -40,6 +47,9 @@ log = logging.getLogger("corral.controller")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="corral-controller", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--version", action="version", version=f"corral-controller {corral_version()}"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="serve agents and operators")
     serve.add_argument("--listen", help="gRPC address HOST:PORT (default 127.0.0.1:7070)")
@@ -52,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-ca", metavar="FILE", help="CA bundle clients' certificates chain to")
     serve.add_argument("--tls-cert", metavar="FILE", help="the controller's certificate chain")
     serve.add_argument("--tls-key", metavar="FILE", help="the controller's private key")
+    serve.add_argument(
+        "--init",
+        action="store_true",
+        help="start a fresh store where a missing, empty or damaged one was found "
+        "(its files are moved into DATA_DIR/damaged-<time>/, never deleted)",
+    )
     serve.add_argument(
         "--insecure",
         action="store_true",
@@ -87,18 +103,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ControllerError as exc:
         print(f"corral-controller: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level)
+    configure_logging(level=config.log_level, context={})
     try:
-        asyncio.run(serve(config, registry=REGISTRY))
+        asyncio.run(serve(config, registry=REGISTRY, init=args.init))
+    except StoreRefusedError as exc:
+        log.error("store refused: %s", exc)
+        return 1
     except (ControllerError, OSError) as exc:
         log.error("controller stopped: %s", exc)
         return 1
     return 0
 
 
-async def serve(config: ControllerConfig, *, registry: CollectorRegistry) -> None:
+async def serve(
+    config: ControllerConfig, *, registry: CollectorRegistry, init: bool = False
+) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
-    controller = await start_controller(config, clock=SystemClock(), registry=registry)
+    controller = await start_controller(config, clock=SystemClock(), registry=registry, init=init)
     if config.metrics_listen:
         serve_metrics(registry, config.metrics_listen)
     stopping = asyncio.Event()

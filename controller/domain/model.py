@@ -102,6 +102,8 @@ class Group:
     # Every image this group has desired before (rollout and rollback add to it): an
     # instance still running one of them is rolled, not tainted as image drift.
     past_images: tuple[str, ...] = ()
+    # The stored row's version (see Instance.version).
+    version: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,9 @@ class Instance:
     footprint: Footprint = field(default_factory=Footprint)
     # For a replacement instance: the id of the instance it replaces.
     replaces: str = ""
+    # The version of the stored row this value was read from (0: not stored yet).
+    # Every store write is a compare-and-set on it (see controller.ports.Store).
+    version: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,9 @@ class ReplacementSettings:
     """Default budget: this share of the group, rounded down, at least 1."""
     startup_grace_seconds: float = 600.0
     """How long a launched replacement has to report conformant."""
+    listening_since: float = 0.0
+    """When this controller started listening: the startup grace counts from here at
+    the earliest, so time the controller was down counts against no instance."""
     backoff_base_seconds: float = 30.0
     """Wait after the first failed attempt."""
     backoff_factor: float = 2.0
@@ -419,7 +422,8 @@ def _judge_new_instance(
         return _failed(r, "the new instance is itself tainted", now, settings)
     if new is not None and new.state is _S.RETIRED:
         return _failed(r, "the new instance disappeared before it conformed", now, settings)
-    started = r.launch_issued_at if r.launch_issued_at is not None else now
+    issued = r.launch_issued_at if r.launch_issued_at is not None else now
+    started = max(issued, settings.listening_since)
     if now - started >= settings.startup_grace_seconds:
         return _failed(
             r,

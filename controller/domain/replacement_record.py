@@ -9,7 +9,7 @@ replacement twice (a replayed start after a crash) finds the row already there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from controller.domain.replacement import LaunchLookup, ReplacementView
 from controller.domain.replacement_actions import Kind, Phase, Strategy
@@ -41,6 +41,8 @@ class ReplacementRecord:
     finished_at: float | None = None
     reason: str = ""
     """Why it failed, was abandoned or cancelled (for people)."""
+    version: int = field(default=0, compare=False)
+    """The stored row's version (compare-and-set, as for instances)."""
 
     @property
     def idempotency_key(self) -> str:

@@ -65,6 +65,10 @@ class LocalConfig:
     """Issue each agent a certificate for its instance (the controller requires mTLS)."""
 
 
+_GONE = ".gone-"
+"""Prefix of an instance directory renamed away by terminate, before it is deleted."""
+
+
 def _check_id(value: str, what: str) -> None:
     if not value or value.startswith(".") or not set(value) <= _ID_CHARS:
         raise PermanentProviderError(
@@ -110,6 +114,16 @@ class LocalProvider(Provider):
         self._instances = os.path.join(config.data_dir, "instances")
         os.makedirs(self._artifacts, exist_ok=True)
         os.makedirs(self._instances, exist_ok=True)
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Finish removals a kill interrupted: ``.gone-*`` trees were already renamed away
+        from their instance (terminated), only their deletion was cut short."""
+        for name in os.listdir(self._instances):
+            if name.startswith(_GONE):
+                path = os.path.join(self._instances, name)
+                log.info("removing %s left by an interrupted terminate", path)
+                _remove_tree(path)
 
     # -- artifacts -------------------------------------------------------------------------
 
@@ -334,7 +348,7 @@ class LocalProvider(Provider):
             stray = self._processes.find(marker)
             if stray is not None:
                 self._processes.stop(stray, marker, timeout=self._config.stop_timeout)
-            trash = os.path.join(self._instances, f".gone-{instance_id}-{uuid.uuid4().hex}")
+            trash = os.path.join(self._instances, f"{_GONE}{instance_id}-{uuid.uuid4().hex}")
             os.rename(self._dir(instance_id), trash)
         _remove_tree(trash)
 

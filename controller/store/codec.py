@@ -41,6 +41,7 @@ INSTANCE_COLUMNS = (
     "rss_bytes",
     "cpu_millis",
     "replaces",
+    "version",
 )
 
 
@@ -62,6 +63,7 @@ def instance_to_row(instance: Instance) -> tuple[Any, ...]:
         instance.footprint.rss_bytes,
         instance.footprint.cpu_millis,
         instance.replaces,
+        instance.version,
     )
 
 
@@ -83,6 +85,7 @@ def instance_from_row(row: tuple[Any, ...]) -> Instance:
         taint=taint_from_json(values["taint"]),
         footprint=Footprint(rss_bytes=values["rss_bytes"], cpu_millis=values["cpu_millis"]),
         replaces=values["replaces"],
+        version=int(values["version"]),
     )
 
 
@@ -169,7 +172,7 @@ IMAGE_COLUMNS = (
 GROUP_COLUMNS = (
     "name, desired_image_ref, desired_image_digest, mode, provider, "
     "max_concurrent_replacements, desired_size, breaker_open, image_history, generation, "
-    "breaker_opened_at, breaker_resumed_at, breaker_reason, past_images"
+    "breaker_opened_at, breaker_resumed_at, breaker_reason, past_images, version"
 )
 
 
@@ -220,12 +223,13 @@ def group_to_row(group: Group) -> tuple[object, ...]:
         group.breaker_resumed_at,
         group.breaker_reason,
         json.dumps(list(group.past_images)),
+        group.version,
     )
 
 
 def group_from_row(row: tuple[object, ...]) -> Group:
     name, ref, digest, mode, provider, budget, size, breaker, history = row[:9]
-    generation, opened_at, resumed_at, breaker_reason, past = row[9:]
+    generation, opened_at, resumed_at, breaker_reason, past, version = row[9:]
     return Group(
         name=str(name),
         desired_image_ref=str(ref),
@@ -241,4 +245,5 @@ def group_from_row(row: tuple[object, ...]) -> Group:
         breaker_resumed_at=None if resumed_at is None else float(resumed_at),  # type: ignore[arg-type]
         breaker_reason=str(breaker_reason),
         past_images=tuple(json.loads(str(past))),
+        version=int(version),  # type: ignore[call-overload]
     )

@@ -1,6 +1,7 @@
 """The in-memory store: the default for tests and a reference for the contract suite.
 
-Nothing survives the process; ``durable`` is meaningless here. Audit events go
+Nothing survives the process; ``durable`` is meaningless here. Every write is a
+compare-and-set on the row's version under the store's lock, as in the SQL stores. Audit events go
 to a :class:`~controller.audit.MemoryAuditLog`, appended all-or-none under the
 store's lock before the dicts change, so a write and its records happen together.
 """
@@ -9,13 +10,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 
 from controller.audit import AuditLog, Event, MemoryAuditLog
 from controller.domain.model import Group, ImageRecord, Instance
 from controller.domain.replacement_record import ReplacementRecord
 from controller.errors import NotFoundError
 from controller.store.cached import CachedReads
-from controller.store.rules import check_new_image, check_same_group
+from controller.store.rules import check_new_image, check_same_group, check_version
 
 
 class MemoryStore(CachedReads):
@@ -58,27 +60,30 @@ class MemoryStore(CachedReads):
             if existing is not None:
                 return check_same_group(group, existing)
             self._audit.append_all(audit)
-            self._groups[group.name] = group
+            self._groups[group.name] = replace(group, version=1)
             return True
 
-    def update_group(self, group: Group, *, audit: Sequence[Event] = ()) -> None:
+    def update_group(self, group: Group, *, audit: Sequence[Event] = ()) -> Group:
         with self._lock:
-            if group.name not in self._groups:
+            stored = self._groups.get(group.name)
+            if stored is None:
                 raise NotFoundError(f"group {group.name!r} is not declared")
+            version = check_version("group", group.name, stored, group.version)
             self._audit.append_all(audit)
-            self._groups[group.name] = group
+            saved = self._groups[group.name] = replace(group, version=version)
+            return saved
 
     def save_instance(
         self, instance: Instance, *, durable: bool = True, audit: Sequence[Event] = ()
-    ) -> None:
+    ) -> Instance:
         if instance.group not in self._groups:
             raise NotFoundError(f"group {instance.group!r} is not declared")
-        if not audit:  # the hot path: no lock, no audit work
-            self._instances[instance.id] = instance
-            return
         with self._lock:
+            stored = self._instances.get(instance.id)
+            version = check_version("instance", instance.id, stored, instance.version)
             self._audit.append_all(audit)
-            self._instances[instance.id] = instance
+            saved = self._instances[instance.id] = replace(instance, version=version)
+            return saved
 
     def add_replacement(self, record: ReplacementRecord, *, audit: Sequence[Event] = ()) -> bool:
         with self._lock:
@@ -87,15 +92,20 @@ class MemoryStore(CachedReads):
             if record.replacement_id in self._replacements:
                 return False
             self._audit.append_all(audit)
-            self._replacements[record.replacement_id] = record
+            self._replacements[record.replacement_id] = replace(record, version=1)
             return True
 
-    def update_replacement(self, record: ReplacementRecord, *, audit: Sequence[Event] = ()) -> None:
+    def update_replacement(
+        self, record: ReplacementRecord, *, audit: Sequence[Event] = ()
+    ) -> ReplacementRecord:
         with self._lock:
-            if record.replacement_id not in self._replacements:
+            stored = self._replacements.get(record.replacement_id)
+            if stored is None:
                 raise NotFoundError(f"no replacement {record.replacement_id!r} is recorded")
+            version = check_version("replacement", record.replacement_id, stored, record.version)
             self._audit.append_all(audit)
-            self._replacements[record.replacement_id] = record
+            saved = self._replacements[record.replacement_id] = replace(record, version=version)
+            return saved
 
     def audit_log(self) -> AuditLog:
         return self._audit

@@ -12,9 +12,14 @@ written at once in a transaction with ``synchronous_commit = off``, which
 returns without waiting for the WAL flush. Every replica sees them at once; a
 server crash loses at most the last few hundred milliseconds of heartbeats,
 never a state change. :meth:`PostgresStore.flush` commits one synchronous
-transaction, which flushes the WAL (and so every heartbeat before it). A
-heartbeat only applies while the stored state is the one it was computed from,
-so it never overwrites a state change another replica committed meanwhile.
+transaction, which flushes the WAL (and so every heartbeat before it).
+
+Every write of a row, heartbeats included, is ``UPDATE … WHERE key = ? AND
+version = ?`` (or an insert that does nothing when the row exists): a writer
+whose read is stale — a replica's staleness sweep that read an instance just
+before another replica tainted it — changes nothing and gets ConflictError. A
+trigger refuses, in the database itself, any update that would take a tainted,
+replacing or retired instance back.
 
 Every durable write and its audit events commit in one transaction
 (:func:`controller.audit.postgres.append_in` locks the audit head row, so
@@ -35,6 +40,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -69,19 +75,23 @@ from controller.store.replacement_rows import (
     replacement_to_row,
     update_params,
 )
-from controller.store.rules import check_new_image, check_same_group
+from controller.store.rules import check_new_image, check_same_group, check_version
 from controller.store.schema import (
     CREATE_MIGRATIONS_TABLE,
+    INSERT_GROUP,
+    INSERT_INSTANCE,
+    POSTGRES_GUARDS,
     RECORD_MIGRATION,
     UPDATE_GROUP,
-    UPSERT_INSTANCE,
+    UPDATE_INSTANCE,
+    cas_params,
     migrations,
 )
 
 log = logging.getLogger(__name__)
 Connection = psycopg.Connection[tuple[Any, ...]]
 
-MIGRATIONS = migrations(binary="BYTEA", taint="JSONB")
+MIGRATIONS = migrations(binary="BYTEA", taint="JSONB", guards=POSTGRES_GUARDS)
 
 
 def _pg(statement: str) -> str:
@@ -92,9 +102,9 @@ def _pg(statement: str) -> str:
 _SELECT_INSTANCES = "SELECT " + ", ".join(
     "taint::text" if c == "taint" else c for c in INSTANCE_COLUMNS
 )
-_UPSERT_INSTANCE = _pg(UPSERT_INSTANCE)
-# A heartbeat keeps the state it was decided on: if another replica changed it, skip.
-_HEARTBEAT = _UPSERT_INSTANCE + " WHERE instances.state = excluded.state"
+_INSERT_INSTANCE = _pg(INSERT_INSTANCE) + " RETURNING id"
+_UPDATE_INSTANCE = _pg(UPDATE_INSTANCE)
+_INSERT_GROUP = _pg(INSERT_GROUP) + " RETURNING name"
 _UPDATE_GROUP = _pg(UPDATE_GROUP)
 _SELECT_REPLACEMENTS = f"SELECT {', '.join(REPLACEMENT_COLUMNS)} FROM replacements"
 
@@ -166,11 +176,7 @@ class PostgresStore:
 
     def add_group(self, group: Group, *, audit: Sequence[Event] = ()) -> bool:
         with self._transaction() as db:
-            created = db.execute(
-                f"INSERT INTO groups ({GROUP_COLUMNS}) VALUES ({_marks(14)}) "
-                "ON CONFLICT (name) DO NOTHING RETURNING name",
-                group_to_row(group),
-            ).fetchone()
+            created = db.execute(_INSERT_GROUP, group_to_row(replace(group, version=1))).fetchone()
             if created is None:
                 row = db.execute(
                     f"SELECT {GROUP_COLUMNS} FROM groups WHERE name = %s", (group.name,)
@@ -180,12 +186,18 @@ class PostgresStore:
             _append(db, audit)
         return True
 
-    def update_group(self, group: Group, *, audit: Sequence[Event] = ()) -> None:
-        row = group_to_row(group)
+    def update_group(self, group: Group, *, audit: Sequence[Event] = ()) -> Group:
+        saved = replace(group, version=group.version + 1)
         with self._transaction() as db:
-            if db.execute(_UPDATE_GROUP, (*row[1:], row[0])).rowcount == 0:
-                raise NotFoundError(f"group {group.name!r} is not declared")
-            _append(db, audit)
+            if db.execute(_UPDATE_GROUP, cas_params(group_to_row(saved), group.version)).rowcount:
+                _append(db, audit)
+                return saved
+            stored = db.execute("SELECT version FROM groups WHERE name = %s", (group.name,))
+            row = stored.fetchone()
+        if row is None:
+            raise NotFoundError(f"group {group.name!r} is not declared")
+        check_version("group", group.name, _Row(int(row[0])), group.version)
+        raise AssertionError("unreachable: the versions differ")
 
     def get_group(self, name: str) -> Group | None:
         rows = self._query(f"SELECT {GROUP_COLUMNS} FROM groups WHERE name = %s", (name,))
@@ -212,18 +224,34 @@ class PostgresStore:
 
     def save_instance(
         self, instance: Instance, *, durable: bool = True, audit: Sequence[Event] = ()
-    ) -> None:
-        heartbeat = not durable and not audit
+    ) -> Instance:
+        saved = replace(instance, version=instance.version + 1)
+        row = instance_to_row(saved)
+        found = None
         with self._transaction() as db:
-            if heartbeat:
+            if not durable and not audit:
                 db.execute("SET LOCAL synchronous_commit = off")
             try:
-                db.execute(_HEARTBEAT if heartbeat else _UPSERT_INSTANCE, instance_to_row(instance))
+                if instance.version == 0:
+                    written = db.execute(_INSERT_INSTANCE, row).fetchone() is not None
+                else:
+                    written = (
+                        db.execute(_UPDATE_INSTANCE, cas_params(row, instance.version)).rowcount > 0
+                    )
             except errors.ForeignKeyViolation:
                 raise NotFoundError(f"group {instance.group!r} is not declared") from None
-            _append(db, audit)
-        if heartbeat:
-            self._heartbeats_pending = True
+            if written:
+                _append(db, audit)
+            else:
+                stored = db.execute("SELECT version FROM instances WHERE id = %s", (instance.id,))
+                found = stored.fetchone()
+        if written:
+            if not durable and not audit:
+                self._heartbeats_pending = True
+            return saved
+        current = None if found is None else _Row(int(found[0]))
+        check_version("instance", instance.id, current, instance.version)
+        raise AssertionError("unreachable: the versions differ")
 
     # Replacements (always durable: they are written before any provider call) ------
 
@@ -231,7 +259,8 @@ class PostgresStore:
         with self._transaction() as db:
             try:
                 created = db.execute(
-                    _pg(INSERT_REPLACEMENT) + " RETURNING id", replacement_to_row(record)
+                    _pg(INSERT_REPLACEMENT) + " RETURNING id",
+                    replacement_to_row(replace(record, version=1)),
                 ).fetchone()
             except errors.ForeignKeyViolation:
                 raise NotFoundError(f"group {record.group!r} is not declared") from None
@@ -240,11 +269,20 @@ class PostgresStore:
             _append(db, audit)
         return True
 
-    def update_replacement(self, record: ReplacementRecord, *, audit: Sequence[Event] = ()) -> None:
+    def update_replacement(
+        self, record: ReplacementRecord, *, audit: Sequence[Event] = ()
+    ) -> ReplacementRecord:
         with self._transaction() as db:
-            if db.execute(_pg(UPDATE_REPLACEMENT), update_params(record)).rowcount == 0:
-                raise NotFoundError(f"no replacement {record.replacement_id!r} is recorded")
-            _append(db, audit)
+            if db.execute(_pg(UPDATE_REPLACEMENT), update_params(record)).rowcount:
+                _append(db, audit)
+                return replace(record, version=record.version + 1)
+            found = db.execute(
+                "SELECT version FROM replacements WHERE id = %s", (record.replacement_id,)
+            ).fetchone()
+        if found is None:
+            raise NotFoundError(f"no replacement {record.replacement_id!r} is recorded")
+        check_version("replacement", record.replacement_id, _Row(int(found[0])), record.version)
+        raise AssertionError("unreachable: the versions differ")
 
     def get_replacement(self, replacement_id: str) -> ReplacementRecord | None:
         rows = self._query(f"{_SELECT_REPLACEMENTS} WHERE id = %s", (replacement_id,))
@@ -349,6 +387,13 @@ def _append(db: Connection, audit: Sequence[Event]) -> None:
     """Append ``audit`` inside the open transaction (rolled back with it)."""
     for event in audit:
         append_in(db, event)
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A stored row's version, for :func:`check_version`'s message."""
+
+    version: int
 
 
 def _marks(count: int) -> str:

@@ -8,6 +8,7 @@ harmless.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from controller.domain.replacement_actions import Kind, Phase, Strategy
@@ -60,6 +61,7 @@ REPLACEMENT_COLUMNS = (
     "retry_at",
     "finished_at",
     "reason",
+    "version",
 )
 
 INSERT_REPLACEMENT = (
@@ -69,8 +71,9 @@ INSERT_REPLACEMENT = (
 UPDATE_REPLACEMENT = (
     "UPDATE replacements SET "
     + ", ".join(f"{c} = ?" for c in REPLACEMENT_COLUMNS[1:])
-    + " WHERE id = ?"
+    + " WHERE id = ? AND version = ?"
 )
+"""A compare-and-set: every column (the new version last), then the id and the version read."""
 SELECT_REPLACEMENTS = (
     f"SELECT {', '.join(REPLACEMENT_COLUMNS)} FROM replacements ORDER BY recorded_at, id"
 )
@@ -95,13 +98,14 @@ def replacement_to_row(record: ReplacementRecord) -> tuple[Any, ...]:
         record.retry_at,
         record.finished_at,
         record.reason,
+        record.version,
     )
 
 
 def update_params(record: ReplacementRecord) -> tuple[Any, ...]:
-    """Parameters of :data:`UPDATE_REPLACEMENT` (the columns, then the id)."""
-    row = replacement_to_row(record)
-    return (*row[1:], row[0])
+    """Parameters of :data:`UPDATE_REPLACEMENT` for ``record`` as read (its ``version``)."""
+    row = replacement_to_row(replace(record, version=record.version + 1))
+    return (*row[1:], row[0], record.version)
 
 
 def replacement_from_row(row: tuple[Any, ...]) -> ReplacementRecord:
@@ -124,4 +128,5 @@ def replacement_from_row(row: tuple[Any, ...]) -> ReplacementRecord:
         retry_at=v["retry_at"],
         finished_at=v["finished_at"],
         reason=str(v["reason"]),
+        version=int(v["version"]),
     )

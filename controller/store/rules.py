@@ -1,15 +1,18 @@
 """The registry and group rules every store applies the same way, written once.
 
 A registered image is immutable (its reference and digest never point at
-another manifest) and creating a group twice is idempotent only when nothing
-differs. The in-memory, SQLite and PostgreSQL stores call these functions, so
-the rules and their errors read the same everywhere.
+another manifest), creating a group twice is idempotent only when nothing
+differs, and every write of a row is a compare-and-set on its version. The
+in-memory, SQLite and PostgreSQL stores call these functions, so the rules and
+their errors read the same everywhere.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from controller.domain.model import Group, ImageRecord
-from controller.errors import AlreadyExistsError
+from controller.errors import AlreadyExistsError, ConflictError
 
 
 def check_new_image(
@@ -29,10 +32,32 @@ def check_new_image(
 
 def check_same_group(group: Group, existing: Group) -> bool:
     """False when ``group`` equals ``existing`` (idempotent create); raises AlreadyExistsError."""
-    if existing != group:
+    if existing != group:  # the row version is not part of a value's equality
         raise AlreadyExistsError(
             f"group {group.name!r} already exists with image {existing.desired_image_ref} "
             f"and mode {existing.mode.value}",
             reason="group_conflict",
         )
     return False
+
+
+class Versioned(Protocol):
+    @property
+    def version(self) -> int: ...
+
+
+def check_version(kind: str, key: str, stored: Versioned | None, expected: int) -> int:
+    """The version a compare-and-set write stores: ``expected + 1``.
+
+    ``stored`` is the stored row (None when there is none), ``expected`` the version
+    the writer read (0 for a row it believes new). Raises ConflictError when they
+    differ: someone else wrote the row since, so nothing may be written.
+    """
+    current = 0 if stored is None else stored.version
+    if current != expected:
+        raise ConflictError(
+            f"{kind} {key[:200]!r} changed since it was read (stored version "
+            f"{current}, read {expected}); nothing was written",
+            reason="conflict",
+        )
+    return expected + 1

@@ -38,18 +38,20 @@ PostgreSQL adapter can share the schema and :mod:`controller.store.codec`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from controller.audit import AuditLog, Event, SqliteAuditLog, append_in, install_schema
 from controller.domain.model import Group, ImageRecord, Instance
 from controller.domain.replacement_record import ReplacementRecord
-from controller.errors import ControllerError, NotFoundError
+from controller.errors import ControllerError, NotFoundError, UnavailableError
 from controller.store.cached import CachedReads
 from controller.store.codec import (
     GROUP_COLUMNS,
@@ -70,35 +72,60 @@ from controller.store.replacement_rows import (
     replacement_to_row,
     update_params,
 )
-from controller.store.rules import check_new_image, check_same_group
+from controller.store.rules import check_new_image, check_same_group, check_version
 from controller.store.schema import (
     CREATE_MIGRATIONS_TABLE,
+    INSERT_GROUP,
     RECORD_MIGRATION,
+    SQLITE_GUARDS,
     UPDATE_GROUP,
     UPSERT_INSTANCE,
+    cas_params,
     migrations,
 )
+from controller.store.sqlite_faults import is_storage_fault, storage_error, storage_faults
+from controller.store.sqlite_open import claim
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS = migrations(binary="BLOB", taint="TEXT")
+MIGRATIONS = migrations(binary="BLOB", taint="TEXT", guards=SQLITE_GUARDS)
 
 
 class SqliteStore(CachedReads):
     """:class:`controller.ports.Store` on one SQLite file in ``data_dir``."""
 
-    def __init__(self, data_dir: Path, *, flush_interval: float = 1.0) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.path = data_dir / "corral.db"
+    def __init__(self, data_dir: Path, *, init: bool = False) -> None:
+        self._data_dir = claim(data_dir, init=init)
+        self.path = self._data_dir.db_path
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self._db.execute("PRAGMA busy_timeout = 5000")
-        migrate(self._db)
-        install_schema(self._db)
+        try:
+            fresh = not self.path.exists()
+            with storage_faults():
+                self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = FULL")
+                self._db.execute("PRAGMA foreign_keys = ON")
+                self._db.execute("PRAGMA busy_timeout = 5000")
+                migrate(self._db)
+                install_schema(self._db)
+                if fresh:  # the schema in the main file, so a lost log cannot unmake it
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._load()
+            self._data_dir.mark(clean=False)
+        except BaseException:
+            self._data_dir.release()
+            raise
         self._audit_reader: SqliteAuditLog | None = None
+        # Instances saved behind since their last durable write: True when a field
+        # besides the heartbeat columns changed too (the whole row is upserted).
+        self._dirty: dict[str, bool] = {}
+        # _lock serialises SQL; _cache_lock guards the dicts and is held briefly, except
+        # across a durable save (rare), so a heartbeat never waits for a flush.
+        self._cache_lock = threading.Lock()
+        self._closed = False
+
+    def _load(self) -> None:
+        """Every record into memory (the store's authority from now on)."""
         images = [image_from_row(r) for r in self._db.execute(_select_images())]
         self._images_by_ref = {i.ref: i for i in images}
         self._images_by_digest = {i.digest: i for i in images}
@@ -114,17 +141,6 @@ class SqliteStore(CachedReads):
             r.replacement_id: r
             for r in map(replacement_from_row, self._db.execute(SELECT_REPLACEMENTS))
         }
-        # Instances saved behind since their last durable write: True when a field
-        # besides the heartbeat columns changed too (the whole row is upserted).
-        self._dirty: dict[str, bool] = {}
-        # _lock serialises SQL; _cache_lock guards the dicts only and is held briefly,
-        # so a heartbeat never waits for a flush or a durable commit in progress.
-        self._cache_lock = threading.Lock()
-        self._closed = threading.Event()
-        self._flusher = threading.Thread(
-            target=self._flush_loop, args=(flush_interval,), name="corral-store-flush", daemon=True
-        )
-        self._flusher.start()
 
     # Images -------------------------------------------------------------------
 
@@ -152,7 +168,7 @@ class SqliteStore(CachedReads):
             return True
 
     def get_manifest(self, manifest_digest: str) -> bytes:
-        with self._lock:
+        with self._lock, storage_faults():
             row = self._db.execute(
                 "SELECT body FROM manifests WHERE digest = ?", (manifest_digest,)
             ).fetchone()
@@ -167,47 +183,60 @@ class SqliteStore(CachedReads):
             existing = self._groups.get(group.name)
             if existing is not None:
                 return check_same_group(group, existing)
+            created = replace(group, version=1)
             with self._transaction():
-                self._db.execute(
-                    f"INSERT INTO groups ({GROUP_COLUMNS}) "
-                    f"VALUES ({', '.join('?' for _ in group_to_row(group))})",
-                    group_to_row(group),
-                )
+                self._db.execute(INSERT_GROUP, group_to_row(created))
                 self._append(audit)
-            self._groups[group.name] = group
+            self._groups[group.name] = created
             return True
 
-    def update_group(self, group: Group, *, audit: Sequence[Event] = ()) -> None:
+    def update_group(self, group: Group, *, audit: Sequence[Event] = ()) -> Group:
         with self._lock:
-            if group.name not in self._groups:
+            stored = self._groups.get(group.name)
+            if stored is None:
                 raise NotFoundError(f"group {group.name!r} is not declared")
-            row = group_to_row(group)
+            saved = replace(
+                group, version=check_version("group", group.name, stored, group.version)
+            )
             with self._transaction():
-                self._db.execute(UPDATE_GROUP, (*row[1:], row[0]))
+                self._db.execute(UPDATE_GROUP, cas_params(group_to_row(saved), group.version))
                 self._append(audit)
-            self._groups[group.name] = group
+            self._groups[group.name] = saved
+            return saved
 
     # Instances ----------------------------------------------------------------
 
     def save_instance(
         self, instance: Instance, *, durable: bool = True, audit: Sequence[Event] = ()
-    ) -> None:
+    ) -> Instance:
+        # The rows in memory are the store's authority (one controller owns the
+        # file: see DataDirLock), so the compare-and-set is against them; the SQL
+        # write that follows is a plain upsert of the row they hold.
         if instance.group not in self._groups:
             raise NotFoundError(f"group {instance.group!r} is not declared")
         if durable or audit:
-            with self._lock:
+            # Heartbeats wait for this commit (they take the cache lock): durable
+            # saves are rare, and a heartbeat in between would change the version.
+            with self._lock, self._cache_lock:
+                before = self._instances.get(instance.id)
+                saved = replace(
+                    instance,
+                    version=check_version("instance", instance.id, before, instance.version),
+                )
                 with self._transaction():
-                    self._db.execute(UPSERT_INSTANCE, instance_to_row(instance))
+                    self._db.execute(UPSERT_INSTANCE, instance_to_row(saved))
                     self._append(audit)
-                with self._cache_lock:
-                    self._dirty.pop(instance.id, None)
-                    self._instances[instance.id] = instance
-            return
+                self._dirty.pop(instance.id, None)
+                self._instances[instance.id] = saved
+            return saved
         # Hot path: no SQL and no wait on a flush in progress.
         with self._cache_lock:
-            whole = _heartbeat_change(self._instances.get(instance.id), instance)
+            before = self._instances.get(instance.id)
+            version = check_version("instance", instance.id, before, instance.version)
+            whole = _heartbeat_change(before, instance)
             self._dirty[instance.id] = whole or self._dirty.get(instance.id, False)
-            self._instances[instance.id] = instance
+            saved = self._instances[instance.id] = replace(instance, version=version)
+        return saved
 
     # Replacements (always durable: they are written before any provider call) ------
 
@@ -217,20 +246,29 @@ class SqliteStore(CachedReads):
                 raise NotFoundError(f"group {record.group!r} is not declared")
             if record.replacement_id in self._replacements:
                 return False
+            created = replace(record, version=1)
             with self._transaction():
-                self._db.execute(INSERT_REPLACEMENT, replacement_to_row(record))
+                self._db.execute(INSERT_REPLACEMENT, replacement_to_row(created))
                 self._append(audit)
-            self._replacements[record.replacement_id] = record
+            self._replacements[record.replacement_id] = created
             return True
 
-    def update_replacement(self, record: ReplacementRecord, *, audit: Sequence[Event] = ()) -> None:
+    def update_replacement(
+        self, record: ReplacementRecord, *, audit: Sequence[Event] = ()
+    ) -> ReplacementRecord:
         with self._lock:
-            if record.replacement_id not in self._replacements:
+            stored = self._replacements.get(record.replacement_id)
+            if stored is None:
                 raise NotFoundError(f"no replacement {record.replacement_id!r} is recorded")
+            saved = replace(
+                record,
+                version=check_version("replacement", record.replacement_id, stored, record.version),
+            )
             with self._transaction():
                 self._db.execute(UPDATE_REPLACEMENT, update_params(record))
                 self._append(audit)
-            self._replacements[record.replacement_id] = record
+            self._replacements[record.replacement_id] = saved
+            return saved
 
     def audit_log(self) -> AuditLog:
         """A read-only view on its own connection (opened on first use)."""
@@ -261,15 +299,21 @@ class SqliteStore(CachedReads):
                 raise
 
     def close(self) -> None:
-        if self._closed.is_set():
+        """Flush, checkpoint the log into the main file, mark the stop clean, unlock."""
+        if self._closed:
             return
-        self._closed.set()
-        self._flusher.join()
-        with self._lock:
-            self.flush()
-            if self._audit_reader is not None:
-                self._audit_reader.close()
-            self._db.close()
+        self._closed = True
+        try:
+            with self._lock:
+                if self._audit_reader is not None:
+                    self._audit_reader.close()
+                self.flush()
+                with storage_faults():
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._data_dir.mark(clean=True)
+                self._db.close()
+        finally:
+            self._data_dir.release()
 
     # Internals ----------------------------------------------------------------
 
@@ -281,25 +325,38 @@ class SqliteStore(CachedReads):
         for event in audit:
             append_in(self._db, event)
 
-    def _flush_loop(self, interval: float) -> None:
-        while not self._closed.wait(interval):
-            try:
-                self.flush()
-            except (sqlite3.Error, ControllerError):
-                log.exception("writing heartbeats behind failed; will retry")
-
 
 class _Transaction:
-    """BEGIN … COMMIT, or ROLLBACK when the block raises (a failed write changes nothing)."""
+    """BEGIN … COMMIT, or ROLLBACK when the block raises (a failed write changes nothing).
+
+    Storage faults (disk full, I/O error, a locked or damaged file) leave as
+    UnavailableError; the transaction is rolled back first, whatever the fault.
+    """
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        with storage_faults():
+            self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            try:
+                with storage_faults():
+                    self._db.execute("COMMIT")
+                return
+            except UnavailableError:
+                self._rollback()
+                raise
+        self._rollback()
+        if isinstance(value, sqlite3.Error) and is_storage_fault(value):
+            raise storage_error(value) from value
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
 
 HEARTBEAT_UPDATE = (
@@ -311,7 +368,8 @@ HEARTBEAT_UPDATE = (
     "boot_id = json_extract(beat.value, '$[5]'), "
     "scanned_at_ms = json_extract(beat.value, '$[6]'), "
     "rss_bytes = json_extract(beat.value, '$[7]'), "
-    "cpu_millis = json_extract(beat.value, '$[8]') "
+    "cpu_millis = json_extract(beat.value, '$[8]'), "
+    "version = json_extract(beat.value, '$[9]') "
     "FROM json_each(:beats) AS beat "
     "WHERE instances.id = json_extract(beat.value, '$[0]')"
 )
@@ -334,6 +392,7 @@ def heartbeat_params(instances: Iterable[Instance]) -> dict[str, object]:
                 instance.scanned_at_ms,
                 instance.footprint.rss_bytes,
                 instance.footprint.cpu_millis,
+                instance.version,
             )
         )
         roots += instance.root

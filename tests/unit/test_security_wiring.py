@@ -96,7 +96,7 @@ def _serve(monkeypatch: pytest.MonkeyPatch) -> list[ControllerConfig]:
         started.append(config)
 
     monkeypatch.setattr(serve, "serve", fake_serve)
-    monkeypatch.setattr(serve, "configure_logging", lambda level: None)
+    monkeypatch.setattr(serve, "configure_logging", lambda **_: None)
     return started
 
 
