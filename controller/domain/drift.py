@@ -135,6 +135,7 @@ def heard(instance: Instance, report: Report, *, now: float) -> Instance:
         taint=instance.taint,
         footprint=report.footprint,
         replaces=instance.replaces,
+        version=instance.version,
     )
 
 
