@@ -156,7 +156,7 @@ def echo_path(path: bytes) -> str:
 def check_match(field: str, value: str, pattern: re.Pattern[str], *, what: str) -> str:
     """``value`` if it is non-empty and matches ``pattern``; else INVALID_ARGUMENT."""
     if not value:
-        raise _invalid(field, f"is required (a {what})")
+        raise _invalid(field, f"is empty; give a valid {what}")
     if not pattern.fullmatch(value):
         raise _invalid(field, f"{echo(value)} is not a valid {what}")
     return value
