@@ -8,7 +8,11 @@ reflection, storage faults and bugs classified at the edge (docs/api.md).
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,12 +20,15 @@ import pytest
 from conftest import Baked, RunningController, header
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from agent.bake import bake
 from agent.diff import Change, ChangeKind
 from agent.manifest import Entry, EntryType
+from agent.policy import Policy
 from agent.report import Evidence, Footprint, PendingReport, ReportHeader
 from agent.transport import drift_request
 from controller.api.edge import INTERNAL_DETAILS, MAX_DETAILS, RETRY_AFTER_METADATA
 from controller.api.limits import INT64_MAX
+from controller.cli import demo_support as support
 from controller.cli.client import FleetClient
 from controller.errors import UnavailableError
 from protos.corral.v1 import agent_pb2, audit_pb2, audit_pb2_grpc, fleet_pb2
@@ -422,3 +429,44 @@ def test_details_are_bounded(running: RunningController, web: Baked) -> None:
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert len(error.details() or "") <= MAX_DETAILS
+
+
+def test_the_evidence_wanted_follow_up_from_the_real_agent_is_accepted(
+    running: RunningController, tmp_path: Path
+) -> None:
+    """``corral-agent run --once`` whose baseline differs from the registered manifest."""
+    tree = tmp_path / "tree"
+    support.write_sample_root(tree, files=3)
+    bake_dir = tmp_path / "bake"
+    bake(str(tree), str(bake_dir), policy=Policy(), name="app", version="1")
+    document = json.loads((bake_dir / "image.json").read_text())
+    registered = Baked("app")  # another tree's manifest, registered under the agent's image
+    image = fleet_pb2.Image()
+    image.CopyFrom(registered.image)
+    image.ref, image.digest = document["image_ref"], document["image_digest"]
+    running.fleet.RegisterImage(
+        iter([fleet_pb2.RegisterImageRequest(image=image, manifest_chunk=registered.encoded)]),
+        timeout=5,
+    )
+    group = fleet_pb2.Group(name="web", desired_image_ref=image.ref)
+    running.fleet.CreateGroup(fleet_pb2.CreateGroupRequest(group=group), timeout=5)
+    argv = [
+        sys.executable, "-m", "agent.cli", "run", "--once",
+        "--controller", running.address,
+        "--root", str(tree),
+        "--instance-id", "i-real",
+        "--image-json", str(bake_dir / "image.json"),
+        "--group", "web",
+        "--deadline", "5",
+        "--nice", "0",
+        "--state-dir", str(tmp_path / "state"),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "controller asked for evidence" in done.stderr + done.stdout
+    shown = running.fleet.GetInstance(
+        fleet_pb2.GetInstanceRequest(instance_id="i-real"), timeout=5
+    ).instance
+    assert shown.state == agent_pb2.INSTANCE_STATE_TAINTED
+    assert not shown.suspicious and shown.taint.baseline_mismatch
+    assert shown.taint.actor == "agent:i-real"
