@@ -17,7 +17,7 @@ replacement (the instance leaves ``tainted``) is the replacement-engine lag.
 At the end it prints each controller's RSS over time and its slope after the
 warm-up, p50/p99 report latency, errors by status code, and the lag.
 
-    python tests/bench/bench_soak.py                        # short: 500 agents, 90 s, both stores
+    python tests/bench/bench_soak.py                        # short: 500 agents, 60 s, both stores
     python tests/bench/bench_soak.py --agents 10000 --seconds 600 --interval 20
     python tests/bench/bench_soak.py --store sqlite
 
@@ -76,7 +76,7 @@ DEFAULT_DSN = os.environ.get(
 @dataclass
 class SoakOptions:
     agents: int = 500
-    seconds: float = 90.0
+    seconds: float = 60.0
     interval: float = 5.0
     store: str = "sqlite"
     warmup: float = 0.3
@@ -456,7 +456,7 @@ def report(result: SoakResult, options: SoakOptions) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--agents", type=int, default=500)
-    parser.add_argument("--seconds", type=float, default=90.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--interval", type=float, default=5.0, help="each agent's report interval")
     parser.add_argument("--store", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--agents-per-channel", type=int, default=100)
