@@ -106,6 +106,7 @@ async def start_controller(
         max_message_bytes=config.max_message_bytes,
         max_manifest_bytes=config.max_manifest_bytes,
         security=security_from_config(config),
+        providers=frozenset({"local", *(name for name, _ in config.providers)}),
     )
     await server.start()
     scheduler = replacer = liveness = None

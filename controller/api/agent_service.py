@@ -8,13 +8,13 @@ wiring mistake can let one instance speak for another. Runs on the event loop; t
 service's work per report is short (see :mod:`controller.store.sqlite`).
 
 ``Report`` is the hottest path in the controller, so it counts its own calls
-(cached label children, no interceptor) and answers with prebuilt responses.
+(cached label children, no interceptor) and answers with prebuilt responses;
+it ends every call by the same rule as every other RPC (:mod:`controller.api.edge`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
 
 import grpc
 
@@ -22,9 +22,9 @@ from controller.api.convert import (
     evidence_from_proto,
     report_from_proto,
     state_to_proto,
-    status_of,
 )
-from controller.api.counting import MethodCounter, counted, method_counters
+from controller.api.counting import MethodCounter, method_counters
+from controller.api.edge import Undecodable, internal, refuse, served, undecodable
 from controller.domain.model import Evidence, InstanceState, Report
 from controller.errors import ControllerError
 from controller.security.authz import require_instance
@@ -60,24 +60,24 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.ReportRequest, context: Context
     ) -> agent_pb2.ReportResponse:
         calls = self._report_calls
+        if isinstance(request, Undecodable):  # the lenient deserializer's stand-in
+            await undecodable(calls, request, context)
         try:
             report = report_from_proto(request.header, present=request.HasField("header"))
             require_instance(current_identity(), report.instance_id)
         except ControllerError as exc:
             self._service.count_rejected(exc)
-            await self._abort(calls, exc, context)
+            await refuse(calls, exc, context)
         try:
             decision = self._service.report(report)
         except ControllerError as exc:
-            await self._abort(calls, exc, context)
+            await refuse(calls, exc, context)
         except Exception:
-            log.exception("report handling failed", extra={"instance_id": report.instance_id})
-            calls.finished(grpc.StatusCode.UNKNOWN)
-            raise
+            await internal(calls, context)
         calls.ok.inc()
         return _RESPONSES[decision.instance.state, decision.evidence_wanted]
 
-    @counted(REPORT_DRIFT)
+    @served(REPORT_DRIFT)
     async def ReportDrift(
         self, request: agent_pb2.ReportDriftRequest, context: Context
     ) -> agent_pb2.ReportDriftResponse:
@@ -89,15 +89,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             evidence = evidence_from_proto(request)
         except ControllerError as exc:
             self._service.count_rejected(exc)
-            await context.abort(status_of(exc), str(exc))
-        try:
-            decision = self._service.report(report, evidence)
-        except ControllerError as exc:
-            await context.abort(status_of(exc), str(exc))
+            raise
+        decision = self._service.report(report, evidence)
         return agent_pb2.ReportDriftResponse(state=state_to_proto(decision.instance.state))
-
-    @staticmethod
-    async def _abort(calls: MethodCounter, error: ControllerError, context: Context) -> NoReturn:
-        code = status_of(error)
-        calls.finished(code)
-        await context.abort(code, str(error))

@@ -7,8 +7,9 @@ not stall agents' reports on the event loop. The SQLite store reads through its
 own read-only connection, so these never wait on the writer either.
 
 All methods are reads by name (Audit*, Export*, Verify*), which the security
-role table opens to auditors and operators. Calls are counted by method and
-status code like the other services.
+role table opens to auditors and operators. Ids, names and times are checked at
+the edge like every other RPC; calls end and are counted by the one rule of
+:mod:`controller.api.edge`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from typing import TypeVar
 import grpc
 
 from controller.api import audit_convert as convert
-from controller.api.convert import status_of
-from controller.api.counting import counted, method_counters
+from controller.api.convert import check_int, instance_id_of, name_of
+from controller.api.counting import method_counters
+from controller.api.edge import served, served_stream
+from controller.api.limits import MAX_TIME_MS
 from controller.audit.ports import AuditLog
 from controller.audit.record import Record
-from controller.errors import ControllerError
 from controller.security.authz import PACKAGE
 from controller.service import ControllerService
 from protos.corral.v1 import audit_pb2, audit_pb2_grpc
@@ -33,7 +35,6 @@ from protos.corral.v1 import audit_pb2, audit_pb2_grpc
 Context = grpc.aio.ServicerContext[object, object]
 SERVICE = f"{PACKAGE}.AuditService"
 METHODS = ("AuditConformance", "AuditHistory", "AuditImages", "ExportAudit", "VerifyAudit")
-MAX_INSTANCE_ID = 128
 T = TypeVar("T")
 
 
@@ -52,82 +53,64 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def _log(self) -> AuditLog:
         return self._store.audit_log()
 
-    async def _run(self, context: Context, query: Callable[[AuditLog], T]) -> T:
-        try:
-            return await asyncio.to_thread(lambda: query(self._log()))
-        except ControllerError as exc:
-            await context.abort(status_of(exc), str(exc))
-            raise  # unreachable: abort raises
+    async def _run(self, query: Callable[[AuditLog], T]) -> T:
+        return await asyncio.to_thread(lambda: query(self._log()))
 
-    @counted(_method("AuditConformance"))
+    @served(_method("AuditConformance"))
     async def AuditConformance(
         self, request: audit_pb2.AuditConformanceRequest, context: Context
     ) -> audit_pb2.AuditConformanceResponse:
-        at_ms = request.at_ms or int(self._clock.now() * 1000)
-        group = request.group or None
-        result = await self._run(context, lambda log: log.conformance_at(at_ms, group=group))
+        at_ms = check_int("at_ms", request.at_ms, high=MAX_TIME_MS) or int(self._clock.now() * 1000)
+        group = name_of("group", request.group) if request.group else None
+        result = await self._run(lambda log: log.conformance_at(at_ms, group=group))
         return convert.conformance_to_proto(result)
 
-    @counted(_method("AuditHistory"))
+    @served(_method("AuditHistory"))
     async def AuditHistory(
         self, request: audit_pb2.AuditHistoryRequest, context: Context
     ) -> audit_pb2.AuditHistoryResponse:
-        instance_id = request.instance_id
-        if not instance_id or len(instance_id) > MAX_INSTANCE_ID:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"instance_id: give an instance id of 1 to {MAX_INSTANCE_ID} characters",
-            )
-        history = await self._run(context, lambda log: log.instance_history(instance_id))
+        instance_id = instance_id_of("instance_id", request.instance_id)
+        history = await self._run(lambda log: log.instance_history(instance_id))
         return convert.history_to_proto(history)
 
-    @counted(_method("AuditImages"))
+    @served(_method("AuditImages"))
     async def AuditImages(
         self, request: audit_pb2.AuditImagesRequest, context: Context
     ) -> audit_pb2.AuditImagesResponse:
-        images = await self._run(context, lambda log: log.image_history())
+        images = await self._run(lambda log: log.image_history())
         return convert.images_to_proto(images)
 
-    @counted(_method("VerifyAudit"))
+    @served(_method("VerifyAudit"))
     async def VerifyAudit(
         self, request: audit_pb2.VerifyAuditRequest, context: Context
     ) -> audit_pb2.VerifyAuditResponse:
-        result, checkpoints = await self._run(
-            context, lambda log: (log.verify(), log.checkpoints())
-        )
+        result, checkpoints = await self._run(lambda log: (log.verify(), log.checkpoints()))
         return convert.verify_to_proto(result, checkpoints)
 
+    @served_stream(_method("ExportAudit"))
     async def ExportAudit(
         self, request: audit_pb2.ExportAuditRequest, context: Context
     ) -> AsyncIterator[audit_pb2.ExportAuditResponse]:
-        """Stream the records in batches (counted here: ``counted`` wraps unary calls only)."""
-        calls = self._calls[_method("ExportAudit")]
-        since = request.since_ms if request.HasField("since_ms") else None
-        until = request.until_ms if request.HasField("until_ms") else None
+        """Stream the records in batches; the last message carries the checkpoints."""
+        since = until = None
+        if request.HasField("since_ms"):
+            since = check_int("since_ms", request.since_ms, high=MAX_TIME_MS)
+        if request.HasField("until_ms"):
+            until = check_int("until_ms", request.until_ms, high=MAX_TIME_MS)
         first = last = None
-        try:
-            async for batch in _batches(self._log(), since_ms=since, until_ms=until):
-                first = first if first is not None else batch[0].seq
-                last = batch[-1].seq
-                yield audit_pb2.ExportAuditResponse(
-                    records=[convert.record_to_proto(r) for r in batch]
-                )
-            checkpoints = await self._run(context, lambda log: log.checkpoints())
-            covered = [
-                c
-                for c in checkpoints
-                if first is not None and last is not None and first <= c.seq <= last
-            ]
-            yield audit_pb2.ExportAuditResponse(
-                checkpoints=[convert.checkpoint_to_proto(c) for c in covered]
-            )
-        except ControllerError as exc:
-            calls.finished(status_of(exc))
-            await context.abort(status_of(exc), str(exc))
-        except BaseException:
-            calls.finished(context.code())
-            raise
-        calls.ok.inc()
+        async for batch in _batches(self._log(), since_ms=since, until_ms=until):
+            first = first if first is not None else batch[0].seq
+            last = batch[-1].seq
+            yield audit_pb2.ExportAuditResponse(records=[convert.record_to_proto(r) for r in batch])
+        checkpoints = await self._run(lambda log: log.checkpoints())
+        covered = [
+            c
+            for c in checkpoints
+            if first is not None and last is not None and first <= c.seq <= last
+        ]
+        yield audit_pb2.ExportAuditResponse(
+            checkpoints=[convert.checkpoint_to_proto(c) for c in covered]
+        )
 
 
 async def _batches(

@@ -1,13 +1,17 @@
 """Proto ↔ domain, and controller errors → gRPC status codes.
 
 This module and the servicers are the only code that sees protobuf types. Every
-field an agent or operator sends is validated here; anything malformed becomes
+field an agent or operator sends is validated here against its documented range
+(:mod:`controller.api.limits`, docs/api.md); anything out of range becomes
 :class:`~controller.errors.InvalidArgumentError` (INVALID_ARGUMENT) with a
-message naming the field, before the service sees it.
+bounded message naming the field, before the service sees it. A value echoed in
+a message is escaped and truncated (:func:`echo`, :func:`echo_path`), so no
+caller can make an answer large or unprintable.
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 import grpc
@@ -16,6 +20,30 @@ from agent.diff import Change, ChangeKind
 from agent.errors import ManifestError
 from agent.manifest import entry_from_proto, entry_to_proto
 from agent.paths import display_path
+from controller.api.limits import (
+    AGENT_VERSION_CHARS,
+    ATTRIBUTE_CHARS,
+    BOOT_ID_CHARS,
+    ECHO_CHARS,
+    IMAGE_DIGEST_CHARS,
+    IMAGE_REF_CHARS,
+    IMAGE_VERSION_CHARS,
+    INSTANCE_ID,
+    INSTANCE_ID_CHARS,
+    INT64_MAX,
+    MANIFEST_DIGEST_CHARS,
+    MAX_ATTRIBUTES,
+    MAX_CHANGES,
+    MAX_CONCURRENT_REPLACEMENTS,
+    MAX_DESIRED_SIZE,
+    MAX_PATH,
+    MAX_TIME_MS,
+    NAME,
+    NAME_CHARS,
+    PRINTABLE,
+    ROOT_BYTES,
+    TOKEN,
+)
 from controller.audit.errors import (
     AuditError,
     CheckpointError,
@@ -34,6 +62,7 @@ from controller.domain.model import (
     Report,
     Taint,
 )
+from controller.domain.rollout import ImageNotRegisteredError
 from controller.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -47,8 +76,12 @@ from controller.errors import (
 )
 from protos.corral.v1 import agent_pb2, fleet_pb2, manifest_pb2
 
+#: One rule (AIP-193, docs/api.md): the most specific class in an error's MRO decides.
 STATUS_CODES: dict[type[ControllerError], grpc.StatusCode] = {
     NotFoundError: grpc.StatusCode.NOT_FOUND,
+    # An image a request refers to (not the resource it names) is a precondition:
+    # the same unregistered image answers FAILED_PRECONDITION from every RPC.
+    ImageNotRegisteredError: grpc.StatusCode.FAILED_PRECONDITION,
     AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
     FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
@@ -65,13 +98,9 @@ STATUS_CODES: dict[type[ControllerError], grpc.StatusCode] = {
     AuditError: grpc.StatusCode.UNAVAILABLE,
 }
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-# Digests, refs, boot ids: printable ASCII, no spaces.
-TOKEN = re.compile(r"[\x21-\x7e]+")
-MAX_SEQ = 2**63 - 1
-MAX_PATH = 4096
-ROOT_BYTES = 32
+MAX_SEQ = INT64_MAX
+#: Bytes of a path shown in a message (then ``...``).
+ECHO_PATH_BYTES = 200
 
 _STATES = {
     state: agent_pb2.InstanceState.Value(f"INSTANCE_STATE_{state.name}") for state in InstanceState
@@ -87,6 +116,8 @@ _MODES = {
     fleet_pb2.GROUP_MODE_ENFORCE: GroupMode.ENFORCE,
 }
 _MODE_VALUES = {mode: value for value, mode in _MODES.items()}
+#: Bytes a repeated field adds around each change (tag and length).
+_CHANGE_FRAMING = 8
 _DRIFT_KINDS = {
     DriftKind.IMAGE: fleet_pb2.DRIFT_KIND_IMAGE,
     DriftKind.FILE: fleet_pb2.DRIFT_KIND_FILE,
@@ -106,9 +137,54 @@ def _invalid(field: str, problem: str) -> InvalidArgumentError:
     return InvalidArgumentError(f"{field}: {problem}", reason="malformed")
 
 
+def echo(value: str) -> str:
+    """``value`` quoted for a message: escaped (JSON style, ASCII only) and truncated."""
+    shown = value[:ECHO_CHARS]
+    text = json.dumps(shown)
+    more = len(value) - len(shown)
+    return f"{text}... ({more} more characters)" if more > 0 else text
+
+
+def echo_path(path: bytes) -> str:
+    """``path`` in the documented display form (:func:`agent.paths.display_path`), truncated."""
+    shown = display_path(path[:ECHO_PATH_BYTES])
+    return (
+        f"{shown}... ({len(path) - ECHO_PATH_BYTES} more bytes)"
+        if len(path) > ECHO_PATH_BYTES
+        else shown
+    )
+
+
 def check_match(field: str, value: str, pattern: re.Pattern[str], *, what: str) -> str:
+    """``value`` if it is non-empty and matches ``pattern``; else INVALID_ARGUMENT."""
+    if not value:
+        raise _invalid(field, f"is empty; give a valid {what}")
     if not pattern.fullmatch(value):
-        raise _invalid(field, f"{value[:80]!r} is not a valid {what}")
+        raise _invalid(field, f"{echo(value)} is not a valid {what}")
+    return value
+
+
+def instance_id_of(field: str, value: str) -> str:
+    """A requested instance id (1-128 of ``A-Z a-z 0-9 . _ : -``); else INVALID_ARGUMENT."""
+    return check_match(
+        field,
+        value,
+        INSTANCE_ID,
+        what=f"instance id (1-{INSTANCE_ID_CHARS} letters, digits, '.', '_', ':' or '-')",
+    )
+
+
+def name_of(field: str, value: str, *, what: str = "group name") -> str:
+    """A requested group/image/provider name (1-63 of ``A-Z a-z 0-9 . _ -``)."""
+    return check_match(
+        field, value, NAME, what=f"{what} (1-{NAME_CHARS} letters, digits, '.', '_' or '-')"
+    )
+
+
+def check_int(field: str, value: int, *, low: int = 0, high: int = INT64_MAX) -> int:
+    """``value`` if ``low <= value <= high``; else INVALID_ARGUMENT naming the range."""
+    if not low <= value <= high:
+        raise _invalid(field, f"{value} is outside {low}..{high}")
     return value
 
 
@@ -133,22 +209,28 @@ def report_from_proto(header: agent_pb2.ReportHeader, *, present: bool) -> Repor
     seq = header.seq
     scanned_at_ms = header.scanned_at_ms
     agent_version = header.agent_version
+    footprint = header.footprint
+    rss_bytes = footprint.rss_bytes
+    cpu_millis = footprint.cpu_millis
     if not (
         len(root) == ROOT_BYTES
         and seq <= MAX_SEQ
-        and scanned_at_ms >= 0
-        and len(agent_version) <= 64
-        and len(image_ref) <= 512
-        and len(image_digest) <= 256
-        and len(boot_id) <= 64
+        and 0 <= scanned_at_ms <= MAX_TIME_MS
+        and rss_bytes <= INT64_MAX
+        and cpu_millis <= INT64_MAX
+        and len(agent_version) <= AGENT_VERSION_CHARS
+        and len(image_ref) <= IMAGE_REF_CHARS
+        and len(image_digest) <= IMAGE_DIGEST_CHARS
+        and len(boot_id) <= BOOT_ID_CHARS
         and INSTANCE_ID.fullmatch(instance_id)
         and NAME.fullmatch(group)
-        and TOKEN.fullmatch(image_ref)
         and TOKEN.fullmatch(image_digest)
         and TOKEN.fullmatch(boot_id)
+        and PRINTABLE.fullmatch(agent_version)
+        and (image_ref == image_digest or image_ref.endswith(f"@{image_digest}"))
+        and TOKEN.fullmatch(image_ref)
     ):
         raise _bad_header(header)
-    footprint = header.footprint
     return Report(
         instance_id=instance_id,
         group=group,
@@ -158,7 +240,7 @@ def report_from_proto(header: agent_pb2.ReportHeader, *, present: bool) -> Repor
         seq=seq,
         boot_id=boot_id,
         scanned_at_ms=scanned_at_ms,
-        footprint=Footprint(rss_bytes=footprint.rss_bytes, cpu_millis=footprint.cpu_millis),
+        footprint=Footprint(rss_bytes=rss_bytes, cpu_millis=cpu_millis),
         agent_version=agent_version,
     )
 
@@ -168,17 +250,29 @@ def _bad_header(header: agent_pb2.ReportHeader) -> InvalidArgumentError:
     try:
         if len(header.root) != ROOT_BYTES:
             raise _invalid("header.root", f"must be {ROOT_BYTES} bytes, got {len(header.root)}")
-        if header.seq > MAX_SEQ:
-            raise _invalid("header.seq", "is too large")
-        if header.scanned_at_ms < 0:
-            raise _invalid("header.scanned_at_ms", "must not be negative")
-        if len(header.agent_version) > 64:
-            raise _invalid("header.agent_version", "is longer than 64 characters")
-        check_match("header.instance_id", header.instance_id, INSTANCE_ID, what="instance id")
-        check_match("header.group", header.group, NAME, what="group name")
-        _token("header.image_ref", header.image_ref, limit=512)
-        _token("header.image_digest", header.image_digest, limit=256)
-        _token("header.boot_id", header.boot_id, limit=64)
+        check_int("header.seq", header.seq, high=MAX_SEQ)
+        check_int("header.scanned_at_ms", header.scanned_at_ms, high=MAX_TIME_MS)
+        check_int("header.footprint.rss_bytes", header.footprint.rss_bytes)
+        check_int("header.footprint.cpu_millis", header.footprint.cpu_millis)
+        if len(header.agent_version) > AGENT_VERSION_CHARS or not PRINTABLE.fullmatch(
+            header.agent_version
+        ):
+            raise _invalid(
+                "header.agent_version",
+                f"must be at most {AGENT_VERSION_CHARS} printable ASCII characters",
+            )
+        instance_id_of("header.instance_id", header.instance_id)
+        name_of("header.group", header.group)
+        _token("header.image_ref", header.image_ref, limit=IMAGE_REF_CHARS)
+        _token("header.image_digest", header.image_digest, limit=IMAGE_DIGEST_CHARS)
+        _token("header.boot_id", header.boot_id, limit=BOOT_ID_CHARS)
+        ref, digest = header.image_ref, header.image_digest
+        if ref != digest and not ref.endswith(f"@{digest}"):
+            raise _invalid(
+                "header.image_ref",
+                f"{echo(ref)} does not name header.image_digest {echo(digest)}: "
+                "give NAME@DIGEST or the digest itself",
+            )
     except InvalidArgumentError as exc:
         return exc
     return _invalid("header", "is malformed")
@@ -186,10 +280,14 @@ def _bad_header(header: agent_pb2.ReportHeader) -> InvalidArgumentError:
 
 def evidence_from_proto(request: agent_pb2.ReportDriftRequest) -> Evidence:
     """The changes of a drift report, each checked for shape."""
+    if len(request.changes) > MAX_CHANGES:
+        raise _invalid(
+            "changes", f"{len(request.changes)} changes; at most {MAX_CHANGES} per report"
+        )
     changes = tuple(
         _change_from_proto(change, f"changes[{i}]") for i, change in enumerate(request.changes)
     )
-    if request.truncated and request.total_changes < len(changes):
+    if request.total_changes < len(changes) and (request.truncated or request.total_changes):
         raise _invalid("total_changes", "is smaller than the number of changes sent")
     return Evidence(
         changes=changes,
@@ -207,30 +305,46 @@ def _change_from_proto(change: manifest_pb2.Change, field: str) -> Change:
     if change.HasField("entry"):
         if kind == ChangeKind.REMOVED:
             raise _invalid(f"{field}.entry", "a removed path carries no entry")
+        _check_entry(f"{field}.entry", change.entry)
         try:
             entry = entry_from_proto(change.entry)
-        except ManifestError as exc:
-            raise _invalid(f"{field}.entry", str(exc)) from exc
+        except ManifestError:
+            raise _invalid(f"{field}.entry", "has an unknown type or error value") from None
         if entry.path != change.path:
             raise _invalid(f"{field}.entry.path", "differs from the change's path")
     elif kind != ChangeKind.REMOVED:
         raise _invalid(f"{field}.entry", f"an {kind.value} path needs its entry")
-    if len(change.attributes) > 16 or any(len(a) > 32 for a in change.attributes):
-        raise _invalid(f"{field}.attributes", "too many or too long")
+    if len(change.attributes) > MAX_ATTRIBUTES or any(
+        len(a) > ATTRIBUTE_CHARS or not PRINTABLE.fullmatch(a) for a in change.attributes
+    ):
+        raise _invalid(
+            f"{field}.attributes",
+            f"at most {MAX_ATTRIBUTES}, each at most {ATTRIBUTE_CHARS} printable characters",
+        )
     return Change(kind, change.path, entry, tuple(change.attributes))
+
+
+def _check_entry(field: str, entry: manifest_pb2.Entry) -> None:
+    check_int(f"{field}.size", entry.size)
+    if len(entry.sha256) not in (0, 32):
+        raise _invalid(f"{field}.sha256", f"must be empty or 32 bytes, got {len(entry.sha256)}")
+    if len(entry.link_target) > MAX_PATH:
+        raise _invalid(f"{field}.link_target", f"is longer than {MAX_PATH} bytes")
 
 
 def check_path(field: str, path: bytes) -> None:
     """Refuse a path that is not absolute and normalised, or holds a NUL byte."""
     if not path.startswith(b"/") or len(path) > MAX_PATH or b"\x00" in path:
-        raise _invalid(field, f"{display_path(path[:200])!r} is not an absolute path")
+        raise _invalid(
+            field, f"{echo_path(path)} is not an absolute path of at most {MAX_PATH} bytes"
+        )
     if path != b"/" and any(part in (b"", b".", b"..") for part in path[1:].split(b"/")):
-        raise _invalid(field, f"{display_path(path[:200])!r} is not a normalised path")
+        raise _invalid(field, f"{echo_path(path)} is not a normalised path")
 
 
 def _token(field: str, value: str, *, limit: int) -> str:
     if not value or len(value) > limit or not TOKEN.fullmatch(value):
-        raise _invalid(field, f"must be 1-{limit} printable characters without spaces")
+        raise _invalid(field, f"must be 1-{limit} printable ASCII characters without spaces")
     return value
 
 
@@ -245,14 +359,16 @@ def image_from_proto(image: fleet_pb2.Image) -> ImageRecord:
     if len(image.root) != ROOT_BYTES:
         raise _invalid("image.root", f"must be {ROOT_BYTES} bytes")
     return ImageRecord(
-        name=check_match("image.name", image.name, NAME, what="image name"),
-        version=_token("image.version", image.version, limit=128),
-        ref=_token("image.ref", image.ref, limit=512),
-        digest=_token("image.digest", image.digest, limit=256),
-        manifest_digest=_token("image.manifest_digest", image.manifest_digest, limit=128),
+        name=name_of("image.name", image.name, what="image name"),
+        version=_token("image.version", image.version, limit=IMAGE_VERSION_CHARS),
+        ref=_token("image.ref", image.ref, limit=IMAGE_REF_CHARS),
+        digest=_token("image.digest", image.digest, limit=IMAGE_DIGEST_CHARS),
+        manifest_digest=_token(
+            "image.manifest_digest", image.manifest_digest, limit=MANIFEST_DIGEST_CHARS
+        ),
         root=image.root,
-        entry_count=image.entry_count,
-        byte_count=image.byte_count,
+        entry_count=check_int("image.entry_count", image.entry_count),
+        byte_count=check_int("image.byte_count", image.byte_count),
     )
 
 
@@ -276,12 +392,18 @@ def group_from_proto(group: fleet_pb2.Group) -> Group:
     if mode is None:
         raise _invalid("group.mode", f"unknown mode {group.mode}")
     return Group(
-        name=check_match("group.name", group.name, NAME, what="group name"),
-        desired_image_ref=_token("group.desired_image_ref", group.desired_image_ref, limit=512),
+        name=name_of("group.name", group.name),
+        desired_image_ref=_token(
+            "group.desired_image_ref", group.desired_image_ref, limit=IMAGE_REF_CHARS
+        ),
         mode=mode,
-        provider=check_match("group.provider", group.provider or "local", NAME, what="provider"),
-        max_concurrent_replacements=group.max_concurrent_replacements,
-        desired_size=group.desired_size,
+        provider=name_of("group.provider", group.provider or "local", what="provider name"),
+        max_concurrent_replacements=check_int(
+            "group.max_concurrent_replacements",
+            group.max_concurrent_replacements,
+            high=MAX_CONCURRENT_REPLACEMENTS,
+        ),
+        desired_size=check_int("group.desired_size", group.desired_size, high=MAX_DESIRED_SIZE),
     )
 
 
@@ -299,7 +421,12 @@ def group_to_proto(group: Group, *, size: int = 0) -> fleet_pb2.Group:
     )
 
 
-def instance_to_proto(instance: Instance) -> fleet_pb2.Instance:
+def instance_to_proto(instance: Instance, *, evidence_bytes: int = 0) -> fleet_pb2.Instance:
+    """The wire form of ``instance``; its taint carries changes up to ``evidence_bytes``.
+
+    0 (lists) carries none: a list holds summaries, ``GetInstance`` the evidence.
+    ``taint.changes_recorded`` always says how many changes are stored.
+    """
     message = fleet_pb2.Instance(
         id=instance.id,
         group=instance.group,
@@ -318,11 +445,11 @@ def instance_to_proto(instance: Instance) -> fleet_pb2.Instance:
         replaces=instance.replaces,
     )
     if instance.taint is not None:
-        message.taint.CopyFrom(taint_to_proto(instance.taint))
+        message.taint.CopyFrom(taint_to_proto(instance.taint, evidence_bytes=evidence_bytes))
     return message
 
 
-def taint_to_proto(taint: Taint) -> fleet_pb2.Taint:
+def taint_to_proto(taint: Taint, *, evidence_bytes: int) -> fleet_pb2.Taint:
     message = fleet_pb2.Taint(
         kind=_DRIFT_KINDS[taint.kind],
         reason=taint.reason,
@@ -330,8 +457,13 @@ def taint_to_proto(taint: Taint) -> fleet_pb2.Taint:
         at_ms=int(taint.at * 1000),
         evidence_verified=taint.evidence_verified,
         evidence_truncated=taint.evidence_truncated,
+        changes_recorded=len(taint.changes),
+        baseline_mismatch=taint.baseline_mismatch,
     )
+    budget = evidence_bytes
     for change in taint.changes:
+        if budget <= 0:
+            break
         item = message.changes.add(
             kind=_CHANGE_KIND_VALUES[change.kind],
             path=change.path,
@@ -339,4 +471,7 @@ def taint_to_proto(taint: Taint) -> fleet_pb2.Taint:
         )
         if change.entry is not None:
             item.entry.CopyFrom(entry_to_proto(change.entry))
+        budget -= item.ByteSize() + _CHANGE_FRAMING
+        if budget < 0:
+            del message.changes[-1]
     return message

@@ -7,19 +7,15 @@ and cached, so counting costs one dict lookup and one increment. Only methods
 the servicers implement are counted, so a client probing random method names
 cannot grow the label set. Calls the security interceptor refuses never reach a
 servicer; :class:`RefusalCounter` counts those under the same metric.
+:mod:`controller.api.edge` decides the code each served call ends with.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
 import grpc
 from prometheus_client import Counter
-
-log = logging.getLogger("corral.controller")
 
 OK = grpc.StatusCode.OK.name
 
@@ -60,46 +56,6 @@ class Counted(Protocol):
     """A servicer that counts its calls: ``_calls`` maps full method names to counters."""
 
     _calls: dict[str, MethodCounter]
-
-
-Servicer = TypeVar("Servicer", bound=Counted)
-Request = TypeVar("Request")
-Response = TypeVar("Response")
-Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def counted(
-    method: str,
-) -> Callable[
-    [Callable[[Servicer, Request, Context], Awaitable[Response]]],
-    Callable[[Servicer, Request, Context], Awaitable[Response]],
-]:
-    """Decorate a servicer method so each call is counted under ``method``'s full name.
-
-    The code is the one the method aborted with (``context.code()``), OK when it
-    returned, UNKNOWN when it raised anything else (which is also logged).
-    """
-
-    def decorate(
-        behavior: Callable[[Servicer, Request, Context], Awaitable[Response]],
-    ) -> Callable[[Servicer, Request, Context], Awaitable[Response]]:
-        @functools.wraps(behavior)
-        async def call(self: Servicer, request: Request, context: Context) -> Response:
-            calls = self._calls[method]
-            try:
-                response = await behavior(self, request, context)
-            except BaseException:
-                code = context.code()
-                if code is None:
-                    log.exception("%s failed", method)
-                calls.finished(code)
-                raise
-            calls.ok.inc()
-            return response
-
-        return call
-
-    return decorate
 
 
 def method_counters(

@@ -2,8 +2,12 @@
 
 Registers images (client-streaming: the manifest arrives in chunks, bounded in
 total size), declares groups, lists and shows instances, taints by hand, rolls a
-group out or back and resumes its breaker (:mod:`controller.group_ops`). Each call
-is counted by method and status code (:mod:`controller.api.counting`).
+group out or back and resumes its breaker (:mod:`controller.group_ops`). Every
+name and id is checked at the edge (:mod:`controller.api.convert`) before any
+lookup: empty or malformed is INVALID_ARGUMENT, well formed but absent is
+NOT_FOUND. Lists are paged (:mod:`controller.api.paging`) and carry summaries;
+``GetInstance`` carries the evidence, bounded by ``evidence_bytes``. Each call
+ends and is counted by the one rule of :mod:`controller.api.edge`.
 """
 
 from __future__ import annotations
@@ -13,19 +17,22 @@ from collections.abc import AsyncIterator
 import grpc
 
 from controller.api.convert import (
-    NAME,
-    check_match,
+    echo,
     group_from_proto,
     group_to_proto,
     image_from_proto,
     image_to_proto,
+    instance_id_of,
     instance_to_proto,
-    status_of,
+    name_of,
 )
-from controller.api.counting import counted, method_counters
-from controller.domain.model import ImageRecord, InstanceState
+from controller.api.counting import method_counters
+from controller.api.edge import Undecodable, served
+from controller.api.limits import REASON_CHARS
+from controller.api.paging import page_of
+from controller.domain.model import Group, ImageRecord, Instance, InstanceState
 from controller.errors import (
-    ControllerError,
+    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
@@ -39,7 +46,9 @@ Context = grpc.aio.ServicerContext[object, object]
 ACTOR_METADATA = "corral-actor"
 #: Prefix of an actor named only by what an unauthenticated client said.
 UNVERIFIED = "unverified:"
-MAX_REASON = 1024
+MAX_REASON = REASON_CHARS
+#: Evidence bytes GetInstance carries by default (a quarter of the default message limit).
+DEFAULT_EVIDENCE_BYTES = 1 << 20
 SERVICE = "corral.v1.FleetService"
 METHODS = (
     "RegisterImage",
@@ -80,20 +89,27 @@ def actor_of(context: Context) -> str:
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     """The operators' API over :class:`~controller.service.ControllerService`."""
 
-    def __init__(self, service: ControllerService, *, max_manifest_bytes: int) -> None:
+    def __init__(
+        self,
+        service: ControllerService,
+        *,
+        max_manifest_bytes: int,
+        providers: frozenset[str] | None = None,
+        evidence_bytes: int = DEFAULT_EVIDENCE_BYTES,
+    ) -> None:
+        """``providers``: the configured provider names CreateGroup accepts (None: any)."""
         self._service = service
         self._max_manifest_bytes = max_manifest_bytes
+        self._providers = providers
+        self._evidence_bytes = evidence_bytes
         self._calls = method_counters(service.metrics.grpc_requests, SERVICE, METHODS)
 
-    @counted(_method("RegisterImage"))
+    @served(_method("RegisterImage"))
     async def RegisterImage(
         self, request_iterator: AsyncIterator[fleet_pb2.RegisterImageRequest], context: Context
     ) -> fleet_pb2.RegisterImageResponse:
-        try:
-            image, manifest = await self._receive_image(request_iterator)
-            record, created = self._service.register_image(image, manifest, actor=actor_of(context))
-        except ControllerError as exc:
-            await context.abort(status_of(exc), str(exc))
+        image, manifest = await self._receive_image(request_iterator)
+        record, created = self._service.register_image(image, manifest, actor=actor_of(context))
         return fleet_pb2.RegisterImageResponse(image=image_to_proto(record), created=created)
 
     async def _receive_image(
@@ -103,6 +119,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         chunks: list[bytes] = []
         size = 0
         async for request in requests:
+            if isinstance(request, Undecodable):
+                raise InvalidArgumentError(
+                    f"request: a message is not a valid {request.type_name}", reason="malformed"
+                )
             if request.HasField("image"):
                 if image is not None:
                     raise InvalidArgumentError("image: only the first message may carry it")
@@ -120,124 +140,150 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             raise InvalidArgumentError("image: no message carried the image")
         return image, b"".join(chunks)
 
-    @counted(_method("ListImages"))
+    @served(_method("ListImages"))
     async def ListImages(
         self, request: fleet_pb2.ListImagesRequest, context: Context
     ) -> fleet_pb2.ListImagesResponse:
-        images = self._service.store.list_images()
-        return fleet_pb2.ListImagesResponse(images=[image_to_proto(i) for i in images])
+        page = page_of(
+            self._service.store.list_images(),
+            key=_image_key,
+            scope="images",
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return fleet_pb2.ListImagesResponse(
+            images=[image_to_proto(i) for i in page.items], next_page_token=page.next_page_token
+        )
 
-    @counted(_method("CreateGroup"))
+    @served(_method("CreateGroup"))
     async def CreateGroup(
         self, request: fleet_pb2.CreateGroupRequest, context: Context
     ) -> fleet_pb2.CreateGroupResponse:
-        try:
-            group, created = self._service.create_group(
-                group_from_proto(request.group), actor=actor_of(context)
-            )
-        except ControllerError as exc:
-            await context.abort(status_of(exc), str(exc))
+        declared = group_from_proto(request.group)
+        self._check_provider(declared)
+        group, created = self._service.create_group(declared, actor=actor_of(context))
         if created:
             self._nudge(group.name)  # launch its instances now, not at the next sweep
         return fleet_pb2.CreateGroupResponse(group=self._group(group.name), created=created)
 
-    @counted(_method("ListGroups"))
+    def _check_provider(self, group: Group) -> None:
+        configured = self._providers
+        if configured is not None and group.provider not in configured:
+            raise FailedPreconditionError(
+                f"group.provider: {echo(group.provider)} is not configured on this controller "
+                f"(configured: {', '.join(sorted(configured))}); add a [providers.NAME] table "
+                "or fix the name",
+                reason="unknown_provider",
+            )
+
+    @served(_method("ListGroups"))
     async def ListGroups(
         self, request: fleet_pb2.ListGroupsRequest, context: Context
     ) -> fleet_pb2.ListGroupsResponse:
-        names = [group.name for group in self._service.store.list_groups()]
-        return fleet_pb2.ListGroupsResponse(groups=[self._group(name) for name in names])
+        store = self._service.store
+        page = page_of(
+            store.list_groups(),
+            key=_group_key,
+            scope="groups",
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        sizes = _live_sizes(store.list_instances()) if page.items else {}
+        return fleet_pb2.ListGroupsResponse(
+            groups=[group_to_proto(g, size=sizes.get(g.name, 0)) for g in page.items],
+            next_page_token=page.next_page_token,
+        )
 
-    @counted(_method("ListInstances"))
+    @served(_method("ListInstances"))
     async def ListInstances(
         self, request: fleet_pb2.ListInstancesRequest, context: Context
     ) -> fleet_pb2.ListInstancesResponse:
         store = self._service.store
-        try:
-            if request.group:
-                check_match("group", request.group, NAME, what="group name")
-                if store.get_group(request.group) is None:
-                    raise NotFoundError(f"group {request.group!r} is not declared")
-        except ControllerError as exc:
-            await context.abort(status_of(exc), str(exc))
-        instances = store.list_instances(request.group)
-        return fleet_pb2.ListInstancesResponse(instances=[instance_to_proto(i) for i in instances])
+        if request.group:
+            name_of("group", request.group)
+            if store.get_group(request.group) is None:
+                raise NotFoundError(f"group {echo(request.group)} is not declared")
+        page = page_of(
+            store.list_instances(request.group),
+            key=_instance_key,
+            scope=f"instances/{request.group}",
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return fleet_pb2.ListInstancesResponse(
+            instances=[instance_to_proto(i) for i in page.items],
+            next_page_token=page.next_page_token,
+        )
 
-    @counted(_method("GetInstance"))
+    @served(_method("GetInstance"))
     async def GetInstance(
         self, request: fleet_pb2.GetInstanceRequest, context: Context
     ) -> fleet_pb2.GetInstanceResponse:
-        instance = self._service.store.get_instance(request.instance_id)
+        instance_id = instance_id_of("instance_id", request.instance_id)
+        instance = self._service.store.get_instance(instance_id)
         if instance is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"no instance {request.instance_id!r} has reported"
-            )
-        return fleet_pb2.GetInstanceResponse(instance=instance_to_proto(instance))
+            raise NotFoundError(f"no instance {echo(instance_id)} has reported")
+        return fleet_pb2.GetInstanceResponse(
+            instance=instance_to_proto(instance, evidence_bytes=self._evidence_bytes)
+        )
 
-    @counted(_method("TaintInstance"))
+    @served(_method("TaintInstance"))
     async def TaintInstance(
         self, request: fleet_pb2.TaintInstanceRequest, context: Context
     ) -> fleet_pb2.TaintInstanceResponse:
-        try:
-            reason = request.reason.strip()
-            if not reason or len(reason) > MAX_REASON:
-                raise InvalidArgumentError(f"reason: give 1-{MAX_REASON} characters saying why")
-            instance = self._service.taint(
-                request.instance_id, reason=reason, actor=actor_of(context)
+        instance_id = instance_id_of("instance_id", request.instance_id)
+        reason = request.reason.strip()
+        if not reason or len(reason) > MAX_REASON:
+            raise InvalidArgumentError(
+                f"reason: give 1-{MAX_REASON} characters saying why", reason="malformed"
             )
-        except ControllerError as exc:
-            await context.abort(status_of(exc), str(exc))
-        return fleet_pb2.TaintInstanceResponse(instance=instance_to_proto(instance))
+        instance = self._service.taint(instance_id, reason=reason, actor=actor_of(context))
+        return fleet_pb2.TaintInstanceResponse(
+            instance=instance_to_proto(instance, evidence_bytes=self._evidence_bytes)
+        )
 
-    @counted(_method("Rollout"))
+    @served(_method("Rollout"))
     async def Rollout(
         self, request: fleet_pb2.RolloutRequest, context: Context
     ) -> fleet_pb2.RolloutResponse:
-        try:
-            moved = rollout_group(
-                self._service.store,
-                request.group,
-                request.image_ref,
-                actor=actor_of(context),
-                clock=self._service.clock,
+        name = name_of("group", request.group)
+        if not request.image_ref:
+            raise InvalidArgumentError(
+                "image_ref: is required (NAME@sha256:<64 hex> or an immutable provider id)",
+                reason="malformed",
             )
-        except ControllerError as exc:
-            await context.abort(status_of(exc), str(exc))
-        self._nudge(request.group)
+        moved = rollout_group(
+            self._service.store,
+            name,
+            request.image_ref,
+            actor=actor_of(context),
+            clock=self._service.clock,
+        )
+        self._nudge(name)
         return fleet_pb2.RolloutResponse(group=self._group(moved.group.name))
 
-    @counted(_method("Rollback"))
+    @served(_method("Rollback"))
     async def Rollback(
         self, request: fleet_pb2.RollbackRequest, context: Context
     ) -> fleet_pb2.RollbackResponse:
-        try:
-            moved = rollback_group(
-                self._service.store,
-                request.group,
-                actor=actor_of(context),
-                clock=self._service.clock,
-            )
-        except ControllerError as exc:
-            await context.abort(status_of(exc), str(exc))
-        self._nudge(request.group)
+        name = name_of("group", request.group)
+        moved = rollback_group(
+            self._service.store, name, actor=actor_of(context), clock=self._service.clock
+        )
+        self._nudge(name)
         return fleet_pb2.RollbackResponse(
             group=self._group(moved.group.name), previous_image_ref=moved.previous_image
         )
 
-    @counted(_method("ResumeGroup"))
+    @served(_method("ResumeGroup"))
     async def ResumeGroup(
         self, request: fleet_pb2.ResumeGroupRequest, context: Context
     ) -> fleet_pb2.ResumeGroupResponse:
-        try:
-            group = resume_group(
-                self._service.store,
-                request.group,
-                clock=self._service.clock,
-                actor=actor_of(context),
-            )
-        except ControllerError as exc:
-            await context.abort(status_of(exc), str(exc))
-        self._nudge(request.group)
+        name = name_of("group", request.group)
+        group = resume_group(
+            self._service.store, name, clock=self._service.clock, actor=actor_of(context)
+        )
+        self._nudge(name)
         return fleet_pb2.ResumeGroupResponse(group=self._group(group.name))
 
     def _nudge(self, group: str) -> None:
@@ -251,3 +297,23 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         assert group is not None
         live = sum(1 for i in store.list_instances(name) if i.state != InstanceState.RETIRED)
         return group_to_proto(group, size=live)
+
+
+def _image_key(image: ImageRecord) -> str:
+    return image.ref
+
+
+def _group_key(group: Group) -> str:
+    return group.name
+
+
+def _instance_key(instance: Instance) -> str:
+    return instance.id
+
+
+def _live_sizes(instances: list[Instance]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for instance in instances:
+        if instance.state != InstanceState.RETIRED:
+            sizes[instance.group] = sizes.get(instance.group, 0) + 1
+    return sizes

@@ -1,4 +1,4 @@
-"""The gRPC server: AgentService, FleetService, AuditService and the standard health service.
+"""The gRPC server: AgentService, FleetService, AuditService, health and reflection.
 
 ``grpc.aio`` on one event loop. Messages above ``max_message_bytes`` are refused
 by gRPC itself with RESOURCE_EXHAUSTED; keepalive settings let agents ping every
@@ -10,6 +10,13 @@ the security interceptor checks identity, rate and role before any servicer
 runs (its refusals are counted in ``corral_grpc_requests_total`` too); without
 TLS the server listens on loopback only, unless ``insecure`` says otherwise
 (:func:`controller.security.serving.bind`).
+
+The corral services are registered with request deserializers that never raise
+(:func:`controller.api.edge.add_servicer`), so an undecodable request is refused
+INVALID_ARGUMENT and counted like any other refusal. Server reflection
+(``grpc.reflection.v1alpha``) lets ``grpcurl`` and similar tools
+discover the API (docs/api.md); under mutual TLS it needs a certificate like
+any other call and is open to every role, like health.
 """
 
 from __future__ import annotations
@@ -17,14 +24,16 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
 
 from controller.api.agent_service import AgentServicer
 from controller.api.audit_service import AuditServicer
 from controller.api.counting import RefusalCounter
+from controller.api.edge import add_servicer
 from controller.api.fleet_service import FleetServicer
 from controller.security.serving import ServerSecurity, bind, server_interceptors
 from controller.service import ControllerService
-from protos.corral.v1 import agent_pb2_grpc, audit_pb2_grpc, fleet_pb2_grpc
+from protos.corral.v1 import agent_pb2, audit_pb2, fleet_pb2
 
 SERVICES = ("corral.v1.AgentService", "corral.v1.FleetService", "corral.v1.AuditService")
 
@@ -53,20 +62,45 @@ class ControllerServer:
         max_message_bytes: int,
         max_manifest_bytes: int,
         security: ServerSecurity | None = None,
+        providers: frozenset[str] | None = None,
     ) -> None:
+        """``providers``: configured provider names CreateGroup accepts (None: any)."""
         security = security or ServerSecurity()
         refused = RefusalCounter(service.metrics.grpc_requests)
         self.server = grpc.aio.server(
             interceptors=server_interceptors(security, on_refused=refused),
             options=server_options(max_message_bytes),
         )
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(service), self.server)
-        fleet_pb2_grpc.add_FleetServiceServicer_to_server(
-            FleetServicer(service, max_manifest_bytes=max_manifest_bytes), self.server
+        add_servicer(
+            self.server,
+            agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
+            AgentServicer(service),
         )
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(service), self.server)
+        add_servicer(
+            self.server,
+            fleet_pb2.DESCRIPTOR.services_by_name["FleetService"],
+            FleetServicer(
+                service,
+                max_manifest_bytes=max_manifest_bytes,
+                providers=providers,
+                evidence_bytes=max_message_bytes // 4,
+            ),
+        )
+        add_servicer(
+            self.server,
+            audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
+            AuditServicer(service),
+        )
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                *SERVICES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
         self.port = bind(self.server, listen, security)
 
     async def start(self) -> None:

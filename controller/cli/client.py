@@ -132,6 +132,21 @@ class FleetClient:
         except grpc.RpcError as exc:
             raise self._error(exc) from None
 
+    def list_all(self, method: Callable[..., Any], request: Any, field: str) -> list[Any]:
+        """Every item of a paged list RPC (AIP-158): follow ``next_page_token`` to the end.
+
+        ``field`` names the repeated field of the response (``instances``).
+        Raises ClientError.
+        """
+        items: list[Any] = []
+        while True:
+            response = self.call(method, request)
+            items.extend(getattr(response, field))
+            token = response.next_page_token
+            if not token:
+                return items
+            request.page_token = token
+
     def stream(self, method: Callable[..., Response], requests: Iterator[Any]) -> Response:
         """A client-streaming call with a deadline; raises ClientError."""
         return self.call(method, requests)

@@ -83,6 +83,11 @@ class Demo:
         request = fleet_pb2.ListInstancesRequest(group=GROUP)
         return list(self.client.call(self.client.stub.ListInstances, request).instances)
 
+    def instance(self, instance_id: str) -> fleet_pb2.Instance:
+        assert self.client is not None
+        request = fleet_pb2.GetInstanceRequest(instance_id=instance_id)
+        return self.client.call(self.client.stub.GetInstance, request).instance
+
     # Steps --------------------------------------------------------------------
 
     def start(self) -> None:
@@ -194,8 +199,8 @@ class Demo:
                 if done and step not in steps:
                     steps[step] = now
                     self.say(f"  +{now:5.2f} s  {labels[step]}")
-                    if step == "tainted":
-                        self.say_evidence(old)
+                    if step == "tainted":  # lists carry summaries; the evidence is shown one by one
+                        self.say_evidence(self.instance(victim))
             if new is not None:
                 self.summary["replacement_instance"] = new.id
             return len(steps) == len(seen)

@@ -71,6 +71,8 @@ def instance_json(instance: fleet_pb2.Instance) -> dict[str, Any]:
             "at_ms": taint.at_ms,
             "evidence_verified": taint.evidence_verified,
             "evidence_truncated": taint.evidence_truncated,
+            "baseline_mismatch": taint.baseline_mismatch,
+            "changes_recorded": taint.changes_recorded,
             "changes": [
                 {
                     "kind": manifest_pb2.ChangeKind.Name(c.kind)
@@ -87,8 +89,8 @@ def instance_json(instance: fleet_pb2.Instance) -> dict[str, Any]:
 
 def _list(client: FleetClient, args: argparse.Namespace) -> int:
     request = fleet_pb2.ListInstancesRequest(group=args.group or "")
-    response = client.call(client.stub.ListInstances, request)
-    documents = [instance_json(instance) for instance in response.instances]
+    instances = client.list_all(client.stub.ListInstances, request, "instances")
+    documents = [instance_json(instance) for instance in instances]
     if args.json:
         print_json(documents)
         return 0
@@ -119,12 +121,20 @@ def _show(client: FleetClient, args: argparse.Namespace) -> int:
     if taint is not None:
         print(f"taint        {taint['kind']}: {taint['reason']} (by {taint['actor']})")
         checked = "verified" if taint["evidence_verified"] else "not verified"
+        if taint["baseline_mismatch"]:
+            print(
+                "evidence     none: the agent's baseline matches its files but not the "
+                "registered manifest"
+            )
         if taint["changes"]:
             more = ", truncated" if taint["evidence_truncated"] else ""
-            print(f"evidence     {len(taint['changes'])} change(s), {checked}{more}")
+            print(f"evidence     {taint['changes_recorded']} change(s), {checked}{more}")
             for change in taint["changes"]:
                 attributes = ",".join(change["attributes"])
                 print(f"  {change['kind']:<9} {change['path']}  {attributes}".rstrip())
+            omitted = taint["changes_recorded"] - len(taint["changes"])
+            if omitted > 0:
+                print(f"  ... and {omitted} more (beyond the controller's response budget)")
     return 0
 
 

@@ -99,8 +99,8 @@ def _resume(client: FleetClient, args: argparse.Namespace) -> int:
 
 
 def _list(client: FleetClient, args: argparse.Namespace) -> int:
-    response = client.call(client.stub.ListGroups, fleet_pb2.ListGroupsRequest())
-    documents = [group_json(group) for group in response.groups]
+    groups = client.list_all(client.stub.ListGroups, fleet_pb2.ListGroupsRequest(), "groups")
+    documents = [group_json(group) for group in groups]
     if args.json:
         print_json(documents)
         return 0

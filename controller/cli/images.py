@@ -118,12 +118,12 @@ def _register(client: FleetClient, args: argparse.Namespace) -> int:
 
 
 def _list(client: FleetClient, args: argparse.Namespace) -> int:
-    response = client.call(client.stub.ListImages, fleet_pb2.ListImagesRequest())
+    images = client.list_all(client.stub.ListImages, fleet_pb2.ListImagesRequest(), "images")
     if args.json:
-        print_json([image_json(image) for image in response.images])
+        print_json([image_json(image) for image in images])
         return 0
     print_table(
         ("REF", "VERSION", "ENTRIES", "REGISTERED BY"),
-        [(i.ref, i.version, str(i.entry_count), i.registered_by) for i in response.images],
+        [(i.ref, i.version, str(i.entry_count), i.registered_by) for i in images],
     )
     return 0

@@ -6,6 +6,12 @@ report), its group, the group's desired image, the image the agent says it runs
 :class:`Decision` — the new instance record and what happened — or raises a
 :class:`~controller.errors.ControllerError` saying why the report is refused.
 A refused report changes nothing.
+
+What a report says about its image is checked against the registry: a
+registered digest must be reported under the reference it was registered as
+(else the report is refused, FAILED_PRECONDITION), and an unregistered digest
+is image drift recorded under the digest alone, so no record ever names an
+unregistered reference as what an instance runs.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from controller.domain.states import transition
 from controller.errors import AlreadyExistsError, FailedPreconditionError
 
 _S = InstanceState
-AGENT_ACTOR = "agent"
+#: Prefix of the actor of a taint an agent reported: ``agent:<instance>``.
+AGENT_ACTOR = "agent:"
 
 
 class Outcome(Enum):
@@ -64,7 +71,12 @@ def decide(
     report: Report,
     now: float,
 ) -> Decision:
-    """Decide what ``report`` means; raises FailedPreconditionError or AlreadyExistsError."""
+    """Decide what ``report`` means; raises FailedPreconditionError or AlreadyExistsError.
+
+    A new taint's actor is ``agent:<instance>``, as in its audit record: under
+    mutual TLS the security interceptor has proved that the certificate names
+    that instance before any of this runs.
+    """
     if group is None:
         raise FailedPreconditionError(
             f"group {report.group!r} is not declared: declare it in the controller's "
@@ -79,6 +91,15 @@ def decide(
                 outcome=Outcome.DUPLICATE,
                 evidence_wanted=_evidence_wanted(instance, running, report),
             )
+    if running is None:
+        if report.image_ref != report.image_digest:
+            report = replace(report, image_ref=report.image_digest)
+    elif running.ref != report.image_ref:
+        raise FailedPreconditionError(
+            f"image_ref {report.image_ref!r} does not name the image registered with digest "
+            f"{running.digest} (registered as {running.ref!r})",
+            reason="image_ref_mismatch",
+        )
     if desired is None:
         raise FailedPreconditionError(
             f"group {group.name!r} wants image {group.desired_image_ref!r}, which is not "
@@ -101,7 +122,7 @@ def decide(
     new_taint = None
     if base.state in (_S.PENDING, _S.UNKNOWN, _S.CONFORMANT):
         kind, reason = drift
-        new_taint = Taint(kind=kind, reason=reason, actor=AGENT_ACTOR, at=now)
+        new_taint = Taint(kind=kind, reason=reason, actor=AGENT_ACTOR + report.instance_id, at=now)
         updated = replace(transition(updated, _S.TAINTED), taint=new_taint)
     return Decision(
         instance=updated,
@@ -142,11 +163,22 @@ def heard(instance: Instance, report: Report, *, now: float) -> Instance:
 def attach_evidence(instance: Instance, evidence: Evidence, *, verified: bool) -> Instance:
     """``instance`` with ``evidence`` recorded on its file-drift taint, if it has none yet.
 
-    The first evidence is kept: it says why the instance was tainted.
+    The first evidence is kept: it says why the instance was tainted. Complete,
+    empty, unverified evidence is the agent's answer to ``evidence_wanted``
+    (:func:`controller.domain.evidence.check_evidence` passed it): it has no
+    changes against its own baseline, so that baseline and the registered
+    manifest disagree; the taint records that and evidence is not asked again.
     """
     taint = instance.taint
-    if taint is None or taint.kind != DriftKind.FILE or taint.changes or taint.evidence_verified:
+    if (
+        taint is None
+        or taint.kind != DriftKind.FILE
+        or taint.changes
+        or taint.evidence_verified
+        or taint.baseline_mismatch
+    ):
         return instance
+    mismatch = not evidence.changes and not evidence.truncated and not verified
     return replace(
         instance,
         taint=replace(
@@ -154,6 +186,7 @@ def attach_evidence(instance: Instance, evidence: Evidence, *, verified: bool) -
             changes=evidence.changes,
             evidence_verified=verified,
             evidence_truncated=evidence.truncated,
+            baseline_mismatch=mismatch,
         ),
     )
 
@@ -242,4 +275,5 @@ def _evidence_wanted(instance: Instance, running: ImageRecord | None, report: Re
         and taint.kind == DriftKind.FILE
         and not taint.changes
         and not taint.evidence_verified
+        and not taint.baseline_mismatch
     )

@@ -6,6 +6,12 @@ an incremental :class:`~agent.merkle.RootIndex`) makes the check cost
 O(changes): touched buckets are re-hashed, then the index is put back as it was.
 An agent whose evidence does not add up is lying or broken; the caller refuses
 the evidence and flags the instance.
+
+One exception is the ``evidence_wanted`` follow-up (docs/agent.md): a complete
+drift report with no changes at all. The agent sends it when its live tree
+matches its own baseline but the controller said the root differs from the
+registered manifest, so there is nothing to hash: the verdict is unverified,
+not inconsistent, and the instance is not flagged.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 from agent.diff import ChangeKind
 from agent.manifest import Entry, leaf_hash
 from agent.merkle import RootIndex
+from agent.paths import display_path
 from controller.domain.model import Evidence
 from controller.errors import InvalidArgumentError
 
@@ -47,6 +54,9 @@ def check_evidence(index: ManifestIndex, evidence: Evidence, *, reported_root: b
     twice) or, for complete evidence, when the result does not hash to the root.
     Truncated evidence can only be checked change by change.
     """
+    if not evidence.changes and not evidence.truncated:
+        verified = index.roots.root() == reported_root
+        return Verdict(verified=verified, truncated=False)
     remove, add = _leaf_moves(index, evidence)
     if evidence.truncated:
         if evidence.total_changes < len(evidence.changes):
@@ -74,20 +84,25 @@ def _leaf_moves(index: ManifestIndex, evidence: Evidence) -> tuple[list[bytes], 
     seen: set[bytes] = set()
     for change in evidence.changes:
         if change.path in seen:
-            raise _inconsistent(f"path {change.path!r} appears twice in the evidence")
+            raise _inconsistent(f"path {_shown(change.path)} appears twice in the evidence")
         seen.add(change.path)
         baseline = index.leaves.get(change.path)
         if change.kind == ChangeKind.ADDED and baseline is not None:
-            raise _inconsistent(f"{change.path!r} is reported added but the image has it")
+            raise _inconsistent(f"{_shown(change.path)} is reported added but the image has it")
         if change.kind != ChangeKind.ADDED and baseline is None:
             raise _inconsistent(
-                f"{change.path!r} is reported {change.kind.value} but the image lacks it"
+                f"{_shown(change.path)} is reported {change.kind.value} but the image lacks it"
             )
         if baseline is not None:
             remove.append(baseline)
         if change.entry is not None:
             add.append(leaf_hash(change.entry))
     return remove, add
+
+
+def _shown(path: bytes) -> str:
+    """``path`` in its documented display form, at most 200 bytes of it."""
+    return display_path(path[:200]) + ("..." if len(path) > 200 else "")
 
 
 def _inconsistent(message: str) -> InvalidArgumentError:

@@ -117,6 +117,9 @@ class Taint:
     changes: tuple[Change, ...] = ()
     evidence_verified: bool = False
     evidence_truncated: bool = False
+    #: The agent answered ``evidence_wanted`` with no changes against its own
+    #: baseline: that baseline and the registered manifest disagree.
+    baseline_mismatch: bool = False
 
 
 @dataclass(frozen=True)

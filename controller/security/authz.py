@@ -6,7 +6,8 @@
 - operators: the mutating ``FleetService`` RPCs listed in :data:`OPERATOR_MUTATIONS`
   plus every read;
 - auditors: reads only;
-- everyone authenticated: the standard health service.
+- everyone authenticated: the standard health service and server reflection
+  (the API's shape is published anyway: the protos are in the repository).
 
 A *read* is any ``corral.v1`` RPC outside ``AgentService`` whose method name starts
 with ``List``, ``Get``, ``Audit``, ``Verify`` or ``Export``, so read-only RPCs
@@ -24,6 +25,9 @@ PACKAGE = "corral.v1"
 AGENT_SERVICE = f"{PACKAGE}.AgentService"
 FLEET_SERVICE = f"{PACKAGE}.FleetService"
 HEALTH_SERVICE = "grpc.health.v1.Health"
+REFLECTION_SERVICES = frozenset(
+    {"grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
+)
 
 AGENT_RPCS = frozenset({f"/{AGENT_SERVICE}/Report", f"/{AGENT_SERVICE}/ReportDrift"})
 #: Operator RPCs that change the fleet; listed one by one on purpose.
@@ -61,9 +65,13 @@ def is_health(method: str) -> bool:
     return split_method(method)[0] == HEALTH_SERVICE
 
 
+def is_reflection(method: str) -> bool:
+    return split_method(method)[0] in REFLECTION_SERVICES
+
+
 def allowed(role: Role, method: str) -> bool:
     """May a caller with ``role`` call ``method`` (``/pkg.Service/Method``)?"""
-    if is_health(method):
+    if is_health(method) or is_reflection(method):
         return True
     if role is Role.AGENT:
         return method in AGENT_RPCS

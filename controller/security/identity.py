@@ -29,6 +29,16 @@ PEER_URI = "peer_uri"
 
 #: Instance ids as the controller accepts them; names of people and controllers likewise.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+#: Name prefixes no certificate may carry: an actor built from such a name could be
+#: mistaken for an unauthenticated claim or another role (``operator:unverified:x``).
+RESERVED_PREFIXES = ("unverified:", "agent:", "operator:", "auditor:", "controller:")
+
+
+def is_reserved(name: str) -> bool:
+    """True when ``name`` starts with a reserved prefix (any letter case)."""
+    return name.lower().startswith(RESERVED_PREFIXES)
+
+
 _TRUST_DOMAIN = re.compile(r"[a-z0-9][a-z0-9._-]{0,254}")
 
 
@@ -51,6 +61,10 @@ class Identity:
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
             raise ValueError(f"{self.name[:80]!r} is not a valid {self.role} name")
+        if is_reserved(self.name):
+            raise ValueError(
+                f"{self.name[:80]!r} starts with a reserved prefix ({', '.join(RESERVED_PREFIXES)})"
+            )
 
     @property
     def actor(self) -> str:
@@ -87,7 +101,7 @@ def parse_uri(uri: str, *, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> Identity
         role = Role(role_name)
     except ValueError:
         return None
-    if not _NAME.fullmatch(name):
+    if not _NAME.fullmatch(name) or is_reserved(name):
         return None
     return Identity(role, name)
 

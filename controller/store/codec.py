@@ -92,18 +92,18 @@ def instance_from_row(row: tuple[Any, ...]) -> Instance:
 def taint_to_json(taint: Taint | None) -> str | None:
     if taint is None:
         return None
-    return json.dumps(
-        {
-            "kind": taint.kind.value,
-            "reason": taint.reason,
-            "actor": taint.actor,
-            "at": taint.at,
-            "evidence_verified": taint.evidence_verified,
-            "evidence_truncated": taint.evidence_truncated,
-            "changes": [_change_to_json(change) for change in taint.changes],
-        },
-        sort_keys=True,
-    )
+    data: dict[str, Any] = {
+        "kind": taint.kind.value,
+        "reason": taint.reason,
+        "actor": taint.actor,
+        "at": taint.at,
+        "evidence_verified": taint.evidence_verified,
+        "evidence_truncated": taint.evidence_truncated,
+        "changes": [_change_to_json(change) for change in taint.changes],
+    }
+    if taint.baseline_mismatch:  # written only when set: older rows stay byte-identical
+        data["baseline_mismatch"] = True
+    return json.dumps(data, sort_keys=True)
 
 
 def taint_from_json(text: str | None) -> Taint | None:
@@ -118,6 +118,7 @@ def taint_from_json(text: str | None) -> Taint | None:
         changes=tuple(_change_from_json(item) for item in data["changes"]),
         evidence_verified=data["evidence_verified"],
         evidence_truncated=data["evidence_truncated"],
+        baseline_mismatch=data.get("baseline_mismatch", False),
     )
 
 

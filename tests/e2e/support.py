@@ -122,6 +122,11 @@ class Fleet:
         request = fleet_pb2.ListInstancesRequest(group=group)
         return list(self.client.call(self.client.stub.ListInstances, request).instances)
 
+    def instance(self, instance_id: str) -> fleet_pb2.Instance:
+        """One instance with its evidence (lists carry summaries)."""
+        request = fleet_pb2.GetInstanceRequest(instance_id=instance_id)
+        return self.client.call(self.client.stub.GetInstance, request).instance
+
     def states(self, group: str) -> dict[str, str]:
         return {i.id: STATE[i.state] for i in self.instances(group)}
 

@@ -149,7 +149,7 @@ def test_drift_in_a_container_is_replaced_once(
         )  # fmt: skip
 
         def evidence() -> list[bytes]:
-            found = {i.id: i for i in fleet.instances("web")}[victim]
+            found = fleet.instance(victim)
             return [change.path for change in found.taint.changes]
 
         assert support.wait_for(lambda: bool(evidence()), timeout=15), fleet.states("web")

@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from agent.manifest import Entry, EntryType, Manifest, digest_of
@@ -353,3 +354,40 @@ def test_an_agent_over_its_rate_is_resource_exhausted_with_a_hint_and_counted(
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         controller.close()
+
+
+def test_an_agent_detected_taint_names_the_verified_instance(
+    running: TlsController, baked: Baked
+) -> None:
+    stub = running.agent("i-big")
+    request = agent_pb2.ReportRequest(header=baked.header("i-big", root=b"\x05" * 32))
+    assert stub.Report(request, timeout=5).state == agent_pb2.INSTANCE_STATE_TAINTED
+    alice = running.fleet(Role.OPERATOR, "alice")
+    shown = alice.GetInstance(fleet_pb2.GetInstanceRequest(instance_id="i-big"), timeout=5)
+    assert shown.instance.taint.actor == "agent:i-big"
+
+
+def test_undecodable_bytes_are_rate_limited_like_any_refusal(tmp_path: Path, pki: Pki) -> None:
+    controller = TlsController(tmp_path / "data", pki, agent_rate=0.01, agent_burst=2)
+    try:
+        files = pki.files(Role.AGENT, "i-1")
+        channel = controller.channel(channel_credentials(files))
+        call = channel.unary_unary(
+            f"{AGENT}/Report", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
+        codes = [_code(lambda: call(b"\xff\xff\xff", timeout=5)).code() for _ in range(3)]
+        assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 2 + [
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+        ]
+        assert controller.requests(f"{AGENT}/Report", "INVALID_ARGUMENT") == 2
+        assert controller.requests(f"{AGENT}/Report", "RESOURCE_EXHAUSTED") == 1
+    finally:
+        controller.close()
+
+
+def test_reflection_is_open_to_every_role_under_mtls(running: TlsController) -> None:
+    files = running.pki.files(Role.AUDITOR, "bob")
+    stub = reflection_pb2_grpc.ServerReflectionStub(running.channel(channel_credentials(files)))
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    answer = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=5)))
+    assert "corral.v1.AuditService" in {s.name for s in answer.list_services_response.service}

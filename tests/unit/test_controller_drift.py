@@ -59,6 +59,9 @@ def report(**fields: object) -> Report:
         "scanned_at_ms": 1_000,
     }
     values.update(fields)
+    if "image_digest" in fields and "image_ref" not in fields:  # the ref that names the digest
+        digest = str(fields["image_digest"])
+        values["image_ref"] = {DESIRED.digest: DESIRED.ref, OLD.digest: OLD.ref}.get(digest, digest)
     return Report(**values)  # type: ignore[arg-type]
 
 
@@ -149,7 +152,7 @@ class TestDrift:
         decision = run(stored(), report(seq=6, root=OTHER_ROOT))
         assert decision.outcome == Outcome.DRIFT
         assert decision.new_taint is not None and decision.new_taint.kind == DriftKind.FILE
-        assert decision.new_taint.actor == "agent" and decision.new_taint.at == NOW
+        assert decision.new_taint.actor == "agent:i-1" and decision.new_taint.at == NOW
         assert decision.instance.state == S.TAINTED and decision.instance.root == OTHER_ROOT
         assert decision.durable and decision.evidence_wanted
 

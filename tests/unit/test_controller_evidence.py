@@ -157,3 +157,21 @@ class TestTruncated:
                 Evidence(changes=(change,), truncated=True, total_changes=0),
                 reported_root=b"\x00" * 32,
             )
+
+
+def test_the_evidence_wanted_follow_up_is_unverified_not_inconsistent(
+    index: ManifestIndex,
+) -> None:
+    """No changes at all, complete, for a root the manifest does not have: the agent's
+    baseline differs from the registered manifest (docs/api.md)."""
+    verdict = check_evidence(index, Evidence(changes=()), reported_root=b"\x07" * 32)
+    assert not verdict.verified and not verdict.truncated
+    same = check_evidence(index, Evidence(changes=()), reported_root=root_of(BASELINE))
+    assert same.verified
+
+
+def test_inconsistent_evidence_names_paths_in_their_display_form(index: ManifestIndex) -> None:
+    evidence = Evidence(changes=(Change(ChangeKind.REMOVED, b"/srv/\xffgone", None),))
+    with pytest.raises(InvalidArgumentError, match="/srv/%FFgone") as raised:
+        check_evidence(index, evidence, reported_root=b"\x07" * 32)
+    assert "b'" not in str(raised.value)

@@ -73,6 +73,8 @@ def test_bad_requests_are_refused(ca: Path, tmp_path: Path) -> None:
         certs.issue(ca, Role.AGENT, "i-1", sans=["host"])
     with pytest.raises(CertificateError, match="not a valid"):
         certs.issue(ca, Role.AGENT, "../etc")
+    with pytest.raises(CertificateError, match="reserved prefix"):
+        certs.issue(ca, Role.OPERATOR, "unverified:alice")
     with pytest.raises(CertificateError, match="neither a host name nor an IP"):
         certs.issue(ca, Role.CONTROLLER, "c", sans=["IP:not-an-ip"])
     with pytest.raises(CertificateError, match="no CA in"):

@@ -154,3 +154,10 @@ def test_an_agent_reports_only_for_its_own_instance() -> None:
     with pytest.raises(PermissionDeniedError):
         require_instance(Identity(Role.OPERATOR, "i-1"), "i-1")
     require_instance(None, "anything")  # a server without mTLS has nobody to check
+
+
+@pytest.mark.parametrize("name", ["unverified:alice", "Unverified:x", "operator:bob", "agent:i-1"])
+def test_a_certificate_cannot_claim_a_reserved_prefix(name: str) -> None:
+    assert parse_uri(f"spiffe://corral/operator/{name}") is None
+    with pytest.raises(ValueError, match="reserved prefix"):
+        Identity(Role.OPERATOR, name)
