@@ -58,12 +58,21 @@ class Leadership(Protocol):
 
     def is_leader(self) -> bool: ...
 
+    def changed_groups(self) -> set[str]:
+        """Groups whose instances other replicas changed since the last call ("" means
+        every group, e.g. just after this replica became leader). The leader plans
+        them at its next tick, as if nudged locally."""
+        ...
+
 
 class SoleController:
     """The embedded case: one controller per SQLite store, always the leader."""
 
     def is_leader(self) -> bool:
         return True
+
+    def changed_groups(self) -> set[str]:
+        return set()  # every change is made here and nudges the replacer itself
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,7 @@ class Replacer:
             return  # the running tick schedules what was nudged meanwhile
         async with self._lock:
             if self.leadership.is_leader():
+                self._dirty |= self.leadership.changed_groups()
                 for name in self._due_groups(include_active=include_active):
                     if await self._tick_group(name):
                         self._active.add(name)

@@ -67,6 +67,7 @@ from controller.store.codec import (
     instance_from_row,
     instance_to_row,
 )
+from controller.store.postgres_leadership import GROUP_CHANNEL
 from controller.store.replacement_rows import (
     INSERT_REPLACEMENT,
     REPLACEMENT_COLUMNS,
@@ -105,6 +106,7 @@ _SELECT_INSTANCES = "SELECT " + ", ".join(
 _INSERT_INSTANCE = _pg(INSERT_INSTANCE) + " RETURNING id"
 _UPDATE_INSTANCE = _pg(UPDATE_INSTANCE)
 _INSERT_GROUP = _pg(INSERT_GROUP) + " RETURNING name"
+_NOTIFY_GROUP = f"SELECT pg_notify('{GROUP_CHANNEL}', current_schema() || '/' || %s)"
 _UPDATE_GROUP = _pg(UPDATE_GROUP)
 _SELECT_REPLACEMENTS = f"SELECT {', '.join(REPLACEMENT_COLUMNS)} FROM replacements"
 
@@ -242,6 +244,8 @@ class PostgresStore:
                 raise NotFoundError(f"group {instance.group!r} is not declared") from None
             if written:
                 _append(db, audit)
+                if durable or audit:  # the leader replica plans the group at its next tick
+                    db.execute(_NOTIFY_GROUP, (instance.group,))
             else:
                 stored = db.execute("SELECT version FROM instances WHERE id = %s", (instance.id,))
                 found = stored.fetchone()

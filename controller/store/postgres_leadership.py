@@ -27,6 +27,10 @@ import psycopg
 from psycopg import sql
 
 log = logging.getLogger("corral.replacer")
+GROUP_CHANNEL = "corral_groups"
+"""The PostgreSQL notification channel on which every durable instance change names its
+group (payload ``schema/group``): the leader, which may not be the replica that
+took the report, plans that group at its next tick instead of at its next sweep."""
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 _KEEPALIVE = {
@@ -54,6 +58,8 @@ class PostgresLeadership:
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._leader = False
+        self._prefix = "/"
+        self._changed: set[str] = set()
 
     def is_leader(self) -> bool:
         """True while this replica holds the lock; tries to take it when free."""
@@ -68,11 +74,30 @@ class PostgresLeadership:
                         (self._name,),
                     ).fetchone()
                     if row is not None and row[0]:
+                        conn.execute(f"LISTEN {GROUP_CHANNEL}")
+                        schema = conn.execute("SELECT current_schema()").fetchone()
+                        self._prefix = f"{schema[0] if schema else ''}/"
+                        self._changed = {""}
                         self._leader = True
                         log.info("this replica is now the leader: it runs the replacement engine")
             except psycopg.Error as error:
                 self._lost(error)
             return self._leader
+
+    def changed_groups(self) -> set[str]:
+        """Groups named on :data:`GROUP_CHANNEL` since the last call (leader only)."""
+        with self._lock:
+            changed, self._changed = self._changed, set()
+            if not self._leader or self._conn is None:
+                return set()
+            try:
+                for note in self._conn.notifies(timeout=0):
+                    if note.payload.startswith(self._prefix):
+                        changed.add(note.payload[len(self._prefix) :])
+            except psycopg.Error as error:
+                self._lost(error)
+                return set()
+            return changed
 
     def close(self) -> None:
         """Give up the lock (closing the session releases it) so a survivor takes over."""

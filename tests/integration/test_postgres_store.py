@@ -17,8 +17,9 @@ import psycopg
 import pytest
 
 from controller.audit import events as ev
+from controller.cli.demo_support import wait_for
 from controller.domain.model import Instance, InstanceState
-from controller.errors import AlreadyExistsError, ControllerError, NotFoundError
+from controller.errors import AlreadyExistsError, ConflictError, ControllerError, NotFoundError
 from controller.store.postgres import PostgresStore
 from controller.store.postgres_leadership import PostgresLeadership
 from tests.fixtures.postgres import connect, fresh_schema, postgres_dsn
@@ -97,10 +98,14 @@ class TestReplicasShareState:
         b.add_group(GROUP)
         assert a.get_group("web") == GROUP
         a.save_instance(INSTANCE)
-        assert b.get_instance("i-1") == INSTANCE
-        b.save_instance(replace(INSTANCE, seq=4), durable=False)
+        seen = b.get_instance("i-1")
+        assert seen == INSTANCE
+        assert seen is not None
+        b.save_instance(replace(seen, seq=4), durable=False)
         assert a.get_instance("i-1") == replace(INSTANCE, seq=4)
-        changed = replace(GROUP, breaker_open=True)
+        stored = b.get_group("web")
+        assert stored is not None
+        changed = replace(stored, breaker_open=True)
         b.update_group(changed)
         assert a.get_group("web") == changed
         assert a.list_images() == b.list_images() == [IMAGE]
@@ -110,10 +115,13 @@ class TestReplicasShareState:
     ) -> None:
         a, b = pair
         a.add_group(GROUP)
-        a.save_instance(INSTANCE)
-        tainted = replace(INSTANCE, state=InstanceState.TAINTED, seq=4)
+        read_by_a = a.save_instance(INSTANCE)
+        read_by_b = b.get_instance("i-1")
+        assert read_by_b is not None
+        tainted = replace(read_by_b, state=InstanceState.TAINTED, seq=4)
         b.save_instance(tainted, audit=[transition(tainted, InstanceState.TAINTED)])
-        a.save_instance(replace(INSTANCE, seq=5), durable=False)  # decided on a stale read
+        with pytest.raises(ConflictError):  # decided on a stale read: it changes nothing
+            a.save_instance(replace(read_by_a, seq=5), durable=False)
         assert b.get_instance("i-1") == tainted
         a.flush()
 
@@ -183,7 +191,7 @@ class TestReplicasShareState:
         PostgresStore(postgres_dsn(), schema=schema).close()
         with connect(schema) as conn:
             versions = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
-        assert versions == [(1,), (2,)]
+        assert versions == [(1,), (2,), (3,)]
 
 
 class TestLeadership:
@@ -212,6 +220,26 @@ class TestLeadership:
             finally:
                 here.close()
                 there.close()
+
+    def test_the_leader_hears_which_groups_other_replicas_changed(self, schema: str) -> None:
+        with fresh_schema() as other:
+            leader = PostgresLeadership(postgres_dsn(), schema=schema)
+            replica = PostgresStore(postgres_dsn(), schema=schema)
+            elsewhere = PostgresStore(postgres_dsn(), schema=other)
+            try:
+                assert leader.is_leader()
+                assert leader.changed_groups() == {""}  # new leader: plan every group
+                assert leader.changed_groups() == set()
+                for store in (replica, elsewhere):
+                    store.add_group(GROUP)
+                    stored = store.save_instance(INSTANCE)
+                    store.save_instance(replace(stored, seq=9), durable=False)  # a heartbeat
+                assert wait_for(lambda: "web" in leader.changed_groups(), timeout=10)
+                assert leader.changed_groups() == set()  # the other schema's change is not ours
+            finally:
+                leader.close()
+                replica.close()
+                elsewhere.close()
 
     def test_unreachable_database_means_not_leader(self) -> None:
         nowhere = PostgresLeadership("host=127.0.0.1 port=1 user=postgres connect_timeout=1")

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
+from agent.logs import JsonFormatter, configure_logging
 from agent.manifest import Entry, EntryType, Manifest, digest_of
 from agent.policy import Policy
 from controller.domain.model import Group, ImageRecord, Report
 from controller.errors import ControllerError
-from controller.logs import JsonFormatter, configure_logging
 from controller.metrics import ControllerMetrics
 from controller.service import ControllerService
 from controller.store.memory import MemoryStore
@@ -26,7 +26,7 @@ def stream() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
     out = io.StringIO()  # not a TTY: JSON
-    configure_logging("info", stream=out)
+    configure_logging(level="info", context={}, stream=out)
     yield out
     root.handlers[:], level = saved
     root.setLevel(level)
@@ -53,7 +53,7 @@ def test_every_line_is_one_json_object(stream: io.StringIO) -> None:
 
 
 def test_level_filters(stream: io.StringIO) -> None:
-    configure_logging("warning", stream=stream)
+    configure_logging(level="warning", context={}, stream=stream)
     logging.getLogger("corral.controller").info("hidden")
     assert stream.getvalue() == ""
 
@@ -67,7 +67,7 @@ def test_a_tty_gets_plain_text() -> None:
     saved = (root.handlers[:], root.level)
     out = Tty()
     try:
-        configure_logging("info", stream=out)
+        configure_logging(level="info", context={}, stream=out)
         logging.getLogger("corral.controller").info("hello")
     finally:
         root.handlers[:], level = saved
