@@ -36,12 +36,12 @@ from controller.domain.breaker import BreakerState
 from controller.domain.model import Group
 from controller.domain.replacement import (
     ACTIVE_PHASES,
-    GroupView,
     ReplacementSettings,
     instance_view,
     plan,
 )
 from controller.domain.replacement_actions import Action, Hold, Strategy
+from controller.domain.views import GroupView
 from controller.errors import ControllerError
 from controller.metrics import ControllerMetrics
 from controller.ports import Clock, Store

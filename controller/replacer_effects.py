@@ -20,7 +20,6 @@ from controller import audit_trail as trail
 from controller.audit import events as ev
 from controller.domain.model import Group, Instance, InstanceState
 from controller.domain.refs import image_identity
-from controller.domain.replacement import LaunchLookup
 from controller.domain.replacement_actions import (
     Abandon,
     Action,
@@ -39,6 +38,7 @@ from controller.domain.replacement_actions import (
 )
 from controller.domain.replacement_record import ReplacementRecord
 from controller.domain.states import transition
+from controller.domain.views import LaunchLookup
 from controller.errors import ControllerError, NotFoundError
 from controller.metrics import ControllerMetrics
 from controller.ports import Clock, Store

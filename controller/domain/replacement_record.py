@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from controller.domain.replacement import LaunchLookup, ReplacementView
 from controller.domain.replacement_actions import Kind, Phase, Strategy
+from controller.domain.views import LaunchLookup, ReplacementView
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,9 @@ abandoned, no further scale-up starts until the next rollout or rollback.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from controller.domain.replacement_actions import Kind, Phase, StartReplacement
-
-if TYPE_CHECKING:
-    from controller.domain.replacement import GroupView, InstanceView, ReplacementView
+from controller.domain.views import GroupView, InstanceView, ReplacementView
 
 _FINISHED = frozenset({Phase.DONE, Phase.ABANDONED, Phase.CANCELLED})
 

@@ -21,11 +21,7 @@ from controller.domain.breaker import BreakerSettings, BreakerState, resume
 from controller.domain.model import DriftKind, GroupMode, Instance, InstanceState, Taint
 from controller.domain.replacement import (
     ACTIVE_PHASES,
-    GroupView,
-    InstanceView,
-    LaunchLookup,
     ReplacementSettings,
-    ReplacementView,
     backoff_delay,
     budget,
     instance_view,
@@ -52,6 +48,7 @@ from controller.domain.replacement_actions import (
     Strategy,
     Terminate,
 )
+from controller.domain.views import GroupView, InstanceView, LaunchLookup, ReplacementView
 
 S = InstanceState
 V1 = "web@sha256:" + "1" * 64

@@ -9,8 +9,6 @@ from hypothesis import strategies as st
 from controller.domain.model import Group, GroupMode, InstanceState
 from controller.domain.refs import InvalidReferenceError, UnpinnedReferenceError
 from controller.domain.replacement import (
-    GroupView,
-    InstanceView,
     ReplacementSettings,
     plan,
 )
@@ -24,6 +22,7 @@ from controller.domain.rollout import (
     rollback,
     rollout,
 )
+from controller.domain.views import GroupView, InstanceView
 from controller.errors import FailedPreconditionError, NotFoundError
 
 V1 = "web@sha256:" + "1" * 64
