@@ -33,9 +33,9 @@ from agent.hashpool import HashPool
 from agent.manifest import Entry, EntryError, EntryType, leaf_hash, root_of
 from agent.merkle import compute_root
 from agent.policy import Policy
-from agent.readbudget import TokenBucket
 from agent.scanrules import Exclusions, ignoring, include_roots, leaf_signature
 from agent.statcache import Record, StatCache, other_stamp_of, stamp_of
+from agent.tokenbucket import TokenBucket
 
 __all__ = ["Progress", "ScanResult", "StatCache", "default_workers", "entry_from_stat", "scan"]
 

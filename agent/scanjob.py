@@ -30,9 +30,9 @@ from agent.errors import AgentError
 from agent.manifest import read_manifest
 from agent.pacing import ScanPacer, ScanStoppedError
 from agent.policy import Policy
-from agent.readbudget import TokenBucket
 from agent.report import Evidence, bound_evidence
 from agent.scan import StatCache, scan
+from agent.tokenbucket import TokenBucket
 
 # The child imports this module by name (not as __main__) so pickled classes match.
 _CHILD = "import sys; from agent.scanjob import main; sys.exit(main(sys.argv[1:]))"

@@ -1,4 +1,5 @@
-"""Per-identity token buckets, so one flooding caller cannot starve the others.
+"""Per-identity token buckets (:class:`agent.tokenbucket.TokenBucket`), so one flooding
+caller cannot starve the others.
 
 Each identity (``agent:i-1``) has a bucket of ``burst`` tokens refilled at
 ``per_second``; a call spends one token or is refused with the time until one
@@ -14,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.tokenbucket import TokenBucket
 from controller.security.errors import RateLimitedError
 
 
@@ -46,26 +48,20 @@ class RateLimiter:
         self.rate = rate
         self._clock = clock
         self._max = max_identities
-        # key -> (tokens, time of last refill)
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
 
     def try_acquire(self, key: str) -> float:
         """Spend a token for ``key``: 0.0 if granted, else seconds until one is available."""
-        now = self._clock()
-        tokens, last = self._buckets.pop(key, (self.rate.burst, now))
-        tokens = min(self.rate.burst, tokens + max(0.0, now - last) * self.rate.per_second)
-        wait = 0.0
-        if tokens >= 1.0:
-            tokens -= 1.0
-        else:
-            wait = (1.0 - tokens) / self.rate.per_second
-        self._buckets[key] = (tokens, now)
+        bucket = self._buckets.pop(key, None)
+        if bucket is None:
+            bucket = TokenBucket(self.rate.per_second, burst=self.rate.burst, clock=self._clock)
+        self._buckets[key] = bucket
         while len(self._buckets) > self._max:
             self._buckets.popitem(last=False)
-        return wait
+        return bucket.try_take()
 
     def acquire(self, key: str) -> None:
         """Spend a token for ``key`` or raise RateLimitedError with a retry hint."""

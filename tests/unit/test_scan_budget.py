@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from agent.policy import Policy
-from agent.readbudget import TokenBucket
 from agent.scan import scan
+from agent.tokenbucket import TokenBucket
 
 
 class FakeClock:
