@@ -4,8 +4,10 @@ Every call passes ``timeout=``; the channel's service config retries UNAVAILABLE
 with backoff; a failed call becomes :class:`ClientError`, whose ``exit_code``
 follows the CLI contract: 2 bad input, 1 refused, 69 controller unavailable.
 
-With ``--tls-ca/--tls-cert/--tls-key`` (or ``CORRAL_TLS_CA_FILE``,
-``CORRAL_TLS_CERT_FILE``, ``CORRAL_TLS_KEY_FILE``) the channel is mutual TLS
+With ``--tls-ca/--tls-cert/--tls-key`` (or ``CORRAL_CLIENT_TLS_CA_FILE``,
+``CORRAL_CLIENT_TLS_CERT_FILE``, ``CORRAL_CLIENT_TLS_KEY_FILE``: distinct from the
+controller's own ``CORRAL_TLS_*``, so a CLI run in the controller's environment never
+presents the server's identity) the channel is mutual TLS
 and the controller names the caller from the certificate; unusable files exit
 2 before anything is sent. A refused handshake surfaces as UNAVAILABLE.
 """
@@ -77,7 +79,7 @@ def add_controller_argument(parser: argparse.ArgumentParser) -> None:
         ("--tls-cert", "CERT", "your certificate chain (mutual TLS)"),
         ("--tls-key", "KEY", "your private key (mutual TLS)"),
     ):
-        parser.add_argument(flag, metavar="FILE", help=f"{what} (default: $CORRAL_TLS_{name}_FILE)")
+        parser.add_argument(flag, metavar="FILE", help=f"{what} (default: $CORRAL_CLIENT_TLS_{name}_FILE)")
 
 
 def tls_from_args(args: argparse.Namespace) -> TlsFiles | None:
@@ -87,9 +89,9 @@ def tls_from_args(args: argparse.Namespace) -> TlsFiles | None:
     """
     env = os.environ
     return TlsFiles.from_values(
-        getattr(args, "tls_ca", None) or env.get("CORRAL_TLS_CA_FILE") or None,
-        getattr(args, "tls_cert", None) or env.get("CORRAL_TLS_CERT_FILE") or None,
-        getattr(args, "tls_key", None) or env.get("CORRAL_TLS_KEY_FILE") or None,
+        getattr(args, "tls_ca", None) or env.get("CORRAL_CLIENT_TLS_CA_FILE") or None,
+        getattr(args, "tls_cert", None) or env.get("CORRAL_CLIENT_TLS_CERT_FILE") or None,
+        getattr(args, "tls_key", None) or env.get("CORRAL_CLIENT_TLS_KEY_FILE") or None,
         source="--tls-ca/--tls-cert/--tls-key",
     )
 

@@ -88,9 +88,9 @@ def controller(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 def _operator(home: Path) -> dict[str, str]:
     alice = home / "alice"
     return _env(
-        CORRAL_TLS_CA_FILE=str(alice / "ca.pem"),
-        CORRAL_TLS_CERT_FILE=str(alice / "operator-alice.chain.crt"),
-        CORRAL_TLS_KEY_FILE=str(alice / "operator-alice.key"),
+        CORRAL_CLIENT_TLS_CA_FILE=str(alice / "ca.pem"),
+        CORRAL_CLIENT_TLS_CERT_FILE=str(alice / "operator-alice.chain.crt"),
+        CORRAL_CLIENT_TLS_KEY_FILE=str(alice / "operator-alice.key"),
     )
 
 

@@ -176,7 +176,7 @@ def test_the_cli_exits_2_on_unreadable_tls_files(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     for name in ("CA", "CERT", "KEY"):
-        monkeypatch.setenv(f"CORRAL_TLS_{name}_FILE", str(tmp_path / name))
+        monkeypatch.setenv(f"CORRAL_CLIENT_TLS_{name}_FILE", str(tmp_path / name))
     args = argparse.Namespace(command="fleet", controller=None, timeout=1.0)
     assert client.run_with_client(args, lambda c, a: 0) == 2
     assert "cannot read TLS file" in capsys.readouterr().err
