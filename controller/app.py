@@ -88,6 +88,7 @@ async def start_controller(
         metrics=metrics,
         stale_after=config.effective_stale_after,
         max_clock_skew=config.max_clock_skew,
+        retired_retention=max(config.retired_retention, config.breaker_window),
     )
     for declared in config.groups:
         service.declare_group(

@@ -64,6 +64,9 @@ class ControllerConfig:
     stale_after: float = 0.0
     #: How often the staleness sweep runs (seconds).
     sweep_interval: float = 10.0
+    #: A retired instance leaves the live store this long after it was last heard from
+    #: (its history stays in the audit log); at least the breaker window.
+    retired_retention: float = 7 * 86400.0
     #: A report stamped further than this into the controller's future is refused
     #: (INVALID_ARGUMENT, reason clock_skew), so one bad clock cannot wedge ordering.
     max_clock_skew: float = 300.0

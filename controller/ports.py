@@ -118,6 +118,12 @@ class Store(Protocol):
         """
         ...
 
+    def delete_retired(self, instance: Instance) -> bool:
+        """Remove a retired instance from the live store (compare-and-set on its version;
+        its history stays in the audit log). Returns False when the row changed since it
+        was read, or is not retired, and then changes nothing."""
+        ...
+
     def add_replacement(self, record: ReplacementRecord, *, audit: Sequence[Event] = ()) -> bool:
         """Record a replacement durably: True when created, False when a row with its id
         (the idempotency key) already exists — then nothing is changed.

@@ -6,7 +6,8 @@ APScheduler 3.x on the server's event loop, one instance per process:
   ``flush_interval`` (in a worker thread: one SQL statement for every row);
 - ``staleness`` marks instances silent for too long ``unknown`` (on the loop, so
   it runs between reports; silence never taints, see
-  :mod:`controller.domain.states`; every mark is a compare-and-set);
+  :mod:`controller.domain.states`; every mark is a compare-and-set), and removes
+  retired instances past ``retired_retention`` from the live store;
 - ``replacer`` ticks the replacement engine (leader only; it plans nudged groups
   between ticks too);
 - ``watchdog`` checks every second that each of the above succeeded recently
@@ -62,6 +63,7 @@ def start_background(
         marked = service.sweep_stale()
         if marked:
             log.info("staleness sweep marked %d instance(s) unknown", marked)
+        service.sweep_retired()
 
     jobs: list[tuple[str, Callable[[], object], float, tuple[str, ...], float | None]] = [
         ("flush", flush, flush_interval, (AGENTS,), None),

@@ -63,12 +63,14 @@ class ControllerService:
         metrics: ControllerMetrics,
         stale_after: float,
         max_clock_skew: float = 300.0,
+        retired_retention: float = 7 * 86400.0,
     ) -> None:
         self.store = store
         self.clock = clock
         self.metrics = metrics
         self.stale_after = stale_after
         self.max_clock_skew = max_clock_skew
+        self.retired_retention = retired_retention
         # Silence is counted from here at the earliest (see states.is_stale).
         self.listening_since = clock.now()
         self.manifests = ManifestCache(store)
@@ -335,6 +337,22 @@ class ControllerService:
                 log.warning("instance silent, now unknown", extra=_fields(silent))
                 marked += 1
         return marked
+
+    def sweep_retired(self) -> int:
+        """Remove retired instances not heard from for ``retired_retention``; returns how many.
+
+        Their rows (and evidence) leave the live store; the audit log keeps their
+        history. Each removal is a compare-and-set on the row read.
+        """
+        cutoff = self.clock.now() - self.retired_retention
+        removed = 0
+        for instance in self.store.list_instances():
+            heard = max(instance.last_report, instance.first_seen)
+            if instance.state is InstanceState.RETIRED and heard < cutoff:
+                removed += self.store.delete_retired(instance)
+        if removed:
+            log.info("removed %d retired instance(s) from the live store", removed)
+        return removed
 
     def _resolve_group_digests(self, image: ImageRecord) -> None:
         for group in self.store.list_groups():

@@ -79,7 +79,9 @@ def add_controller_argument(parser: argparse.ArgumentParser) -> None:
         ("--tls-cert", "CERT", "your certificate chain (mutual TLS)"),
         ("--tls-key", "KEY", "your private key (mutual TLS)"),
     ):
-        parser.add_argument(flag, metavar="FILE", help=f"{what} (default: $CORRAL_CLIENT_TLS_{name}_FILE)")
+        parser.add_argument(
+            flag, metavar="FILE", help=f"{what} (default: $CORRAL_CLIENT_TLS_{name}_FILE)"
+        )
 
 
 def tls_from_args(args: argparse.Namespace) -> TlsFiles | None:

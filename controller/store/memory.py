@@ -17,7 +17,7 @@ from controller.domain.model import Group, ImageRecord, Instance
 from controller.domain.replacement_record import ReplacementRecord
 from controller.errors import NotFoundError
 from controller.store.cached import CachedReads
-from controller.store.rules import check_new_image, check_same_group, check_version
+from controller.store.rules import check_new_image, check_same_group, check_version, is_deletable
 
 
 class MemoryStore(CachedReads):
@@ -84,6 +84,14 @@ class MemoryStore(CachedReads):
             self._audit.append_all(audit)
             saved = self._instances[instance.id] = replace(instance, version=version)
             return saved
+
+    def delete_retired(self, instance: Instance) -> bool:
+        with self._lock:
+            stored = self._instances.get(instance.id)
+            if not is_deletable(stored, instance):
+                return False
+            del self._instances[instance.id]
+            return True
 
     def add_replacement(self, record: ReplacementRecord, *, audit: Sequence[Event] = ()) -> bool:
         with self._lock:

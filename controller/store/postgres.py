@@ -257,6 +257,14 @@ class PostgresStore:
         check_version("instance", instance.id, current, instance.version)
         raise AssertionError("unreachable: the versions differ")
 
+    def delete_retired(self, instance: Instance) -> bool:
+        with self._transaction() as db:
+            deleted = db.execute(
+                "DELETE FROM instances WHERE id = %s AND version = %s AND state = 'retired'",
+                (instance.id, instance.version),
+            )
+            return deleted.rowcount > 0
+
     # Replacements (always durable: they are written before any provider call) ------
 
     def add_replacement(self, record: ReplacementRecord, *, audit: Sequence[Event] = ()) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from controller.domain.model import Group, ImageRecord
+from controller.domain.model import Group, ImageRecord, Instance, InstanceState
 from controller.errors import AlreadyExistsError, ConflictError
 
 
@@ -61,3 +61,12 @@ def check_version(kind: str, key: str, stored: Versioned | None, expected: int) 
             reason="conflict",
         )
     return expected + 1
+
+
+def is_deletable(stored: Instance | None, read: Instance) -> bool:
+    """Whether ``read`` may leave the live store: retired, and stored as it was read."""
+    return (
+        stored is not None
+        and stored.state is InstanceState.RETIRED
+        and stored.version == read.version
+    )

@@ -72,7 +72,7 @@ from controller.store.replacement_rows import (
     replacement_to_row,
     update_params,
 )
-from controller.store.rules import check_new_image, check_same_group, check_version
+from controller.store.rules import check_new_image, check_same_group, check_version, is_deletable
 from controller.store.schema import (
     CREATE_MIGRATIONS_TABLE,
     INSERT_GROUP,
@@ -237,6 +237,16 @@ class SqliteStore(CachedReads):
             self._dirty[instance.id] = whole or self._dirty.get(instance.id, False)
             saved = self._instances[instance.id] = replace(instance, version=version)
         return saved
+
+    def delete_retired(self, instance: Instance) -> bool:
+        with self._lock, self._cache_lock:
+            if not is_deletable(self._instances.get(instance.id), instance):
+                return False
+            with self._transaction():
+                self._db.execute("DELETE FROM instances WHERE id = ?", (instance.id,))
+            self._dirty.pop(instance.id, None)
+            del self._instances[instance.id]
+            return True
 
     # Replacements (always durable: they are written before any provider call) ------
 
