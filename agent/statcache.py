@@ -38,7 +38,6 @@ import hashlib
 import logging
 import os
 import struct
-from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +110,6 @@ class StatCache:
     def store(self, path: bytes, st: os.stat_result, digest: bytes, leaf: bytes = b"") -> None:
         """Record ``digest`` as the content of ``path`` while its stamp is the one in ``st``."""
         self.records[path] = (stamp_of(st), digest, leaf)
-        self.root = None
-        self.changed = True
-
-    def retain(self, paths: Iterable[bytes]) -> None:
-        """Forget every path not in ``paths`` (files gone since the last scan)."""
-        keep = set(paths)
-        self.records = {path: record for path, record in self.records.items() if path in keep}
         self.root = None
         self.changed = True
 

@@ -8,7 +8,9 @@ certificates in one command.
 
 Keys are ECDSA P-256, written with mode 0600 through a temporary file and an
 atomic rename, so a controller watching the files never reads half a key.
-Needs the ``cryptography`` package (the ``tls`` extra); it is imported here only.
+Needs the ``cryptography`` package (the ``tls`` extra), as do the agent-certificate
+issuer (:mod:`controller.providers.agentcerts`) and the certificate checks of
+:mod:`controller.security.tls`.
 """
 
 from __future__ import annotations

@@ -118,14 +118,10 @@ def test_a_partly_cached_scan_keeps_no_root(tree: Path) -> None:
     assert rescan(tree, cache).files_hashed == 1
 
 
-def test_store_and_retain_forget_the_root(tree: Path) -> None:
+def test_store_forgets_the_root(tree: Path) -> None:
     cache, _ = primed(tree)
     cache.store(b"/d0/f0", (tree / "d0" / "f0").stat(), b"\x01" * 32)
     assert cache.root is None
-    cache, _ = primed(tree)
-    cache.retain([b"/d0/f0"])
-    assert cache.root is None
-    assert rescan(tree, cache).files_hashed == 11
 
 
 def test_a_full_rehash_never_takes_the_cached_root(tree: Path) -> None:
