@@ -8,6 +8,7 @@ portable and an operator can read the table by hand.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from agent.diff import Change, ChangeKind
@@ -67,8 +68,8 @@ def instance_to_row(instance: Instance) -> tuple[Any, ...]:
     )
 
 
-def instance_from_row(row: tuple[Any, ...]) -> Instance:
-    values = dict(zip(INSTANCE_COLUMNS, row, strict=True))
+def instance_from_row(row: Sequence[Any]) -> Instance:
+    values = named(INSTANCE_COLUMNS, row)
     return Instance(
         id=values["id"],
         group=values["group_name"],
@@ -192,19 +193,19 @@ def image_to_row(image: ImageRecord) -> tuple[object, ...]:
     )
 
 
-def image_from_row(row: tuple[object, ...]) -> ImageRecord:
-    name, version, ref, digest, manifest_digest, root, entries, size, at, by = row
+def image_from_row(row: Sequence[Any]) -> ImageRecord:
+    v = named(IMAGE_COLUMNS, row)
     return ImageRecord(
-        name=str(name),
-        version=str(version),
-        ref=str(ref),
-        digest=str(digest),
-        manifest_digest=str(manifest_digest),
-        root=bytes(root),  # type: ignore[call-overload]
-        entry_count=int(entries),  # type: ignore[call-overload]
-        byte_count=int(size),  # type: ignore[call-overload]
-        registered_at=float(at),  # type: ignore[arg-type]
-        registered_by=str(by),
+        name=str(v["name"]),
+        version=str(v["version"]),
+        ref=str(v["ref"]),
+        digest=str(v["digest"]),
+        manifest_digest=str(v["manifest_digest"]),
+        root=bytes(v["root"]),
+        entry_count=int(v["entry_count"]),
+        byte_count=int(v["byte_count"]),
+        registered_at=float(v["registered_at"]),
+        registered_by=str(v["registered_by"]),
     )
 
 
@@ -228,23 +229,29 @@ def group_to_row(group: Group) -> tuple[object, ...]:
     )
 
 
-def group_from_row(row: tuple[object, ...]) -> Group:
-    name, ref, digest, mode, provider, budget, size, breaker, history = row[:9]
-    generation, opened_at, resumed_at, breaker_reason, past, version = row[9:]
+def group_from_row(row: Sequence[Any]) -> Group:
+    v = named(GROUP_COLUMNS, row)
+    opened_at, resumed_at = v["breaker_opened_at"], v["breaker_resumed_at"]
     return Group(
-        name=str(name),
-        desired_image_ref=str(ref),
-        desired_image_digest=str(digest),
-        mode=GroupMode(mode),
-        provider=str(provider),
-        max_concurrent_replacements=int(budget),  # type: ignore[call-overload]
-        desired_size=int(size),  # type: ignore[call-overload]
-        breaker_open=bool(breaker),
-        image_history=tuple(json.loads(str(history))),
-        generation=int(generation),  # type: ignore[call-overload]
-        breaker_opened_at=None if opened_at is None else float(opened_at),  # type: ignore[arg-type]
-        breaker_resumed_at=None if resumed_at is None else float(resumed_at),  # type: ignore[arg-type]
-        breaker_reason=str(breaker_reason),
-        past_images=tuple(json.loads(str(past))),
-        version=int(version),  # type: ignore[call-overload]
+        name=str(v["name"]),
+        desired_image_ref=str(v["desired_image_ref"]),
+        desired_image_digest=str(v["desired_image_digest"]),
+        mode=GroupMode(v["mode"]),
+        provider=str(v["provider"]),
+        max_concurrent_replacements=int(v["max_concurrent_replacements"]),
+        desired_size=int(v["desired_size"]),
+        breaker_open=bool(v["breaker_open"]),
+        image_history=tuple(json.loads(str(v["image_history"]))),
+        generation=int(v["generation"]),
+        breaker_opened_at=None if opened_at is None else float(opened_at),
+        breaker_resumed_at=None if resumed_at is None else float(resumed_at),
+        breaker_reason=str(v["breaker_reason"]),
+        past_images=tuple(json.loads(str(v["past_images"]))),
+        version=int(v["version"]),
     )
+
+
+def named(columns: str | Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    """A row from a ``SELECT`` of ``columns`` (a list, or as written in SQL) by column name."""
+    names = [c.strip() for c in columns.split(",")] if isinstance(columns, str) else columns
+    return dict(zip(names, row, strict=True))

@@ -8,11 +8,13 @@ harmless.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from controller.domain.replacement_actions import Kind, Phase, Strategy
 from controller.domain.replacement_record import ReplacementRecord
+from controller.store.codec import named
 
 MIGRATION_2: tuple[str, ...] = (
     "ALTER TABLE groups ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
@@ -108,8 +110,8 @@ def update_params(record: ReplacementRecord) -> tuple[Any, ...]:
     return (*row[1:], row[0], record.version)
 
 
-def replacement_from_row(row: tuple[Any, ...]) -> ReplacementRecord:
-    v = dict(zip(REPLACEMENT_COLUMNS, row, strict=True))
+def replacement_from_row(row: Sequence[Any]) -> ReplacementRecord:
+    v = named(REPLACEMENT_COLUMNS, row)
     return ReplacementRecord(
         replacement_id=str(v["id"]),
         group=str(v["group_name"]),
