@@ -9,9 +9,10 @@ moves (about a hundred leaves each) and never the whole tree, and the drift
 evidence is the current set of changes, already at hand. This is the same
 arithmetic the controller uses to check evidence against a reported root.
 
-Memory grows with the number of changes, never with the tree. Past
-``max_changes`` changes the live state gives up (:class:`TooManyChangesError`)
-and the caller falls back to full scans: evidence would be truncated anyway.
+Memory grows with the number of changes, never with the tree (about 500
+bytes each). Past ``MAX_TRACKED`` changed paths the live state gives up
+(:class:`TooManyChangesError`) and the caller falls back to full scans: such
+an instance was tainted long before, and its evidence is truncated anyway.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from agent.errors import AgentError
 from agent.manifest import Entry, leaf_hash
 from agent.merkle import bucket_hash, bucket_of, root_of_buckets
 from agent.report import Evidence, bound_evidence
+
+
+MAX_TRACKED = 20_000
 
 
 class TooManyChangesError(AgentError):
@@ -45,9 +49,9 @@ class _Delta:
 class LiveRoot:
     """The baseline's leaves with a set of changed paths swapped, and the root over them."""
 
-    def __init__(self, baseline: BaselineIndex, *, max_changes: int) -> None:
+    def __init__(self, baseline: BaselineIndex, *, max_tracked: int = MAX_TRACKED) -> None:
         self._baseline = baseline
-        self._max_changes = max_changes
+        self._max_tracked = max_tracked
         self._deltas: dict[bytes, _Delta] = {}
         self._removed: dict[int, set[bytes]] = {}
         """Per bucket: baseline leaves of changed paths (no longer in the live tree)."""
@@ -78,15 +82,15 @@ class LiveRoot:
         """Set each path to its live entry (None: it no longer exists) and update the root.
 
         Entries must already be as the scanner records them (ignored attributes
-        zeroed). Raises TooManyChangesError past ``max_changes`` changed paths
+        zeroed). Raises TooManyChangesError past ``max_tracked`` changed paths
         (the state is then unusable); ManifestError when the baseline cannot be read.
         """
         touched: set[int] = set()
         for path, entry in changes:
             self._apply_one(path, entry, touched)
-            if len(self._deltas) > self._max_changes:
+            if len(self._deltas) > self._max_tracked:
                 raise TooManyChangesError(
-                    f"more than {self._max_changes} paths differ from the image: "
+                    f"more than {self._max_tracked} paths differ from the image: "
                     "watch mode hands over to full scans"
                 )
         for bucket in touched:

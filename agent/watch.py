@@ -33,7 +33,7 @@ import os
 import select
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from inotify_simple import INotify, flags, parse_events
@@ -77,9 +77,15 @@ class Touch:
 class TreeWatcher:
     """The inotify watches of one root under one policy, and the events they produce."""
 
-    def __init__(self, root: str, policy: Policy) -> None:
+    def __init__(
+        self, root: str, policy: Policy, *, inotify: Callable[[], INotify] = INotify
+    ) -> None:
+        """Raises WatchUnavailableError when the kernel gives no inotify instance.
+
+        ``inotify`` makes the instance (tests pass one that fails on purpose).
+        """
         try:
-            self._inotify = INotify()
+            self._inotify = inotify()
         except OSError as exc:
             raise WatchUnavailableError(f"inotify is not available: {exc.strerror}") from exc
         self._base = os.fsencode(root).rstrip(b"/")

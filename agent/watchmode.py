@@ -223,7 +223,7 @@ class WatchMode:
         if evidence is not None and (evidence.truncated or outcome.evidence_problem):
             log.info("drift too large to track change by change: every event starts a scan")
             return
-        live = LiveRoot(self._baseline, max_changes=self._max_changes)
+        live = LiveRoot(self._baseline)
         try:
             if evidence is not None:
                 live.apply((change.path, change.entry) for change in evidence.changes)
