@@ -202,6 +202,11 @@ class TreeWatcher:
             with contextlib.suppress(OSError):  # already gone with its directory
                 self._inotify.rm_watch(wd)
 
+    def unwatched_directories(self) -> list[bytes]:
+        """The directories left without a watch, sorted."""
+        with self._lock:
+            return sorted(self._unwatched)
+
     def knows_directory(self, rel: bytes) -> bool:
         """Whether ``rel`` is a directory of the tree, watched or left unwatched."""
         with self._lock:
@@ -209,14 +214,14 @@ class TreeWatcher:
 
     def retry_unwatched(self) -> None:
         """Try again to watch what could not be watched (the limit may have been raised)."""
-        with self._lock:
-            pending = sorted(self._unwatched)
-        if pending:
-            self._exhaustion_logged = False
-            for directory in pending:
-                with self._lock:
-                    self._unwatched.discard(directory)
-                self.watch_tree(directory)
+        pending = self.unwatched_directories()
+        for directory in pending:
+            with self._lock:
+                self._unwatched.discard(directory)
+            self.watch_tree(directory)
+        if pending and not self._unwatched:
+            self._exhaustion_logged = False  # a later exhaustion is said again
+            log.info("every directory is watched again", extra={"watched": self.watched})
 
     # -- events -------------------------------------------------------------------
 
