@@ -28,7 +28,6 @@ from agent.manifest import Entry, leaf_hash
 from agent.merkle import bucket_hash, bucket_of, root_of_buckets
 from agent.report import Evidence, bound_evidence
 
-
 MAX_TRACKED = 20_000
 
 
