@@ -21,6 +21,7 @@ ALERTS = {
     "CorralBreakerOpen",
     "CorralConformanceLow",
     "CorralControllerDown",
+    "CorralAgentUnwatchedDirectories",
 }
 
 
