@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -194,3 +195,52 @@ def test_a_heartbeat_between_scans_reports_the_live_root_without_scanning(
     assert watching.last().header.root == watching.truth()[0]
     assert watching.last().evidence == watching.truth()[1]
     assert watching.scanner.scans == 1
+
+
+def _mount(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+
+def test_writes_through_a_bind_mount_and_from_another_mount_namespace_are_seen(
+    watching: WatchHarness, tmp_path: Path
+) -> None:
+    etc = watching.root / "etc"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _mount("mount", "--bind", str(etc), str(elsewhere))
+    try:
+        (elsewhere / "hostname").write_text("written through a bind mount\n")
+        watching.settle_on_truth()
+    finally:
+        _mount("umount", str(elsewhere))
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    script = f"mount --bind {etc} {inside} && echo namespaced > {inside}/motd"
+    _mount("unshare", "--mount", "sh", "-c", script)  # a private namespace, gone after
+    watching.settle_on_truth()
+    paths = [c.path for c in watching.last().evidence.changes]  # type: ignore[union-attr]
+    assert paths == [b"/etc/hostname", b"/etc/motd"]
+    assert watching.scanner.scans == 1
+
+
+def test_a_filesystem_mounted_over_a_watched_directory_is_found_by_the_scan(
+    tmp_path: Path,
+) -> None:
+    harness = WatchHarness(tmp_path, scan_interval=0)  # every tick is a safety-net scan
+    harness.start()
+    covered = harness.root / "usr" / "lib" / "pkg"
+    _mount("mount", "-t", "tmpfs", "-o", "mode=0700", "corral-test", str(covered))
+    try:
+        (covered / "planted").write_text("inside the new mount\n")
+        reports = len(harness.transport.sent)
+        assert not harness.settle(lambda: len(harness.transport.sent) > reports, timeout=1.0)
+        harness.mode.tick()  # the scan sees the mount point, mode 0700 now
+        assert harness.caught_up() and harness.last().evidence is not None
+        changes = {c.path: c for c in harness.last().evidence.changes}  # type: ignore[union-attr]
+        # one_filesystem: the mount point is recorded, not entered, so what it hides is gone.
+        assert changes[b"/usr/lib/pkg"].kind is ChangeKind.MODIFIED
+        assert changes[b"/usr/lib/pkg/mod0.py"].kind is ChangeKind.REMOVED
+        assert b"/usr/lib/pkg/planted" not in changes
+    finally:
+        harness.close()
+        _mount("umount", str(covered))
