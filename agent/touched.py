@@ -44,19 +44,21 @@ def rescan_touched(
     subtrees = {t.path for t in touches if t.subtree}
     paths = sorted({t.path for t in touches})
     results: dict[bytes, Entry | None] = {}
-    covered: bytes | None = None  # the last subtree scanned: paths below it are done
+    present: list[tuple[bytes, os.stat_result]] = []
+    # What vanished goes first, while the watches still say where it was: a directory
+    # moved within the tree is dropped at its old path before its new path is watched.
     for path in paths:
-        if covered is not None and path.startswith(covered):
-            continue
         if policy.excludes(path):
             continue
         try:
-            st = os.lstat(base + path)
-        except OSError as exc:
-            if not isinstance(exc, FileNotFoundError | NotADirectoryError):
-                results[path] = Entry(path, EntryType.REGULAR, 0, 0, 0, error=EntryError.UNREADABLE)
-                continue
+            present.append((path, os.lstat(base + path)))
+        except (FileNotFoundError, NotADirectoryError):
             _forget(path, watcher, known_under, results)
+        except OSError:
+            results[path] = Entry(path, EntryType.REGULAR, 0, 0, 0, error=EntryError.UNREADABLE)
+    covered: bytes | None = None  # the last subtree scanned: paths below it are done
+    for path, st in present:
+        if covered is not None and path.startswith(covered):
             continue
         was_directory = watcher.knows_directory(path)
         if not stat.S_ISDIR(st.st_mode):

@@ -157,20 +157,25 @@ class WatchMode:
             return self._scan()  # no live state: a scan finds what changed
         touches = [Touch(path, subtree) for path, subtree in pending.items()]
         live = self._live
-        changes = rescan_touched(
-            touches,
-            root=self._runner.subject.root,
-            policy=self._runner.subject.image.policy,
-            watcher=self._watcher,
-            known_under=lambda directory: self._known_under(live, directory),
-        )
-        self._metrics.rescanned.inc(len(changes))
-        self._show()
         try:
+            changes = rescan_touched(
+                touches,
+                root=self._runner.subject.root,
+                policy=self._runner.subject.image.policy,
+                watcher=self._watcher,
+                known_under=lambda directory: self._known_under(live, directory),
+            )
+            self._metrics.rescanned.inc(len(changes))
+            self._show()
             live.apply(changes)
         except TooManyChangesError as exc:
             self._metrics.full_rescans.labels(reason="handover").inc()
             log.warning("%s", exc)
+            self._live = None
+            return self._scan()
+        except Exception:  # the touched paths must not be lost: a scan finds them
+            self._errors.inc()
+            log.exception("rescanning the touched paths failed; scanning everything instead")
             self._live = None
             return self._scan()
         return self._report_if_moved()

@@ -129,12 +129,13 @@ def test_a_new_deep_tree_is_watched_before_it_is_scanned(watching: WatchHarness)
     assert watching.scanner.scans == 1
 
 
+@pytest.mark.parametrize("new_name", ["pkg2", "apkg"], ids=["sorts after", "sorts before"])
 def test_a_directory_moved_within_the_tree_is_followed_at_its_new_path(
-    watching: WatchHarness,
+    watching: WatchHarness, new_name: str
 ) -> None:
-    os.rename(watching.root / "usr" / "lib" / "pkg", watching.root / "usr" / "pkg2")
+    os.rename(watching.root / "usr" / "lib" / "pkg", watching.root / "usr" / new_name)
     watching.settle_on_truth()
-    (watching.root / "usr" / "pkg2" / "deep" / "data.bin").write_bytes(b"rewritten")
+    (watching.root / "usr" / new_name / "deep" / "data.bin").write_bytes(b"rewritten")
     watching.settle_on_truth()
     assert watching.scanner.scans == 1
 
