@@ -5,7 +5,10 @@ scan job at the configured interval, each run delayed by a random jitter so a
 fleet started together does not scan (and report) in lockstep. When delivery
 fails, a one-off retry job is armed at the backoff's delay, so buffered
 reports go out as soon as the controller is back rather than at the next scan.
-One worker means a retry never runs concurrently with a scan.
+One worker means a retry never runs concurrently with a scan. In watch mode
+(:mod:`agent.watchmode`) each interval runs the watch's tick instead (a
+heartbeat, or a safety-net scan), and event batches are queued on the same
+worker as they come, so a batch never runs during a scan either.
 
 SIGTERM and SIGINT stop the schedule, end a scan in progress (its child
 process is terminated; the stat cache file is only ever replaced atomically)
