@@ -9,6 +9,7 @@ event thread hands over to interval scans.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 from collections.abc import Iterator
@@ -24,9 +25,13 @@ from tests.fixtures.agent_watch import POLICY, WatchHarness
 QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
 
 
-@pytest.fixture
+@contextlib.contextmanager
 def small_queue() -> Iterator[None]:
-    """inotify instances created meanwhile get a 16-event queue (the limit is restored)."""
+    """inotify instances created inside get a 16-event queue; the limit is restored at once.
+
+    The limit is system-wide and read when an instance is created, so it is lowered
+    only for as long as it takes to create the harness's own instance.
+    """
     original = QUEUE_LIMIT.read_text()
     QUEUE_LIMIT.write_text("16\n")
     try:
@@ -35,10 +40,9 @@ def small_queue() -> Iterator[None]:
         QUEUE_LIMIT.write_text(original)
 
 
-def test_a_queue_overflow_rewatches_and_rescans_everything(
-    tmp_path: Path, small_queue: None
-) -> None:
-    harness = WatchHarness(tmp_path)  # its inotify instance has the small queue
+def test_a_queue_overflow_rewatches_and_rescans_everything(tmp_path: Path) -> None:
+    with small_queue():
+        harness = WatchHarness(tmp_path)  # its inotify instance has the small queue
     try:
         harness.watcher.watch_all()
         harness.mode.tick()  # the start-up scan, before the event thread reads anything
