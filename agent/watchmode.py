@@ -30,7 +30,7 @@ from collections.abc import Callable
 from agent.baseline import BaselineIndex
 from agent.config import AgentConfig
 from agent.errors import AgentError
-from agent.liveroot import LiveRoot, TooManyChangesError
+from agent.liveroot import MAX_TRACKED, LiveRoot, TooManyChangesError
 from agent.metrics import AgentMetrics
 from agent.report import Evidence
 from agent.runner import Runner
@@ -62,6 +62,7 @@ class WatchMode:
         scan_interval: float,
         max_changes: int,
         max_evidence_bytes: int,
+        max_pending: int = MAX_TRACKED,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._runner = runner
@@ -72,6 +73,7 @@ class WatchMode:
         self._scan_interval = scan_interval
         self._max_changes = max_changes
         self._max_evidence_bytes = max_evidence_bytes
+        self._max_pending = max_pending
         self._monotonic = monotonic
         self._live: LiveRoot | None = None
         self._reported: bytes | None = None
@@ -130,6 +132,11 @@ class WatchMode:
         with self._lock:
             for touch in touches:
                 self._pending[touch.path] = self._pending.get(touch.path, False) or touch.subtree
+            if len(self._pending) > self._max_pending:
+                # More paths than are worth examining one by one (or holding): like a
+                # kernel queue overflow, the next batch rewatches and rescans everything.
+                self._pending.clear()
+                self._watcher.overflowed = True
 
     def stop(self) -> None:
         self._watcher.wake()

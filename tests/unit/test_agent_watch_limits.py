@@ -62,6 +62,21 @@ def test_a_queue_overflow_rewatches_and_rescans_everything(tmp_path: Path) -> No
         harness.close()
 
 
+def test_more_pending_paths_than_are_worth_examining_one_by_one_rescan_everything(
+    tmp_path: Path,
+) -> None:
+    harness = WatchHarness(tmp_path, max_pending=50)
+    harness.start()
+    try:
+        for index in range(120):
+            (harness.root / "etc" / f"many{index}").write_text("x\n")
+        harness.settle_on_truth()
+        assert harness.metric("corral_agent_watch_full_rescans_total", reason="overflow") >= 1
+        assert harness.last().evidence.total_changes == 120  # type: ignore[union-attr]
+    finally:
+        harness.close()
+
+
 class LimitedINotify(INotify):
     """An inotify instance that runs out of watches (ENOSPC) after ``budget`` of them."""
 
