@@ -43,6 +43,7 @@ from agent.runner import Limits, Runner, Schedule, Subject
 from agent.scanjob import SubprocessScanner
 from agent.sequence import SequenceNumbers
 from agent.transport import GrpcTransport, TlsFiles
+from agent.watchmode import start_watch_mode
 from agent.version import corral_version
 
 log = logging.getLogger("agent")
@@ -76,6 +77,12 @@ _FLAGS = (
     ("--workers", int, "N", "hashing processes per scan (default 0: in the agent)"),
     ("--deadline", float, "SECONDS", "time allowed for one call to the controller"),
     ("--log-level", str, "LEVEL", "DEBUG, INFO, WARNING or ERROR"),
+    (
+        "--watch-scan-interval",
+        float,
+        "SECONDS",
+        "watch mode: seconds between safety-net scans (default 3600)",
+    ),
 )
 
 
@@ -103,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--full-rehash-interval", type=float, metavar="SECONDS", help="full rehash every SECONDS"
     )
     run.add_argument("--once", action="store_true", default=None, help="one scan, then exit")
+    run.add_argument(
+        "--no-watch",
+        dest="watch",
+        action="store_false",
+        default=None,
+        help="no kernel file events: find changes by interval scans only",
+    )
     run.add_argument("--config", metavar="FILE", help="TOML settings file")
     commands.add_parser("version", help="print the agent's version")
     return parser
@@ -110,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _flags(args: argparse.Namespace) -> dict[str, object]:
     names = [flag[2:].replace("-", "_") for flag, *_ in _FLAGS]
-    names += ["full_rehash_every", "full_rehash_interval", "once"]
+    names += ["full_rehash_every", "full_rehash_interval", "once", "watch"]
     return {name: getattr(args, name) for name in names}
 
 
@@ -266,7 +280,8 @@ def run(config: AgentConfig) -> int:
     install_signal_handlers(stop)
     if config.once:
         return run_once(runner)
-    run_scheduled(runner, _schedule(config), stop=stop)
+    watch = start_watch_mode(config, runner, metrics) if config.watch else None
+    run_scheduled(runner, _schedule(config), stop=stop, watch=watch)
     log.info("agent stopped")
     return 0
 

@@ -33,6 +33,8 @@ CORRAL_AGENT_TLS_CA_FILE                PEM file of the CA that signs the contro
 CORRAL_AGENT_TLS_CERT_FILE              PEM client certificate chain (mTLS)
 CORRAL_AGENT_TLS_KEY_FILE               PEM client private key (mTLS); never logged
 CORRAL_AGENT_ONCE                       one scan and its delivery, then exit
+CORRAL_AGENT_WATCH                      follow kernel file events (default true)
+CORRAL_AGENT_WATCH_SCAN_INTERVAL        seconds between safety-net scans in watch mode
 ======================================  ==========================================
 
 Secrets (TLS keys) are only ever named by path; their content is read by the
@@ -89,6 +91,10 @@ class AgentConfig:
     tls_cert_file: str | None = None
     tls_key_file: str | None = dataclasses.field(default=None, repr=False)
     once: bool = False
+    watch: bool = True
+    """Follow kernel file events (inotify) where available; the interval then only heartbeats."""
+    watch_scan_interval: float = 3600.0
+    """In watch mode, seconds between the safety-net scans of the whole tree."""
 
     def __post_init__(self) -> None:
         _check_address("controller", self.controller)
@@ -104,7 +110,13 @@ class AgentConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive (got {value})")
-        for name in ("deadline", "outbox_capacity", "max_changes", "max_evidence_bytes"):
+        for name in (
+            "deadline",
+            "outbox_capacity",
+            "max_changes",
+            "max_evidence_bytes",
+            "watch_scan_interval",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive (got {getattr(self, name)})")
         if self.workers < 0:
@@ -210,6 +222,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "tls_cert_file": _optional_text,
     "tls_key_file": _optional_text,
     "once": _boolean,
+    "watch": _boolean,
+    "watch_scan_interval": _number,
 }
 # Setting one of a pair in a later source clears the other from earlier sources.
 _EXCLUSIVE = {

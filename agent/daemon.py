@@ -5,7 +5,10 @@ scan job at the configured interval, each run delayed by a random jitter so a
 fleet started together does not scan (and report) in lockstep. When delivery
 fails, a one-off retry job is armed at the backoff's delay, so buffered
 reports go out as soon as the controller is back rather than at the next scan.
-One worker means a retry never runs concurrently with a scan.
+One worker means a retry never runs concurrently with a scan. In watch mode
+(:mod:`agent.watchmode`) each interval runs the watch's tick instead (a
+heartbeat, or a safety-net scan), and event batches are queued on the same
+worker as they come, so a batch never runs during a scan either.
 
 SIGTERM and SIGINT stop the schedule, end a scan in progress (its child
 process is terminated; the stat cache file is only ever replaced atomically),
@@ -30,6 +33,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from agent.runner import Runner, Schedule
+from agent.watchmode import WatchMode
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +52,14 @@ def run_scheduled(
     schedule: Schedule,
     *,
     stop: threading.Event,
+    watch: WatchMode | None = None,
     poll_seconds: float = 1.0,
 ) -> None:
-    """Scan and report on ``schedule`` until ``stop`` is set."""
+    """Scan and report on ``schedule`` until ``stop`` is set.
+
+    With ``watch``, each interval runs its tick (a heartbeat, or a safety-net
+    scan) and its event batches run on the same single worker as they come.
+    """
     scheduler = BackgroundScheduler(
         executors={"default": ThreadPoolExecutor(max_workers=1)},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -69,7 +78,11 @@ def run_scheduled(
         )
 
     def tick() -> None:
-        arm_retry(_guarded(runner, "a scan", runner.tick))
+        arm_retry(_guarded(runner, "a scan", watch.tick if watch else runner.tick))
+
+    def batch(work: Callable[[], float | None]) -> None:
+        if not stop.is_set():
+            scheduler.add_job(lambda: arm_retry(_guarded(runner, "a watch batch", work)))
 
     def retry() -> None:
         arm_retry(_guarded(runner, "a delivery retry", runner.flush))
@@ -80,14 +93,20 @@ def run_scheduled(
         id="scan",
         next_run_time=datetime.now(UTC),
     )
+    if watch is not None:
+        watch.start(batch)  # every directory is watched before the first scan starts
     scheduler.start()
     try:
         while not stop.wait(poll_seconds):
             pass
     finally:
+        if watch is not None:
+            watch.stop()
         runner.stop()
         scheduler.shutdown(wait=True)
         runner.persist()
+        if watch is not None:
+            watch.close()
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

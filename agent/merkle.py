@@ -32,6 +32,16 @@ def _root(bucket_hashes: Iterable[bytes]) -> bytes:
     return hashlib.sha256(_TAG + b"".join(bucket_hashes)).digest()
 
 
+def root_of_buckets(bucket_hashes: Iterable[bytes]) -> bytes:
+    """The root over the 1024 bucket hashes, in bucket order (for incremental keepers)."""
+    return _root(bucket_hashes)
+
+
+def bucket_hash(leaves: Iterable[bytes | bytearray]) -> bytes:
+    """The hash of one bucket holding ``leaves`` (in any order)."""
+    return _bucket_hash(leaves)
+
+
 def compute_root(leaves: Iterable[bytes]) -> bytes:
     """The root over a set of leaf hashes (their order does not matter)."""
     # Each bucket is one bytearray of concatenated 32-byte leaves: a tenth of the

@@ -20,7 +20,9 @@ ERROR_REASONS = (
     "evidence_unavailable",
     "outbox_damaged",
     "unexpected",
+    "watch_failed",
 )
+WATCH_RESCANS = ("overflow", "handover")
 
 
 class AgentMetrics:
@@ -88,12 +90,64 @@ class AgentMetrics:
             ["reason"],
             registry=registry,
         )
+        self.watch = WatchMetrics(registry)
         for result in REPORT_RESULTS:
             self.reports.labels(result=result)
         for mode in SCAN_MODES:
             self.scan_duration.labels(mode=mode)
         for reason in ERROR_REASONS:
             self.errors.labels(reason=reason)
+
+
+class WatchMetrics:
+    """Watch mode's metrics: how much of the tree is watched and what the events cost."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.active = Gauge(
+            "corral_agent_watch_active",
+            "1 while kernel file events (inotify) keep the live root current, else 0.",
+            registry=registry,
+        )
+        self.watched = Gauge(
+            "corral_agent_watched_directories",
+            "Directories under the checked paths with an inotify watch.",
+            registry=registry,
+        )
+        self.unwatched = Gauge(
+            "corral_agent_unwatched_directories",
+            "Directories under the checked paths left without a watch (watch limit reached).",
+            registry=registry,
+        )
+        self.unwatched_ratio = Gauge(
+            "corral_agent_watch_unwatched_ratio",
+            "Share of the checked directories without a watch: checked by interval scans only.",
+            registry=registry,
+        )
+        self.events = Counter(
+            "corral_agent_watch_events",
+            "Paths touched by kernel file events (before coalescing).",
+            registry=registry,
+        )
+        self.rescanned = Counter(
+            "corral_agent_watch_rescanned_paths",
+            "Paths examined again because an event touched them (after coalescing).",
+            registry=registry,
+        )
+        self.full_rescans = Counter(
+            "corral_agent_watch_full_rescans",
+            "Full rescans watch mode asked for: the event queue overflowed, or the "
+            "live state handed over to scans (too many changes to track).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in WATCH_RESCANS:
+            self.full_rescans.labels(reason=reason)
+
+    def show(self, *, watched: int, unwatched: int) -> None:
+        self.watched.set(watched)
+        self.unwatched.set(unwatched)
+        total = watched + unwatched
+        self.unwatched_ratio.set(unwatched / total if total else 0.0)
 
 
 def new_registry(*, with_process: bool = True) -> CollectorRegistry:

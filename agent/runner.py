@@ -248,15 +248,25 @@ class Runner:
             agent_version=self.subject.agent_version,
         )
 
-    def scan_once(self) -> PendingReport | None:
-        """Scan and queue the report (delivery is :meth:`flush`'s job)."""
+    def scan_once(
+        self, *, observe: Callable[[ScanOutcome], None] | None = None
+    ) -> PendingReport | None:
+        """Scan and queue the report (delivery is :meth:`flush`'s job).
+
+        ``observe`` sees the outcome first (watch mode seeds its live root with it).
+        """
         outcome = self._scan()
         if outcome is None:
             return None
+        if observe is not None:
+            observe(outcome)
+        return self.report_root(outcome.root, outcome.evidence)
+
+    def report_root(self, root: bytes, evidence: Evidence | None) -> PendingReport:
+        """Queue a report of ``root`` as it is now, with ``evidence`` when it drifted."""
         scanned_at_ms = int(self._clock() * 1000)
-        evidence = outcome.evidence
         self._metrics.drift.set(0 if evidence is None else 1)
-        report = PendingReport(self._header(outcome.root, scanned_at_ms), evidence)
+        report = PendingReport(self._header(root, scanned_at_ms), evidence)
         if evidence is not None:
             log.warning(
                 "root differs from the image's baseline",

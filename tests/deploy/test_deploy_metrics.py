@@ -21,6 +21,7 @@ pytestmark = pytest.mark.prometheus
 
 BOUNDED_LABELS = {
     "group", "state", "kind", "result", "reason", "source", "method", "code", "mode", "version",
+    "writer", "loop",  # a fixed set each: who lost a write race; the scheduler's loops
 }  # fmt: skip
 
 CONTROLLER_NAMES = {
@@ -40,6 +41,10 @@ CONTROLLER_NAMES = {
     "corral_replacement_duration_seconds",
     "corral_replacements_in_progress",
     "corral_breaker_open",
+    "corral_store_write_conflicts",
+    "corral_background_loop_up",  # CorralBackgroundLoopDown is written against it
+    "corral_background_loop_last_success_timestamp_seconds",
+    "corral_background_loop_failures",
 }
 AGENT_NAMES = {
     "corral_agent_scan_duration_seconds",

@@ -22,6 +22,7 @@ ALERTS = {
     "CorralConformanceLow",
     "CorralControllerDown",
     "CorralBackgroundLoopDown",
+    "CorralAgentUnwatchedDirectories",
 }
 
 

@@ -48,6 +48,13 @@ AGREED = {
     "corral_agent_buffered_reports",
     "corral_agent_last_report_timestamp_seconds",
     "corral_agent_drift",
+    "corral_agent_watch_active",
+    "corral_agent_watched_directories",
+    "corral_agent_unwatched_directories",
+    "corral_agent_watch_unwatched_ratio",
+    "corral_agent_watch_events_total",
+    "corral_agent_watch_rescanned_paths_total",
+    "corral_agent_watch_full_rescans_total",
 }
 ALLOWED_LABELS = {"mode", "result", "reason", "le"}
 
