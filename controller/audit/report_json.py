@@ -42,6 +42,7 @@ def report_json(report: Report, proof: Proof, *, generated_ms: int) -> dict[str,
             "to": iso(report.to_ms),
             "group": report.group,
         },
+        "instances": list(report.instances),
         "summary": {
             "instances_seen": len(report.instances),
             "share_conformant": report.share,

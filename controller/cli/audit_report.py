@@ -51,6 +51,8 @@ EXPORT_SUFFIX = ".audit.jsonl"
 
 Make = Callable[[Iterable[Record]], Report]
 T = TypeVar("T")
+# From this size on, the chain is verified in a worker process while the records are folded.
+BACKGROUND_BYTES = 32 * 1024 * 1024
 
 
 def add_parser(
@@ -129,7 +131,7 @@ def run_report(args: argparse.Namespace) -> int:
 def _from_export(
     path: Path, make: Make, *, key: bytes | None, source: str, checks: tuple[ChainCheck, ...] = ()
 ) -> tuple[Report, Proof]:
-    verifying = _in_background(audit_export.verify_export, path, key=key)
+    verifying = _verifier(path, audit_export.verify_export, path, key=key)
     report = make(export_records(path))
     result = verifying()
     trailer = export_trailer(path) if result.ok else None
@@ -155,7 +157,8 @@ def _from_data_dir(
             live = ChainCheck(what, log.verify(key=key))
             audit_export.export_jsonl(log, args.export, until_ms=to_ms)
             return _from_export(args.export, make, key=key, source=source, checks=(live,))
-        verifying = _in_background(verify_store, args.data_dir / audit_cli.STORE_FILE, key=key)
+        store = args.data_dir / audit_cli.STORE_FILE
+        verifying = _verifier(store, verify_store, store, key=key)
         report = make(log.records(until_ms=to_ms))
     result, checkpoints = verifying()
     proof = Proof(
@@ -191,6 +194,19 @@ def verify_store(path: Path, *, key: bytes | None) -> tuple[VerifyResult, tuple[
         return log.verify(key=key), tuple(log.checkpoints())
     finally:
         log.close()
+
+
+def _verifier(
+    source: Path, function: Callable[..., T], *args: Any, **kwargs: Any
+) -> Callable[[], T]:
+    """Verify a large source in the background, a small one here (a worker costs ~1 s)."""
+    try:
+        large = source.stat().st_size >= BACKGROUND_BYTES
+    except OSError:
+        large = False
+    if large:
+        return _in_background(function, *args, **kwargs)
+    return functools.partial(function, *args, **kwargs)
 
 
 def _in_background(function: Callable[..., T], *args: Any, **kwargs: Any) -> Callable[[], T]:
