@@ -37,6 +37,7 @@ from controller.audit.chain import Checkpoint, VerifyResult, key_id
 from controller.audit.errors import AuditError
 from controller.audit.export_read import export_records, export_trailer
 from controller.audit.keys import load_key
+from controller.audit.ports import AuditLog
 from controller.audit.record import Record
 from controller.audit.report import Report, build_report
 from controller.audit.report_format import percent
@@ -155,7 +156,7 @@ def _from_data_dir(
     with audit_cli.open_log(args) as log:
         if args.export is not None:
             live = ChainCheck(what, log.verify(key=key))
-            audit_export.export_jsonl(log, args.export, until_ms=to_ms)
+            _export(log, args.export, until_ms=to_ms)
             return _from_export(args.export, make, key=key, source=source, checks=(live,))
         store = args.data_dir / audit_cli.STORE_FILE
         verifying = _verifier(store, verify_store, store, key=key)
@@ -180,11 +181,23 @@ def _from_controller(
         raise AuditError("with --out - give --export FILE: the report is made from that export")
     export = args.export or Path(str(Path(args.out).with_suffix("")) + EXPORT_SUFFIX)
     with audit_cli.open_log(args) as log:
-        audit_export.export_jsonl(log, export, until_ms=to_ms)
+        _export(log, export, until_ms=to_ms)
         live = ChainCheck("the controller's audit log (VerifyAudit)", log.verify(key=key))
     address = args.controller or os.environ.get("CORRAL_CONTROLLER") or DEFAULT_CONTROLLER
     source = f"the controller at {address}"
     return _from_export(export, make, key=key, source=source, checks=(live,))
+
+
+def _export(log: AuditLog, path: Path, *, until_ms: int) -> None:
+    """Export every retained record up to ``until_ms``; no half-written file is left behind."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        audit_export.export_jsonl(log, partial, until_ms=until_ms)
+        partial.replace(path)
+    except OSError as error:
+        raise AuditError(f"cannot write the export {path}: {error.strerror}") from error
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def verify_store(path: Path, *, key: bytes | None) -> tuple[VerifyResult, tuple[Checkpoint, ...]]:
