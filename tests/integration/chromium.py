@@ -11,6 +11,8 @@ stopped by its PID.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -54,20 +56,29 @@ def chromium_command(profile: Path, *extra: str) -> list[str]:
     return [chromium_binary(), *FLAGS, f"--user-data-dir={profile}", *extra]
 
 
+def _high(fds: tuple[int, int]) -> tuple[int, int]:
+    """The same pipe ends, renumbered to 10 or above (close-on-exec until passed on)."""
+    moved = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in fds)
+    for fd in fds:
+        os.close(fd)
+    return moved[0], moved[1]
+
+
 class Browser:
     """One chromium process and one page, with everything the page reported."""
 
     def __init__(self, profile: Path, *, timeout: float = 60.0) -> None:
         self.timeout = timeout
-        to_browser_r, self._to_browser = os.pipe()
-        self._from_browser, from_browser_w = os.pipe()
+        to_browser_r, self._to_browser = _high(os.pipe())
+        self._from_browser, from_browser_w = _high(os.pipe())
         command = chromium_command(profile, "--remote-debugging-pipe", "about:blank")
-        # The shell moves the pipe ends to fds 3 and 4, where chromium expects them.
+        # bash moves the pipe ends (numbered 10 and up, so never 3 or 4 themselves) to
+        # fds 3 and 4, where chromium expects them.
         script = (
             f'exec "$@" 3<&{to_browser_r} 4>&{from_browser_w} {to_browser_r}<&- {from_browser_w}>&-'
         )
         self.process = subprocess.Popen(
-            ["/bin/sh", "-c", script, "sh", *command],
+            ["/bin/bash", "-c", script, "bash", *command],
             pass_fds=(to_browser_r, from_browser_w),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -192,10 +203,8 @@ class Browser:
         return out
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
             self.call("Browser.close", page=False)
-        except (OSError, RuntimeError, TimeoutError):
-            pass
         try:
             self.process.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired:

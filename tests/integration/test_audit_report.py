@@ -40,9 +40,19 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> Scripted:
 def report_json(capsys: pytest.CaptureFixture[str], scripted: Scripted, *source: str) -> Any:
     start, end = scripted.period
     return corral_json(
-        capsys, "audit", "report", *source, "--from", str(start), "--to", str(end),
-        "--out", "-", "--format", "json",
-    )  # fmt: skip
+        capsys,
+        "audit",
+        "report",
+        *source,
+        "--from",
+        str(start),
+        "--to",
+        str(end),
+        "--out",
+        "-",
+        "--format",
+        "json",
+    )
 
 
 def facts(document: dict[str, Any]) -> dict[str, Any]:
@@ -53,9 +63,18 @@ def record_times(capsys: pytest.CaptureFixture[str], scripted: Scripted, tmp: Pa
     """Every record time in the log, from an export (the moments states can change)."""
     export = tmp / "all.jsonl"
     code, _, err = corral(
-        capsys, "audit", "export", "--data-dir", str(scripted.data_dir),
-        "--since", "0", "--until", "now", "--out", str(export),
-    )  # fmt: skip
+        capsys,
+        "audit",
+        "export",
+        "--data-dir",
+        str(scripted.data_dir),
+        "--since",
+        "0",
+        "--until",
+        "now",
+        "--out",
+        str(export),
+    )
     assert code == 0, err
     lines = [json.loads(line) for line in export.read_text().splitlines()[1:-1]]
     return sorted({line["at_ms"] for line in lines})
@@ -74,9 +93,16 @@ def test_time_weighted_share_is_the_integral_of_conformance_at_each_moment(
         conformant = existing = 0
         for begin, until in spans:
             at = corral_json(
-                capsys, "audit", "conformance", *source, "--at", str(begin),
-                "--group", group["group"], "--json",
-            )  # fmt: skip
+                capsys,
+                "audit",
+                "conformance",
+                *source,
+                "--at",
+                str(begin),
+                "--group",
+                group["group"],
+                "--json",
+            )
             conformant += at["conformant"] * (until - begin)
             existing += at["total"] * (until - begin)
             seen |= {i["instance_id"] for i in at["instances"]}
@@ -103,9 +129,15 @@ def test_taints_and_replacements_match_each_instances_history(
         for record in history["records"]:
             if record["kind"] == "instance.taint" and start <= record["at_ms"] <= end:
                 expected.append(
-                    (record["seq"], instance, record["data"]["drift"], record["actor"],
-                     record["reason"], record["data"]["source"])
-                )  # fmt: skip
+                    (
+                        record["seq"],
+                        instance,
+                        record["data"]["drift"],
+                        record["actor"],
+                        record["reason"],
+                        record["data"]["source"],
+                    )
+                )
     assert [
         (t["seq"], t["instance_id"], t["kind"], t["actor"], t["reason"], t["source"])
         for t in document["taints"]
@@ -182,9 +214,18 @@ def test_from_a_live_controller_the_report_is_made_from_an_export_beside_it(
     start, end = scripted.period
     page = tmp_path / "q3.html"
     code, out, err = corral(
-        capsys, "audit", "report", "--controller", controller.address,
-        "--from", str(start), "--to", str(end), "--out", str(page),
-    )  # fmt: skip
+        capsys,
+        "audit",
+        "report",
+        "--controller",
+        controller.address,
+        "--from",
+        str(start),
+        "--to",
+        str(end),
+        "--out",
+        str(page),
+    )
     assert code == 0, err
     export = tmp_path / "q3.audit.jsonl"
     assert export.exists() and f"made from the export {export}" in out
@@ -194,13 +235,20 @@ def test_from_a_live_controller_the_report_is_made_from_an_export_beside_it(
     assert argv[:1] == ["corral"] and corral(capsys, *argv[1:])[0] == 0
     text = page.read_text(encoding="utf-8")
     assert f"the controller at {controller.address}" in text and str(export) in text
-    remote = report_json(capsys, scripted, "--controller", controller.address,
-                         "--export", str(tmp_path / "again.jsonl"))  # fmt: skip
+    remote = report_json(
+        capsys,
+        scripted,
+        "--controller",
+        controller.address,
+        "--export",
+        str(tmp_path / "again.jsonl"),
+    )
     assert facts(remote) == facts(offline)
     checks = remote["proof"]["checks"]
     assert [c["what"] for c in checks] == [
-        "the controller's audit log (VerifyAudit)", f"the export file {tmp_path / 'again.jsonl'}",
-    ]  # fmt: skip
+        "the controller's audit log (VerifyAudit)",
+        f"the export file {tmp_path / 'again.jsonl'}",
+    ]
     assert all(c["ok"] for c in checks)
     from_file = report_json(capsys, scripted, "--file", str(export))
     assert facts(from_file) == facts(offline)
@@ -211,8 +259,19 @@ def test_an_unreachable_controller_exits_69_and_writes_nothing(
 ) -> None:
     page = tmp_path / "r.html"
     code, _, err = corral(
-        capsys, "audit", "report", "--controller", "127.0.0.1:1", "--timeout", "2",
-        "--from", "0", "--to", "1", "--out", str(page),
-    )  # fmt: skip
+        capsys,
+        "audit",
+        "report",
+        "--controller",
+        "127.0.0.1:1",
+        "--timeout",
+        "2",
+        "--from",
+        "0",
+        "--to",
+        "1",
+        "--out",
+        str(page),
+    )
     assert code == 69 and "unavailable" in err
     assert list(tmp_path.iterdir()) == []  # neither the page nor a partial export

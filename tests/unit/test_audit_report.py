@@ -30,31 +30,69 @@ class History:
         )
         self.states: dict[str, str] = {}
 
-    def move(self, at: float, instance: str, to: str, *, group: str = "web", image: str = V1,
-             replaces: str | None = None) -> None:  # fmt: skip
+    def move(
+        self,
+        at: float,
+        instance: str,
+        to: str,
+        *,
+        group: str = "web",
+        image: str = V1,
+        replaces: str | None = None,
+    ) -> None:
         self.log.append(
             ev.instance_transition(
-                instance, at_ms=int(at * S), actor="controller", group=group, image=image,
-                from_state=self.states.get(instance), to_state=to, replaces=replaces,
+                instance,
+                at_ms=int(at * S),
+                actor="controller",
+                group=group,
+                image=image,
+                from_state=self.states.get(instance),
+                to_state=to,
+                replaces=replaces,
             )
-        )  # fmt: skip
+        )
         self.states[instance] = to
 
-    def taint(self, at: float, instance: str, *, kind: str = "file", reason: str = "",
-              actor: str = "agent:x", group: str = "web", paths: tuple[str, ...] = ()) -> None:  # fmt: skip
+    def taint(
+        self,
+        at: float,
+        instance: str,
+        *,
+        kind: str = "file",
+        reason: str = "",
+        actor: str = "agent:x",
+        group: str = "web",
+        paths: tuple[str, ...] = (),
+    ) -> None:
         at_ms = int(at * S)
         if kind != "manual":
             self.log.append(
                 ev.drift_evidence(
-                    instance, at_ms=at_ms, actor=actor, group=group, image=V1, kind=kind,
-                    modified=len(paths), first_paths=list(paths), evidence_verified=True,
+                    instance,
+                    at_ms=at_ms,
+                    actor=actor,
+                    group=group,
+                    image=V1,
+                    kind=kind,
+                    modified=len(paths),
+                    first_paths=list(paths),
+                    evidence_verified=True,
                 )
-            )  # fmt: skip
+            )
         source = "operator" if kind == "manual" else "agent"
         self.log.append(
-            ev.taint(instance, at_ms=at_ms, actor=actor, group=group, image=V1, source=source,
-                     drift_kind=kind, reason=reason)
-        )  # fmt: skip
+            ev.taint(
+                instance,
+                at_ms=at_ms,
+                actor=actor,
+                group=group,
+                image=V1,
+                source=source,
+                drift_kind=kind,
+                reason=reason,
+            )
+        )
         self.move(at, instance, "tainted", group=group)
 
     def records(self) -> list[Record]:
@@ -76,8 +114,12 @@ def test_time_weighted_share_clips_to_the_period_and_counts_every_live_state() -
     # Period 20..100 s. a: conformant 20..60 and 70..100 (70 s), unknown 60..70 (10 s).
     # b: conformant 20..40 (20 s), tainted 40..90 (50 s).
     assert web.state_ms == {
-        "conformant": 90 * S, "pending": 0, "replacing": 0, "tainted": 50 * S, "unknown": 10 * S,
-    }  # fmt: skip
+        "conformant": 90 * S,
+        "pending": 0,
+        "replacing": 0,
+        "tainted": 50 * S,
+        "unknown": 10 * S,
+    }
     assert web.share == pytest.approx(90 / 150)
     assert report.share == web.share
     assert report.instances == ("a", "b") and web.instances == 2

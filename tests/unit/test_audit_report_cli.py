@@ -31,17 +31,39 @@ def data_dir(tmp_path: Path) -> Path:
     log.append(ev.group_created("web", at_ms=T0, actor="operator:a", image=IMAGE, mode="enforce"))
     for name in ("i-1", "i-2"):
         log.append(
-            ev.instance_transition(name, at_ms=T0, actor="controller", group="web", image=IMAGE,
-                                   from_state=None, to_state="conformant")
-        )  # fmt: skip
+            ev.instance_transition(
+                name,
+                at_ms=T0,
+                actor="controller",
+                group="web",
+                image=IMAGE,
+                from_state=None,
+                to_state="conformant",
+            )
+        )
     log.append(
-        ev.taint("i-2", at_ms=T0 + 60_000, actor="operator:bob", group="web", image=IMAGE,
-                 source="operator", drift_kind="manual", reason="rotate keys")
-    )  # fmt: skip
+        ev.taint(
+            "i-2",
+            at_ms=T0 + 60_000,
+            actor="operator:bob",
+            group="web",
+            image=IMAGE,
+            source="operator",
+            drift_kind="manual",
+            reason="rotate keys",
+        )
+    )
     log.append(
-        ev.instance_transition("i-2", at_ms=T0 + 60_000, actor="operator:bob", group="web",
-                               image=IMAGE, from_state="conformant", to_state="tainted")
-    )  # fmt: skip
+        ev.instance_transition(
+            "i-2",
+            at_ms=T0 + 60_000,
+            actor="operator:bob",
+            group="web",
+            image=IMAGE,
+            from_state="conformant",
+            to_state="tainted",
+        )
+    )
     log.checkpoint(at_ms=T0 + 120_000, actor="operator:a", key=KEY)
     log.close()
     return tmp_path
@@ -85,9 +107,17 @@ def test_from_an_export_gives_the_same_facts_and_its_own_proof(
 ) -> None:
     export = tmp_path / "audit.jsonl"
     code, out, err = run(
-        capsys, "--data-dir", str(data_dir), *PERIOD, "--out", "-", "--format", "json",
-        "--export", str(export),
-    )  # fmt: skip
+        capsys,
+        "--data-dir",
+        str(data_dir),
+        *PERIOD,
+        "--out",
+        "-",
+        "--format",
+        "json",
+        "--export",
+        str(export),
+    )
     assert code == 0, err
     direct = json.loads(out)
     code, out, err = run(capsys, "--file", str(export), *PERIOD, "--out", "-", "--format", "json")
@@ -100,8 +130,9 @@ def test_from_an_export_gives_the_same_facts_and_its_own_proof(
         == json.loads(export.read_text().splitlines()[-1])["file_sha256"]
     )
     assert [c["what"] for c in direct["proof"]["checks"]] == [
-        f"the audit log in {data_dir}", f"the export file {export}",
-    ]  # fmt: skip
+        f"the audit log in {data_dir}",
+        f"the export file {export}",
+    ]
     assert main(["audit", "verify", "--file", str(export)]) == 0
 
 
@@ -110,12 +141,32 @@ def test_signatures_are_checked_with_the_key(
 ) -> None:
     key = tmp_path / "key"
     key.write_bytes(KEY)
-    code, out, _ = run(capsys, "--data-dir", str(data_dir), *PERIOD, "--out", "-", "--format", "json",
-                       "--key-file", str(key))  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        "--data-dir",
+        str(data_dir),
+        *PERIOD,
+        "--out",
+        "-",
+        "--format",
+        "json",
+        "--key-file",
+        str(key),
+    )
     assert code == 0 and json.loads(out)["proof"]["signatures_checked_with"] == key_id(KEY)
     key.write_bytes(b"another-key-0123456789")
-    code, out, err = run(capsys, "--data-dir", str(data_dir), *PERIOD, "--out", "-", "--format",
-                         "json", "--key-file", str(key))  # fmt: skip
+    code, out, err = run(
+        capsys,
+        "--data-dir",
+        str(data_dir),
+        *PERIOD,
+        "--out",
+        "-",
+        "--format",
+        "json",
+        "--key-file",
+        str(key),
+    )
     assert code == 1 and "signed with another key" in err
     assert json.loads(out)["proof"]["ok"] is False
 

@@ -27,21 +27,52 @@ def hostile_report() -> Report:
     log.append(ev.group_created(HOSTILE, at_ms=0, actor="operator:a", image=V1, mode="enforce"))
     for name, group in (("i-1", "web"), ("i-2", HOSTILE)):
         log.append(
-            ev.instance_transition(name, at_ms=0, actor="controller", group=group, image=V1,
-                                   from_state=None, to_state="conformant")
-        )  # fmt: skip
+            ev.instance_transition(
+                name,
+                at_ms=0,
+                actor="controller",
+                group=group,
+                image=V1,
+                from_state=None,
+                to_state="conformant",
+            )
+        )
     log.append(
-        ev.drift_evidence("i-1", at_ms=10 * S, actor="agent:i-1", group="web", image=V1,
-                          kind="file", added=1, first_paths=[f"/etc/{HOSTILE}"])
-    )  # fmt: skip
+        ev.drift_evidence(
+            "i-1",
+            at_ms=10 * S,
+            actor="agent:i-1",
+            group="web",
+            image=V1,
+            kind="file",
+            added=1,
+            first_paths=[f"/etc/{HOSTILE}"],
+        )
+    )
     log.append(
-        ev.taint("i-1", at_ms=10 * S, actor="agent:i-1", group="web", image=V1,
-                 source="agent", drift_kind="file", reason="files differ")
-    )  # fmt: skip
+        ev.taint(
+            "i-1",
+            at_ms=10 * S,
+            actor="agent:i-1",
+            group="web",
+            image=V1,
+            source="agent",
+            drift_kind="file",
+            reason="files differ",
+        )
+    )
     log.append(
-        ev.taint("i-2", at_ms=20 * S, actor=f"operator:{HOSTILE}", group=HOSTILE, image=V1,
-                 source="operator", drift_kind="manual", reason=HOSTILE)
-    )  # fmt: skip
+        ev.taint(
+            "i-2",
+            at_ms=20 * S,
+            actor=f"operator:{HOSTILE}",
+            group=HOSTILE,
+            image=V1,
+            source="operator",
+            drift_kind="manual",
+            reason=HOSTILE,
+        )
+    )
     return build_report(log.records(), from_ms=0, to_ms=60 * S)
 
 
@@ -126,14 +157,29 @@ def test_json_has_the_same_facts_and_a_stable_schema() -> None:
     document = json.loads(json.dumps(report_json(report, proof(), generated_ms=5)))
     assert document["corral_audit_report"] == SCHEMA_VERSION
     assert set(document) == {
-        "corral_audit_report", "generated_ms", "generated", "period", "instances", "summary",
-        "chart", "groups", "images", "changes", "breaker", "taints", "replacements",
-        "coverage", "proof",
-    }  # fmt: skip
+        "corral_audit_report",
+        "generated_ms",
+        "generated",
+        "period",
+        "instances",
+        "summary",
+        "chart",
+        "groups",
+        "images",
+        "changes",
+        "breaker",
+        "taints",
+        "replacements",
+        "coverage",
+        "proof",
+    }
     summary = document["summary"]
     assert summary["instances_seen"] == 2 and summary["taints"] == {
-        "total": 2, "file": 1, "image": 0, "manual": 1,
-    }  # fmt: skip
+        "total": 2,
+        "file": 1,
+        "image": 0,
+        "manual": 1,
+    }
     assert summary["manual_taints"][0]["reason"] == HOSTILE
     assert summary["share_conformant"] == report.share
     assert summary["conformant_ms"] + summary["state_ms"]["tainted"] == summary["existing_ms"]
@@ -146,7 +192,13 @@ def test_json_has_the_same_facts_and_a_stable_schema() -> None:
 
 def test_formats() -> None:
     assert [duration(v) for v in (None, 0, 999, 12_340, 245_000, 7_380_000, 200_000_000)] == [
-        "-", "0 ms", "999 ms", "12.3 s", "4 min 05 s", "2 h 03 min", "2 d 07 h",
-    ]  # fmt: skip
+        "-",
+        "0 ms",
+        "999 ms",
+        "12.3 s",
+        "4 min 05 s",
+        "2 h 03 min",
+        "2 d 07 h",
+    ]
     assert (percent(None), percent(0.61069)) == ("n/a", "61.07 %")
     assert short_image(V1) == "web@sha256:111111111111…" and short_image("ami-123") == "ami-123"
