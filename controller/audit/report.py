@@ -188,6 +188,7 @@ class Report:
     suspicious: int
     coverage: Coverage
     buckets: int
+    chart_from_ms: int
 
     @property
     def state_ms(self) -> dict[str, int]:
@@ -242,6 +243,7 @@ class _GroupClock:
 
     start: int
     end: int
+    origin: int
     width: float
     counts: dict[str, int] = field(default_factory=dict)
     at: int = 0
@@ -266,9 +268,9 @@ class _GroupClock:
 
     def _buckets(self, begin: float, end: float, conformant: int, existing: int) -> None:
         last = len(self.bucket_existing) - 1
-        index = min(int((begin - self.start) / self.width), last)
+        index = max(0, min(int((begin - self.origin) / self.width), last))
         while begin < end:
-            edge = end if index == last else min(end, self.start + (index + 1) * self.width)
+            edge = end if index == last else min(end, self.origin + (index + 1) * self.width)
             span = edge - begin
             self.bucket_conformant[index] += conformant * span
             self.bucket_existing[index] += existing * span
@@ -288,8 +290,8 @@ class _Fold:
 
     def __init__(self, from_ms: int, to_ms: int, buckets: int) -> None:
         self.start, self.end = from_ms, to_ms
-        self.width = (to_ms - from_ms) / buckets if to_ms > from_ms else 0.0
         self.buckets = buckets
+        self.set_origin(from_ms)
         self.live: dict[str, _Instance] = {}
         self.clocks: dict[str, _GroupClock] = {}
         self.taints: list[dict[str, Any]] = []
@@ -310,11 +312,17 @@ class _Fold:
     def clock(self, group: str) -> _GroupClock:
         found = self.clocks.get(group)
         if found is None:
-            found = self.clocks[group] = _GroupClock(self.start, self.end, self.width)
+            found = self.clocks[group] = _GroupClock(self.start, self.end, self.origin, self.width)
             found.at = self.start
             found.bucket_conformant = [0.0] * self.buckets
             found.bucket_existing = [0.0] * self.buckets
         return found
+
+    def set_origin(self, at_ms: int) -> None:
+        """Where the chart starts: the period's start, or the first record if that is later
+        (a period from 0 would otherwise squeeze the whole log into its last slice)."""
+        self.origin = min(max(at_ms, self.start), self.end - 1)
+        self.width = (self.end - self.origin) / self.buckets
 
     def in_period(self, at_ms: int) -> bool:
         return self.start <= at_ms <= self.end
@@ -568,6 +576,7 @@ class _Fold:
                 complete=self.complete or self._starts_with_checkpoint(),
             ),
             buckets=self.buckets,
+            chart_from_ms=self.origin,
         )
 
     def _starts_with_checkpoint(self) -> bool:
@@ -638,6 +647,7 @@ def build_report(
         if fold.first is None:
             fold.first = record
             fold.complete = record.seq == 1 and record.prev_hash == GENESIS_HASH
+            fold.set_origin(record.event.at_ms)
         fold.last = record
         fold.count += 1
         apply(record)

@@ -135,18 +135,20 @@ def _segments(buckets: tuple[float | None, ...], step: float) -> tuple[tuple[Poi
 
 
 def _bucket_of(report: Report, at_ms: int) -> int:
-    width = (report.to_ms - report.from_ms) / report.buckets
-    return min(int((at_ms - report.from_ms) / width), report.buckets - 1)
+    width = (report.to_ms - report.chart_from_ms) / report.buckets
+    return min(int((at_ms - report.chart_from_ms) / width), report.buckets - 1)
 
 
 def _bucket_start(report: Report, index: int) -> int:
-    return report.from_ms + int(index * (report.to_ms - report.from_ms) / report.buckets)
+    return report.chart_from_ms + int(
+        index * (report.to_ms - report.chart_from_ms) / report.buckets
+    )
 
 
 def _counts(times: list[int], report: Report) -> dict[int, int]:
     counts: dict[int, int] = {}
     for at in times:
-        if report.from_ms <= at <= report.to_ms:
+        if report.chart_from_ms <= at <= report.to_ms:
             index = _bucket_of(report, at)
             counts[index] = counts.get(index, 0) + 1
     return counts
@@ -165,11 +167,11 @@ def _change_kinds(report: Report) -> dict[int, str]:
 
 
 def _x_ticks(report: Report, count: int = 5) -> tuple[Tick, ...]:
-    span = report.to_ms - report.from_ms
+    span = report.to_ms - report.chart_from_ms
     return tuple(
         Tick(
             round(LEFT + (RIGHT - LEFT) * n / (count - 1), 2),
-            iso(report.from_ms + span * n // (count - 1))[:19].replace("T", " "),
+            iso(report.chart_from_ms + span * n // (count - 1))[:19].replace("T", " "),
         )
         for n in range(count)
     )

@@ -45,7 +45,7 @@ def render_html(report: Report, proof: Proof, *, generated_ms: int) -> str:
             worst=worst,
             timed=timed,
             states=REPORT_STATES,
-            bucket_ms=(report.to_ms - report.from_ms) / report.buckets,
+            bucket_ms=(report.to_ms - report.chart_from_ms) / report.buckets,
             generated_ms=generated_ms,
             schema=SCHEMA_VERSION,
         )

@@ -50,7 +50,11 @@ def pdf_text(pdf: Path) -> str:
     if shutil.which("pdftotext") is None:
         pytest.skip("pdftotext is not installed (run .ci/setup-system: apt install poppler-utils)")
     done = subprocess.run(
-        ["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, timeout=60
+        ["pdftotext", "-layout", str(pdf), "-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     return " ".join(done.stdout.split())  # one space between words, whatever the layout
@@ -117,7 +121,7 @@ def test_print_to_pdf_on_letter_holds_the_summary_numbers(
     command = chromium_command(
         tmp_path / "profile", "--no-pdf-header-footer", f"--print-to-pdf={pdf}", page.as_uri()
     )
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0 and pdf.exists(), done.stderr[-2000:]
     text = pdf_text(pdf)
     for line in summary_lines(document):

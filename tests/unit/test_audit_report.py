@@ -257,3 +257,15 @@ def test_a_log_pruned_to_a_checkpoint_starts_from_its_snapshot() -> None:
 def test_period_must_not_be_empty() -> None:
     with pytest.raises(ValueError, match="end after it starts"):
         build_report([], from_ms=10, to_ms=10)
+
+
+def test_the_chart_starts_at_the_first_record_when_the_period_starts_before_the_log() -> None:
+    h = History()
+    h.move(100, "a", "conformant")
+    h.taint(150, "a")
+    report = build_report(h.records(), from_ms=0, to_ms=200 * S, buckets=4)
+    assert report.from_ms == 0 and report.chart_from_ms == 0  # group.created at 0 is a record
+    late = build_report(h.records()[3:], from_ms=0, to_ms=200 * S, buckets=4)
+    assert late.chart_from_ms == 100 * S
+    assert late.groups[0].buckets == (1.0, 1.0, 0.0, 0.0)  # 100..125..150..175..200 s
+    assert late.groups[0].state_ms["conformant"] == 50 * S
