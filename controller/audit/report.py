@@ -257,13 +257,15 @@ class _GroupClock:
         to = min(max(to, self.start), self.end)
         if to <= self.at:
             return
-        existing = sum(self.counts.values())
+        counts = self.counts
+        existing = sum(counts.values())
         if existing:
             span = to - self.at
-            for state, count in self.counts.items():
+            state_ms = self.state_ms
+            for state, count in counts.items():
                 if count:
-                    self.state_ms[state] = self.state_ms.get(state, 0) + count * span
-            self._buckets(self.at, to, self.counts.get(CONFORMANT, 0), existing)
+                    state_ms[state] = state_ms.get(state, 0) + count * span
+            self._buckets(self.at, to, counts.get(CONFORMANT, 0), existing)
         self.at = to
 
     def _buckets(self, begin: float, end: float, conformant: int, existing: int) -> None:
@@ -327,48 +329,53 @@ class _Fold:
     def in_period(self, at_ms: int) -> bool:
         return self.start <= at_ms <= self.end
 
-    def apply(self, record: Record) -> None:
-        kind = record.event.kind
-        if kind is EventKind.INSTANCE_STATE:
-            self.transition(record)
-        elif kind is EventKind.TAINT:
-            self.taint(record)
-        elif kind is EventKind.DRIFT_EVIDENCE:
-            self.evidence(record)
-        elif kind is EventKind.IMAGE_REGISTERED:
-            event = record.event
-            digest = event.data.get("digest")
-            if event.image is not None:
-                self.registered.setdefault(
-                    event.image,
-                    (digest if isinstance(digest, str) else None, event.at_ms, event.actor),
-                )
-        elif kind in DESIRED_CHANGES:
-            self.desired(record)
-        elif kind in (EventKind.BREAKER_OPEN, EventKind.BREAKER_RESUME):
-            self.breaker_event(record)
-        elif kind is EventKind.SUSPICIOUS:
-            if self.in_period(record.event.at_ms) and record.event.group is not None:
-                self.suspicious.append(record.event.group)
-        elif kind is EventKind.CHECKPOINT:
-            self.snapshot(record)
+    def handlers(self) -> dict[EventKind, Callable[[Record], None]]:
+        """Which method folds each kind of record (kinds not listed change nothing here)."""
+        return {
+            EventKind.INSTANCE_STATE: self.transition,
+            EventKind.TAINT: self.taint,
+            EventKind.DRIFT_EVIDENCE: self.evidence,
+            EventKind.IMAGE_REGISTERED: self.image,
+            EventKind.GROUP_CREATED: self.desired,
+            EventKind.ROLLOUT: self.desired,
+            EventKind.ROLLBACK: self.desired,
+            EventKind.BREAKER_OPEN: self.breaker_event,
+            EventKind.BREAKER_RESUME: self.breaker_event,
+            EventKind.SUSPICIOUS: self.flagged,
+            EventKind.CHECKPOINT: self.snapshot,
+        }
+
+    def image(self, record: Record) -> None:
+        event = record.event
+        digest = event.data.get("digest")
+        if event.image is not None:
+            self.registered.setdefault(
+                event.image, (digest if isinstance(digest, str) else None, event.at_ms, event.actor)
+            )
+
+    def flagged(self, record: Record) -> None:
+        if self.in_period(record.event.at_ms) and record.event.group is not None:
+            self.suspicious.append(record.event.group)
 
     # Instances ------------------------------------------------------------------
 
     def transition(self, record: Record) -> None:
+        # The hot path: two thirds of a fleet's records. Locals instead of attributes.
         event = record.event
         data = event.data
         at, instance = event.at_ms, event.instance_id or ""
         to = str(data.get("to"))
         group, image = event.group or "", event.image or ""
+        start = self.start
         before = self.live.get(instance)
-        same = before is not None and before.image == image and before.group == group
+        same = False
         if before is not None:
             old = self.clocks[before.group]
+            same = before.group == group and before.image == image
             if at > old.at:
                 old.advance(at)
             old.counts[before.state] -= 1
-            if at > self.start:  # it existed just before this moment, inside the period
+            if at > start:  # it existed just before this moment, inside the period
                 old.seen.add(instance)
             if not same or to == RETIRED:
                 self.close_run(instance, before, at)
@@ -380,7 +387,7 @@ class _Fold:
                 new.advance(at)
             counts = new.counts
             counts[to] = counts.get(to, 0) + 1
-            if at >= self.start:
+            if at >= start:
                 new.seen.add(instance)
             if same:
                 before.state = to  # type: ignore[union-attr]
@@ -640,17 +647,28 @@ def build_report(
     if buckets < 1:
         raise ValueError("the chart needs at least one bucket")
     fold = _Fold(from_ms, to_ms, buckets)
-    apply = fold.apply
-    for record in records:
-        if record.event.at_ms > to_ms:
-            break
-        if fold.first is None:
-            fold.first = record
-            fold.complete = record.seq == 1 and record.prev_hash == GENESIS_HASH
-            fold.set_origin(record.event.at_ms)
-        fold.last = record
-        fold.count += 1
-        apply(record)
+    handlers = fold.handlers()
+    stream = iter(records)
+    first = next(stream, None)
+    if first is not None and first.event.at_ms <= to_ms:
+        fold.first = first
+        fold.complete = first.seq == 1 and first.prev_hash == GENESIS_HASH
+        fold.set_origin(first.event.at_ms)
+        fold.last, fold.count = first, 1
+        handler = handlers.get(first.event.kind)
+        if handler is not None:
+            handler(first)
+        count = 1
+        for record in stream:
+            event = record.event
+            if event.at_ms > to_ms:
+                break
+            fold.last = record
+            count += 1
+            handler = handlers.get(event.kind)
+            if handler is not None:
+                handler(record)
+        fold.count = count
     return fold.finish(group)
 
 
