@@ -248,7 +248,6 @@ class _GroupClock:
     counts: dict[str, int] = field(default_factory=dict)
     at: int = 0
     state_ms: dict[str, int] = field(default_factory=dict)
-    seen: set[str] = field(default_factory=set)
     bucket_conformant: list[float] = field(default_factory=list)
     bucket_existing: list[float] = field(default_factory=list)
 
@@ -366,7 +365,6 @@ class _Fold:
         at, instance = event.at_ms, event.instance_id or ""
         to = str(data.get("to"))
         group, image = event.group or "", event.image or ""
-        start = self.start
         before = self.live.get(instance)
         same = False
         if before is not None:
@@ -375,8 +373,6 @@ class _Fold:
             if at > old.at:
                 old.advance(at)
             old.counts[before.state] -= 1
-            if at > start:  # it existed just before this moment, inside the period
-                old.seen.add(instance)
             if not same or to == RETIRED:
                 self.close_run(instance, before, at)
         if to == RETIRED:
@@ -387,8 +383,6 @@ class _Fold:
                 new.advance(at)
             counts = new.counts
             counts[to] = counts.get(to, 0) + 1
-            if at >= start:
-                new.seen.add(instance)
             if same:
                 before.state = to  # type: ignore[union-attr]
             else:
@@ -530,8 +524,13 @@ class _Fold:
     def finish(self, group: str | None) -> Report:
         for clock in self.clocks.values():
             clock.advance(self.end)
+        # Seen: every instance with a run in the period (closed after its start, or still on).
+        seen: dict[str, set[str]] = {}
+        for runs in self.runs.values():
+            for run in runs:
+                seen.setdefault(run.group, set()).add(run.instance_id)
         for instance, state in self.live.items():
-            self.clocks[state.group].seen.add(instance)  # it exists at the end of the period
+            seen.setdefault(state.group, set()).add(instance)
 
         def wanted(name: str) -> bool:
             return group is None or name == group
@@ -539,16 +538,14 @@ class _Fold:
         shares = tuple(
             GroupShare(
                 name,
-                len(clock.seen),
+                len(seen[name]),
                 {s: clock.state_ms.get(s, 0) for s in REPORT_STATES},
                 clock.shares(),
             )
             for name, clock in sorted(self.clocks.items())
-            if wanted(name) and clock.seen
+            if wanted(name) and seen.get(name)
         )
-        instances = sorted(
-            {i for name in self.clocks if wanted(name) for i in self.clocks[name].seen}
-        )
+        instances = sorted({i for name, ids in seen.items() if wanted(name) for i in ids})
         replacements = {
             new: Replacement(**row)
             for new, row in self.replacements.items()
