@@ -13,10 +13,10 @@ from __future__ import annotations
 from functools import cache
 
 import jinja2
-import markupsafe
+from markupsafe import Markup
 
 from controller.audit.record import EventKind
-from controller.audit.report import REPORT_STATES, Report
+from controller.audit.report import REPORT_STATES, ImageFacts, Report
 from controller.audit.report_chart import chart
 from controller.audit.report_format import duration, iso, percent
 from controller.audit.report_json import SCHEMA_VERSION
@@ -33,23 +33,38 @@ _CHANGE_WORDS = {
 def render_html(report: Report, proof: Proof, *, generated_ms: int) -> str:
     """The report page as text (UTF-8 when written)."""
     median, worst, timed = report.taint_to_replacement()
-    return (
-        _environment()
-        .get_template(TEMPLATE)
-        .render(
-            report=report,
-            proof=proof,
-            chart=chart(report),
-            kinds=report.taints_by_kind,
-            median=median,
-            worst=worst,
-            timed=timed,
-            states=REPORT_STATES,
-            bucket_ms=(report.to_ms - report.chart_from_ms) / report.buckets,
-            generated_ms=generated_ms,
-            schema=SCHEMA_VERSION,
-        )
+    template = _environment().get_template(TEMPLATE)
+    return template.render(
+        report=report,
+        proof=proof,
+        chart=chart(report),
+        kinds=report.taints_by_kind,
+        median=median,
+        worst=worst,
+        timed=timed,
+        states=REPORT_STATES,
+        bucket_ms=(report.to_ms - report.chart_from_ms) / report.buckets,
+        generated_ms=generated_ms,
+        schema=SCHEMA_VERSION,
+        runs={image.image: _run_rows(image) for image in report.images},
     )
+
+
+def _run_rows(image: ImageFacts) -> list[tuple[str, str, Markup, Markup | None]]:
+    """Each run as (instance, group, since, until): plain tuples, the page's longest table.
+
+    Unpacked by the template without an attribute lookup per cell; the times
+    are formatted from numbers, so they are already safe.
+    """
+    return [
+        (
+            run.instance_id,
+            run.group,
+            Markup(iso(run.from_ms)),
+            None if run.until_ms is None else Markup(iso(run.until_ms)),
+        )
+        for run in image.runs
+    ]
 
 
 def short_image(ref: str) -> str:
@@ -72,9 +87,9 @@ def _environment() -> jinja2.Environment:
     )
     env.filters.update(
         # Built from numbers alone, so already safe: no escaping pass for these.
-        iso=lambda at_ms: markupsafe.Markup(iso(at_ms)),
-        duration=lambda ms: markupsafe.Markup(duration(ms)),
-        percent=lambda share: markupsafe.Markup(percent(share)),
+        iso=lambda at_ms: Markup(iso(at_ms)),
+        duration=lambda ms: Markup(duration(ms)),
+        percent=lambda share: Markup(percent(share)),
         short_image=short_image,
         change_kind=lambda kind: _CHANGE_WORDS.get(kind, kind),
     )
