@@ -64,7 +64,12 @@ def add_parser(
         "report",
         parents=[source],
         help="a self-contained HTML (or JSON) conformance report with its proof",
-        description=__doc__.split("\n\n")[0],
+        description=(
+            "A conformance report to file: one self-contained HTML page (or JSON), every"
+            " number computed from the audit log, with the proof that re-checks it."
+            " From the controller, the records are exported beside the report"
+            f" (OUT{EXPORT_SUFFIX}) and the report is made from that file."
+        ),
     )
     report.add_argument("--from", dest="since", metavar="T1", required=True, help="ISO 8601 or ms")
     report.add_argument("--to", dest="until", metavar="T2", default="now", help="ISO, ms or now")
