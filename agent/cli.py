@@ -43,8 +43,8 @@ from agent.runner import Limits, Runner, Schedule, Subject
 from agent.scanjob import SubprocessScanner
 from agent.sequence import SequenceNumbers
 from agent.transport import GrpcTransport, TlsFiles
-from agent.watchmode import start_watch_mode
 from agent.version import corral_version
+from agent.watchmode import start_watch_mode
 
 log = logging.getLogger("agent")
 

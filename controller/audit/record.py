@@ -228,20 +228,22 @@ def trusted_event(
 
     Verification never uses this: it re-hashes the stored columns themselves.
     """
-    event = object.__new__(Event)
-    for name, value in (
-        ("kind", kind),
-        ("at_ms", at_ms),
-        ("actor", actor),
-        ("reason", reason),
-        ("instance_id", instance_id),
-        ("related_instance_id", related_instance_id),
-        ("group", group),
-        ("image", image),
-        ("data", data),
-    ):
-        object.__setattr__(event, name, value)
+    event = _new(Event)
+    _set(event, "kind", kind)
+    _set(event, "at_ms", at_ms)
+    _set(event, "actor", actor)
+    _set(event, "reason", reason)
+    _set(event, "instance_id", instance_id)
+    _set(event, "related_instance_id", related_instance_id)
+    _set(event, "group", group)
+    _set(event, "image", image)
+    _set(event, "data", data)
     return event
+
+
+# Bound once: trusted_event runs for every record a query or report reads back.
+_new = object.__new__
+_set = object.__setattr__
 
 
 def make_record(seq: int, prev_hash: str, event: Event) -> Record:

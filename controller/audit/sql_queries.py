@@ -163,12 +163,15 @@ def _apply_transitions(state: queries.FleetReplay, rows: Iterable[tuple[Any, ...
         )
 
 
+_KINDS = {str(kind): kind for kind in EventKind}
+
+
 def record_from_row(row: tuple[Any, ...]) -> Record:
     """A stored row (``COLUMNS``) as a record; raises AuditError when it cannot be read."""
     seq, at_ms, kind, actor, reason, instance, related, group, image, data, prev, digest = row
     try:
         event = trusted_event(
-            kind=EventKind(kind),
+            kind=_KINDS.get(kind) or EventKind(kind),
             at_ms=int(at_ms),
             actor=actor,
             reason=reason,

@@ -2,7 +2,8 @@
 
 ``conformance`` (the fleet at a past moment), ``history`` (one instance, launch
 to retire), ``images`` (registered when, by whom, where it ran, when desired),
-``export`` (JSON Lines) and ``verify`` (the live chain or an export file).
+``export`` (JSON Lines), ``verify`` (the live chain or an export file) and
+``report`` (a conformance report to file, in ``audit_report``).
 ``checkpoint`` and ``prune`` are the operator's retention tools.
 
 By default they ask the running controller (``--controller HOST:PORT`` or
@@ -28,12 +29,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from controller.audit import export as audit_export
-from controller.audit.chain import VerifyResult
 from controller.audit.errors import AuditError
 from controller.audit.keys import load_key
 from controller.audit.ports import AuditLog
 from controller.audit.queries import Conformance, ImageHistory, InstanceHistory
 from controller.audit.record import Record
+from controller.audit.report_json import verify_json
 from controller.audit.sqlite import SqliteAuditLog
 from controller.cli.audit_remote import AuditClient, RemoteAuditLog
 from controller.cli.client import (
@@ -114,8 +115,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     prune.add_argument("--before-seq", metavar="SEQ", type=int, required=True)
     prune.set_defaults(handler=run_prune)
 
+    from controller.cli import audit_report  # noqa: PLC0415 (it imports this module)
 
-def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    audit_report.add_parser(commands, source)
+
+
+def guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turn the audit package's refusals into a message and exit code 2."""
 
     @functools.wraps(handler)
@@ -132,10 +137,10 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     return run
 
 
-@_guarded
+@guarded
 def run_conformance(args: argparse.Namespace) -> int:
     at_ms = parse_time(args.at, now_ms=_now_ms())
-    with _open_log(args) as log:
+    with open_log(args) as log:
         result = log.conformance_at(at_ms, group=args.group)
     if args.json:
         _print_json(conformance_json(result))
@@ -151,9 +156,9 @@ def run_conformance(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guarded
+@guarded
 def run_history(args: argparse.Namespace) -> int:
-    with _open_log(args) as log:
+    with open_log(args) as log:
         history = log.instance_history(args.instance)
     if not history.records:
         print(f"corral: no audit records name instance {args.instance}", file=sys.stderr)
@@ -170,9 +175,9 @@ def run_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guarded
+@guarded
 def run_images(args: argparse.Namespace) -> int:
-    with _open_log(args) as log:
+    with open_log(args) as log:
         images = log.image_history()
     if args.json:
         _print_json({"images": [image_json(i) for i in images]})
@@ -195,11 +200,11 @@ def run_images(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guarded
+@guarded
 def run_export(args: argparse.Namespace) -> int:
     now = _now_ms()
     since, until = parse_time(args.since, now_ms=now), parse_time(args.until, now_ms=now)
-    with _open_log(args) as log:
+    with open_log(args) as log:
         summary = audit_export.export_jsonl(log, args.out, since_ms=since, until_ms=until)
     print(
         f"exported {summary.count} records (seq {summary.first_seq}..{summary.last_seq})"
@@ -208,13 +213,13 @@ def run_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guarded
+@guarded
 def run_verify(args: argparse.Namespace) -> int:
     key = load_key(args.key_file, os.environ)
     if args.file is not None:
         result = audit_export.verify_export(args.file, key=key)
     else:
-        with _open_log(args) as log:
+        with open_log(args) as log:
             result = log.verify(key=key)
     if args.json:
         _print_json(verify_json(result))
@@ -223,10 +228,10 @@ def run_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_BROKEN
 
 
-@_guarded
+@guarded
 def run_checkpoint(args: argparse.Namespace) -> int:
     key = load_key(args.key_file, os.environ)
-    with _open_log(args, writable=True) as log:
+    with open_log(args, writable=True) as log:
         actor = args.actor or f"operator:{os.environ.get('USER', 'unknown')}"
         checkpoint = log.checkpoint(at_ms=_now_ms(), actor=actor, key=key)
     signed = f" signed by key {checkpoint.key_id}" if checkpoint.key_id else " (unsigned)"
@@ -235,9 +240,9 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_guarded
+@guarded
 def run_prune(args: argparse.Namespace) -> int:
-    with _open_log(args, writable=True) as log:
+    with open_log(args, writable=True) as log:
         match = [c for c in log.checkpoints() if c.seq == args.before_seq]
         if not match:
             print(f"corral: seq {args.before_seq} is not a retained checkpoint", file=sys.stderr)
@@ -260,7 +265,7 @@ class _OpenLog:
         self.log.close()
 
 
-def _open_log(args: argparse.Namespace, *, writable: bool = False) -> _OpenLog:
+def open_log(args: argparse.Namespace, *, writable: bool = False) -> _OpenLog:
     """``--data-dir`` opens the store file; otherwise the controller's API is asked."""
     if args.data_dir is None:
         if writable:
@@ -364,18 +369,6 @@ def image_json(image: ImageHistory) -> dict[str, Any]:
             }
             for d in image.desired
         ],
-    }
-
-
-def verify_json(result: VerifyResult) -> dict[str, Any]:
-    return {
-        "ok": result.ok,
-        "checked": result.checked,
-        "first_seq": result.first_seq,
-        "last_seq": result.last_seq,
-        "last_hash": result.last_hash,
-        "first_bad_seq": result.first_bad_seq,
-        "problem": result.problem,
     }
 
 

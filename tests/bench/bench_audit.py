@@ -7,16 +7,28 @@ retirements, rollouts) and appended through ``SqliteAuditLog.bulk_append``: one
 transaction, but every record is hashed and chained exactly as ``append`` does,
 and the benchmark verifies the whole chain at the end.
 
-Usage: ``python tests/bench/bench_audit.py [--records N] [--db FILE] [--keep]``.
-Prints generation, query, checkpoint and verification times; exits 1 if the
-chain does not verify (timings are reported, not enforced).
+Target (issue 15): ``corral audit report`` over the whole 1,000,000-record
+history in at most 10 s. The report is timed as an auditor runs it (a fresh
+``corral audit report --data-dir`` process writing the HTML page, chain
+verification included), in rounds alternating with a baseline measured in
+the same run: reading every record through ``AuditLog.records()``, the floor
+any report over the port pays. Medians and their ratio are printed.
+
+Usage: ``python tests/bench/bench_audit.py [--records N] [--db FILE] [--keep]
+[--report-rounds N]`` (``--report-rounds 0`` skips the report).
+Prints generation, query, checkpoint, report and verification times; exits 1
+if the chain does not verify (timings are reported, not enforced).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -171,11 +183,66 @@ def timed(label: str, fn: object, repeat: int = 1) -> object:
     return result
 
 
+def bench_report(
+    log: SqliteAuditLog, path: Path, first_ms: int, last_ms: int, *, rounds: int
+) -> None:
+    """``corral audit report`` over the whole history vs reading every record, alternating."""
+    data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-report-"))
+    (data_dir / "corral.db").symlink_to(path.resolve())
+    out = data_dir / "report.html"
+    command = [
+        sys.executable, "-m", "controller.cli.main", "audit", "report",
+        "--data-dir", str(data_dir), "--from", str(first_ms), "--to", str(last_ms),
+        "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    reads: list[float] = []
+    reports: list[float] = []
+    cpus: list[float] = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        count = sum(1 for _ in log.records(until_ms=last_ms))
+        reads.append(time.perf_counter() - start)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        reports.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # CPU of the report and its verifying worker: what the machine's load cannot inflate.
+        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        if done.returncode != 0:
+            raise SystemExit(f"corral audit report failed: {done.stderr.strip()}")
+    read, report = statistics.median(reads), statistics.median(reports)
+    print(f"{'baseline: read every record (records())':<52} {read * 1000:10.2f} ms  ({count:,})")
+    print(
+        f"{'corral audit report --data-dir, HTML, whole history':<52} {report * 1000:10.2f} ms"
+        f"  (median of {rounds}, {report / read:.2f}x the baseline)"
+    )
+    print(f"  ... {done.stdout.strip().splitlines()[0]}")
+    print(f"  ... CPU {statistics.median(cpus):.1f} s (report and verifying worker together)")
+    print(f"  ... page {out.stat().st_size / 1e6:.0f} MB; target <= 10 s: {report <= 10}")
+    json_out = data_dir / "report.json"
+    start = time.perf_counter()
+    subprocess.run([*command[:-1], str(json_out), "--format", "json"], env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    summary = json.loads(json_out.read_text())["summary"]
+    print(
+        f"{'corral audit report --format json (one run)':<52}"
+        f" {(time.perf_counter() - start) * 1000:10.2f} ms"
+        f"  ({summary['taints']['total']:,} taints, share {summary['share_conformant']:.4f})"
+    )
+    out.unlink()
+    json_out.unlink()
+    (data_dir / "corral.db").unlink()
+    data_dir.rmdir()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--db", type=Path, help="reuse or create this file")
     parser.add_argument("--keep", action="store_true", help="keep the generated file")
+    parser.add_argument("--report-rounds", type=int, default=3, help="report rounds (0: skip)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="corral-bench-audit-"))
     path = args.db or workdir / "corral.db"
@@ -228,6 +295,8 @@ def main() -> int:
     )
     images = timed("images (registrations, runs, desired spans)", log.image_history)
     print(f"  ... {len(images)} images, {sum(len(i.runs) for i in images):,} runs")  # type: ignore[attr-defined]
+    if args.report_rounds > 0:
+        bench_report(log, path, first_ms, last_ms, rounds=args.report_rounds)
     checkpoint = timed(
         "checkpoint (snapshot of the fleet + append)",
         lambda: log.checkpoint(at_ms=last_ms, actor="bench", key=b"bench-key-0123456789"),

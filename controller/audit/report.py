@@ -1,0 +1,673 @@
+"""The facts of a conformance report, computed from audit records alone.
+
+``build_report`` folds the records of a log (chain order, from its start or
+its pruning checkpoint) once, up to the end of the period, and returns a
+frozen :class:`Report`: who existed in the period, the time-weighted share
+conformant per group, every taint with its evidence and the replacement that
+followed, image runs, rollouts and rollbacks, breaker openings. Pure: no I/O,
+no clock; the CLI adds the proof (chain verification) and renders it.
+
+Time-weighted conformance (docs/audit.md, "Conformance reports"): an
+instance's state holds from its transition record up to its next one (the
+same convention as ``conformance_at``). Over the period ``[from, to)`` every
+instance that exists (any state but ``retired``) contributes its time in each
+state; the share conformant is conformant instance-time over all
+instance-time. Pending, unknown, tainted and replacing time count as not
+conformant, exactly as ``corral audit conformance`` counts them.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.audit.events import CONFORMANT, RETIRED, STATES
+from controller.audit.record import GENESIS_HASH, EventKind, Record
+
+CHART_BUCKETS = 240
+REPORT_STATES = tuple(sorted(STATES - {RETIRED}))
+DESIRED_CHANGES = (EventKind.GROUP_CREATED, EventKind.ROLLOUT, EventKind.ROLLBACK)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupShare:
+    """One group over the period: instance-time per state and the share conformant."""
+
+    group: str
+    instances: int
+    state_ms: Mapping[str, int]
+    buckets: tuple[float | None, ...]
+
+    @property
+    def existing_ms(self) -> int:
+        return sum(self.state_ms.values())
+
+    @property
+    def conformant_ms(self) -> int:
+        return self.state_ms.get(CONFORMANT, 0)
+
+    @property
+    def share(self) -> float | None:
+        """Conformant instance-time over all instance-time (None when nothing existed)."""
+        total = self.existing_ms
+        return self.conformant_ms / total if total else None
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What an agent reported as drifted (paths already escaped by ``display_path``)."""
+
+    seq: int
+    drift: str
+    added: int
+    removed: int
+    modified: int
+    paths: tuple[str, ...]
+    paths_truncated: bool
+    verified: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Replacement:
+    """The instance launched to replace another, and when it first became conformant."""
+
+    instance_id: str
+    replaces: str
+    group: str
+    image: str
+    launched_ms: int
+    conformant_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaintFact:
+    """One taint: where, what kind, who detected it, its evidence and what replaced it."""
+
+    seq: int
+    at_ms: int
+    instance_id: str
+    group: str
+    image: str
+    kind: str
+    source: str
+    actor: str
+    reason: str
+    evidence: Evidence | None
+    replacement: Replacement | None
+
+    @property
+    def to_replacement_ms(self) -> int | None:
+        """Taint to replacement conformant, when the replacement got there within the period."""
+        if self.replacement is None or self.replacement.conformant_ms is None:
+            return None
+        return self.replacement.conformant_ms - self.at_ms
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRun:
+    """An instance ran the image from ``from_ms`` until ``until_ms`` (None: still at the end)."""
+
+    instance_id: str
+    group: str
+    from_ms: int
+    until_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredChange:
+    """A group's desired image changed (created, rollout, rollback)."""
+
+    seq: int
+    at_ms: int
+    kind: str
+    group: str
+    from_image: str | None
+    to_image: str
+    actor: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFacts:
+    """One image: its digest, registration, runs in the period, desired-image changes."""
+
+    image: str
+    digest: str | None
+    registered_ms: int | None
+    registered_by: str | None
+    runs: tuple[ImageRun, ...]
+    changes: tuple[DesiredChange, ...]
+
+    @property
+    def instances(self) -> int:
+        return len({r.instance_id for r in self.runs})
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerEvent:
+    """The breaker opened (``tainted`` of ``size``) or replacements resumed in a group."""
+
+    seq: int
+    at_ms: int
+    group: str
+    opened: bool
+    tainted: int | None
+    size: int | None
+    actor: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """Which records the report was computed from; ``complete`` when nothing came before."""
+
+    first_seq: int | None
+    last_seq: int | None
+    last_hash: str | None
+    first_ms: int | None
+    records: int
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Everything the report says, computed from the audit records."""
+
+    from_ms: int
+    to_ms: int
+    group: str | None
+    groups: tuple[GroupShare, ...]
+    instances: tuple[str, ...]
+    taints: tuple[TaintFact, ...]
+    replacements: tuple[Replacement, ...]
+    images: tuple[ImageFacts, ...]
+    changes: tuple[DesiredChange, ...]
+    breaker: tuple[BreakerEvent, ...]
+    suspicious: int
+    coverage: Coverage
+    buckets: int
+    chart_from_ms: int
+
+    @property
+    def state_ms(self) -> dict[str, int]:
+        """Instance-time per state over every reported group."""
+        return {s: sum(g.state_ms.get(s, 0) for g in self.groups) for s in REPORT_STATES}
+
+    @property
+    def share(self) -> float | None:
+        totals = self.state_ms
+        existing = sum(totals.values())
+        return totals[CONFORMANT] / existing if existing else None
+
+    @property
+    def taints_by_kind(self) -> dict[str, int]:
+        counts = {"file": 0, "image": 0, "manual": 0}
+        for taint in self.taints:
+            counts[taint.kind] = counts.get(taint.kind, 0) + 1
+        return counts
+
+    @property
+    def manual_taints(self) -> tuple[TaintFact, ...]:
+        return tuple(t for t in self.taints if t.kind == "manual")
+
+    @property
+    def breaker_openings(self) -> int:
+        return sum(1 for b in self.breaker if b.opened)
+
+    @property
+    def replaced_conformant(self) -> int:
+        return sum(1 for r in self.replacements if r.conformant_ms is not None)
+
+    def taint_to_replacement(self) -> tuple[int | None, int | None, int]:
+        """(median, worst, count) of taint to replacement conformant, in ms."""
+        times = [t.to_replacement_ms for t in self.taints]
+        known = sorted(t for t in times if t is not None)
+        if not known:
+            return None, None, 0
+        return int(statistics.median(known)), known[-1], len(known)
+
+
+@dataclass
+class _Instance:
+    group: str
+    image: str
+    state: str
+    run_from: int
+
+
+@dataclass
+class _GroupClock:
+    """Counts of instances per state in one group and the integral so far."""
+
+    start: int
+    end: int
+    origin: int
+    width: float
+    counts: dict[str, int] = field(default_factory=dict)
+    at: int = 0
+    state_ms: dict[str, int] = field(default_factory=dict)
+    bucket_conformant: list[float] = field(default_factory=list)
+    bucket_existing: list[float] = field(default_factory=list)
+
+    def advance(self, to: int) -> None:
+        """Integrate the current counts from ``self.at`` up to ``to`` (clipped to the period)."""
+        to = min(max(to, self.start), self.end)
+        if to <= self.at:
+            return
+        counts = self.counts
+        existing = sum(counts.values())
+        if existing:
+            span = to - self.at
+            state_ms = self.state_ms
+            for state, count in counts.items():
+                if count:
+                    state_ms[state] = state_ms.get(state, 0) + count * span
+            self._buckets(self.at, to, counts.get(CONFORMANT, 0), existing)
+        self.at = to
+
+    def _buckets(self, begin: float, end: float, conformant: int, existing: int) -> None:
+        last = len(self.bucket_existing) - 1
+        index = max(0, min(int((begin - self.origin) / self.width), last))
+        while begin < end:
+            edge = end if index == last else min(end, self.origin + (index + 1) * self.width)
+            span = edge - begin
+            self.bucket_conformant[index] += conformant * span
+            self.bucket_existing[index] += existing * span
+            begin, index = edge, index + 1
+            if index > last:
+                break
+
+    def shares(self) -> tuple[float | None, ...]:
+        return tuple(
+            c / e if e else None
+            for c, e in zip(self.bucket_conformant, self.bucket_existing, strict=True)
+        )
+
+
+class _Fold:
+    """One pass over the records; everything mutable stays in here."""
+
+    def __init__(self, from_ms: int, to_ms: int, buckets: int) -> None:
+        self.start, self.end = from_ms, to_ms
+        self.buckets = buckets
+        self.set_origin(from_ms)
+        self.live: dict[str, _Instance] = {}
+        self.clocks: dict[str, _GroupClock] = {}
+        self.taints: list[dict[str, Any]] = []
+        self.open_taint: dict[str, list[int]] = {}
+        self.pending_evidence: dict[str, Evidence] = {}
+        self.replacement_of: dict[str, str] = {}
+        self.replacements: dict[str, dict[str, Any]] = {}
+        self.runs: dict[str, list[ImageRun]] = {}
+        self.registered: dict[str, tuple[str | None, int, str]] = {}
+        self.changes: list[DesiredChange] = []
+        self.breaker: list[BreakerEvent] = []
+        self.suspicious: list[str] = []
+        self.first: Record | None = None
+        self.last: Record | None = None
+        self.count = 0
+        self.complete = True
+
+    def clock(self, group: str) -> _GroupClock:
+        found = self.clocks.get(group)
+        if found is None:
+            found = self.clocks[group] = _GroupClock(self.start, self.end, self.origin, self.width)
+            found.at = self.start
+            found.bucket_conformant = [0.0] * self.buckets
+            found.bucket_existing = [0.0] * self.buckets
+        return found
+
+    def set_origin(self, at_ms: int) -> None:
+        """Where the chart starts: the period's start, or the first record if that is later
+        (a period from 0 would otherwise squeeze the whole log into its last slice)."""
+        self.origin = min(max(at_ms, self.start), self.end - 1)
+        self.width = (self.end - self.origin) / self.buckets
+
+    def in_period(self, at_ms: int) -> bool:
+        return self.start <= at_ms <= self.end
+
+    def handlers(self) -> dict[EventKind, Callable[[Record], None]]:
+        """Which method folds each kind of record (kinds not listed change nothing here)."""
+        return {
+            EventKind.INSTANCE_STATE: self.transition,
+            EventKind.TAINT: self.taint,
+            EventKind.DRIFT_EVIDENCE: self.evidence,
+            EventKind.IMAGE_REGISTERED: self.image,
+            EventKind.GROUP_CREATED: self.desired,
+            EventKind.ROLLOUT: self.desired,
+            EventKind.ROLLBACK: self.desired,
+            EventKind.BREAKER_OPEN: self.breaker_event,
+            EventKind.BREAKER_RESUME: self.breaker_event,
+            EventKind.SUSPICIOUS: self.flagged,
+            EventKind.CHECKPOINT: self.snapshot,
+        }
+
+    def image(self, record: Record) -> None:
+        event = record.event
+        digest = event.data.get("digest")
+        if event.image is not None:
+            self.registered.setdefault(
+                event.image, (digest if isinstance(digest, str) else None, event.at_ms, event.actor)
+            )
+
+    def flagged(self, record: Record) -> None:
+        if self.in_period(record.event.at_ms) and record.event.group is not None:
+            self.suspicious.append(record.event.group)
+
+    # Instances ------------------------------------------------------------------
+
+    def transition(self, record: Record) -> None:
+        # The hot path: two thirds of a fleet's records. Locals instead of attributes.
+        event = record.event
+        data = event.data
+        at, instance = event.at_ms, event.instance_id or ""
+        to = str(data.get("to"))
+        group, image = event.group or "", event.image or ""
+        before = self.live.get(instance)
+        same = False
+        if before is not None:
+            old = self.clocks[before.group]
+            same = before.group == group and before.image == image
+            if at > old.at:
+                old.advance(at)
+            old.counts[before.state] -= 1
+            if not same or to == RETIRED:
+                self.close_run(instance, before, at)
+        if to == RETIRED:
+            self.live.pop(instance, None)
+        else:
+            new = self.clocks.get(group) or self.clock(group)
+            if at > new.at:
+                new.advance(at)
+            counts = new.counts
+            counts[to] = counts.get(to, 0) + 1
+            if same:
+                before.state = to  # type: ignore[union-attr]
+            else:
+                self.live[instance] = _Instance(group, image, to, at)
+        if event.related_instance_id and data.get("from") is None:
+            self.launched(record)
+        elif to == CONFORMANT and instance in self.replacements:
+            row = self.replacements[instance]
+            if row["conformant_ms"] is None:
+                row["conformant_ms"] = at
+
+    def close_run(self, instance: str, state: _Instance, at: int) -> None:
+        if at > self.start:
+            run = ImageRun(instance, state.group, state.run_from, at)
+            self.runs.setdefault(state.image, []).append(run)
+
+    def launched(self, record: Record) -> None:
+        event = record.event
+        new, old = event.instance_id or "", event.related_instance_id or ""
+        self.replacement_of.setdefault(old, new)
+        self.replacements[new] = {
+            "instance_id": new,
+            "replaces": old,
+            "group": event.group or "",
+            "image": event.image or "",
+            "launched_ms": event.at_ms,
+            "conformant_ms": event.at_ms if event.data.get("to") == CONFORMANT else None,
+        }
+
+    def snapshot(self, record: Record) -> None:
+        snapshot = record.event.data.get("snapshot")
+        if not isinstance(snapshot, dict):
+            return
+        rows = snapshot.get("instances")
+        for row in rows if isinstance(rows, list) else ():
+            if not isinstance(row, list) or len(row) != 6:
+                continue
+            instance, group, image, state = (str(v) for v in row[:4])
+            since = row[4] if isinstance(row[4], int) else record.event.at_ms
+            if instance in self.live or state == RETIRED:
+                continue
+            clock = self.clock(group)
+            clock.advance(record.event.at_ms)
+            clock.counts[state] = clock.counts.get(state, 0) + 1
+            self.live[instance] = _Instance(group, image, state, since)
+        images = snapshot.get("images")
+        for ref, value in images.items() if isinstance(images, dict) else ():
+            if isinstance(value, list) and len(value) == 3:
+                digest, at_ms, by = value
+                self.registered.setdefault(
+                    ref, (digest if isinstance(digest, str) else None, _int(at_ms), str(by))
+                )
+
+    # Taints and evidence -----------------------------------------------------------
+
+    def taint(self, record: Record) -> None:
+        event = record.event
+        instance = event.instance_id or ""
+        evidence = self.pending_evidence.pop(instance, None)
+        if not self.in_period(event.at_ms):
+            return
+        self.open_taint.setdefault(instance, []).append(len(self.taints))
+        self.taints.append(
+            {
+                "seq": record.seq,
+                "at_ms": event.at_ms,
+                "instance_id": instance,
+                "group": event.group or "",
+                "image": event.image or "",
+                "kind": str(event.data.get("drift", "")),
+                "source": str(event.data.get("source", "")),
+                "actor": event.actor,
+                "reason": event.reason,
+                "evidence": evidence,
+            }
+        )
+
+    def evidence(self, record: Record) -> None:
+        event, data = record.event, record.event.data
+        paths = data.get("first_paths")
+        evidence = Evidence(
+            seq=record.seq,
+            drift=str(data.get("drift", "")),
+            added=_int(data.get("added")),
+            removed=_int(data.get("removed")),
+            modified=_int(data.get("modified")),
+            paths=tuple(str(p) for p in paths) if isinstance(paths, list) else (),
+            paths_truncated=bool(data.get("paths_truncated")),
+            verified=bool(data.get("evidence_verified")),
+        )
+        instance = event.instance_id or ""
+        opened = self.open_taint.get(instance)
+        if opened and self.taints[opened[-1]]["evidence"] is None:
+            self.taints[opened[-1]]["evidence"] = evidence
+        else:
+            self.pending_evidence[instance] = evidence
+
+    # Groups ------------------------------------------------------------------------
+
+    def desired(self, record: Record) -> None:
+        event = record.event
+        if not self.in_period(event.at_ms) or event.group is None or event.image is None:
+            return
+        previous = event.data.get("from")
+        self.changes.append(
+            DesiredChange(
+                seq=record.seq,
+                at_ms=event.at_ms,
+                kind=str(event.kind),
+                group=event.group,
+                from_image=previous if isinstance(previous, str) else None,
+                to_image=event.image,
+                actor=event.actor,
+                reason=event.reason,
+            )
+        )
+
+    def breaker_event(self, record: Record) -> None:
+        event = record.event
+        if not self.in_period(event.at_ms) or event.group is None:
+            return
+        opened = event.kind is EventKind.BREAKER_OPEN
+        tainted, size = event.data.get("tainted"), event.data.get("size")
+        self.breaker.append(
+            BreakerEvent(
+                seq=record.seq,
+                at_ms=event.at_ms,
+                group=event.group,
+                opened=opened,
+                tainted=tainted if isinstance(tainted, int) else None,
+                size=size if isinstance(size, int) else None,
+                actor=event.actor,
+                reason=event.reason,
+            )
+        )
+
+    # The result --------------------------------------------------------------------
+
+    def finish(self, group: str | None) -> Report:
+        for clock in self.clocks.values():
+            clock.advance(self.end)
+        # Seen: every instance with a run in the period (closed after its start, or still on).
+        seen: dict[str, set[str]] = {}
+        for runs in self.runs.values():
+            for run in runs:
+                seen.setdefault(run.group, set()).add(run.instance_id)
+        for instance, state in self.live.items():
+            seen.setdefault(state.group, set()).add(instance)
+
+        def wanted(name: str) -> bool:
+            return group is None or name == group
+
+        shares = tuple(
+            GroupShare(
+                name,
+                len(seen[name]),
+                {s: clock.state_ms.get(s, 0) for s in REPORT_STATES},
+                clock.shares(),
+            )
+            for name, clock in sorted(self.clocks.items())
+            if wanted(name) and seen.get(name)
+        )
+        instances = sorted({i for name, ids in seen.items() if wanted(name) for i in ids})
+        replacements = {
+            new: Replacement(**row)
+            for new, row in self.replacements.items()
+            if self.in_period(row["launched_ms"])
+        }
+        taints = tuple(
+            self._taint(row, replacements) for row in self.taints if wanted(row["group"])
+        )
+        return Report(
+            from_ms=self.start,
+            to_ms=self.end,
+            group=group,
+            groups=shares,
+            instances=tuple(instances),
+            taints=taints,
+            replacements=tuple(
+                sorted(
+                    (r for r in replacements.values() if wanted(r.group)),
+                    key=lambda r: (r.launched_ms, r.instance_id),
+                )
+            ),
+            images=self._images(wanted),
+            changes=tuple(c for c in self.changes if wanted(c.group)),
+            breaker=tuple(b for b in self.breaker if wanted(b.group)),
+            suspicious=sum(1 for g in self.suspicious if wanted(g)),
+            coverage=Coverage(
+                first_seq=self.first.seq if self.first else None,
+                last_seq=self.last.seq if self.last else None,
+                last_hash=self.last.hash if self.last else None,
+                first_ms=self.first.event.at_ms if self.first else None,
+                records=self.count,
+                complete=self.complete or self._starts_with_checkpoint(),
+            ),
+            buckets=self.buckets,
+            chart_from_ms=self.origin,
+        )
+
+    def _starts_with_checkpoint(self) -> bool:
+        first = self.first
+        return (
+            first is not None
+            and first.event.kind is EventKind.CHECKPOINT
+            and first.event.at_ms <= self.start
+        )
+
+    def _taint(self, row: dict[str, Any], replacements: dict[str, Replacement]) -> TaintFact:
+        new = self.replacement_of.get(row["instance_id"])
+        replacement = replacements.get(new) if new is not None else None
+        if replacement is not None and replacement.launched_ms < row["at_ms"]:
+            replacement = None
+        return TaintFact(**row, replacement=replacement)
+
+    def _images(self, wanted: Callable[[str], bool]) -> tuple[ImageFacts, ...]:
+        runs = {image: list(rows) for image, rows in self.runs.items()}
+        for instance, state in self.live.items():
+            if state.run_from <= self.end:
+                runs.setdefault(state.image, []).append(
+                    ImageRun(instance, state.group, state.run_from, None)
+                )
+        changes: dict[str, list[DesiredChange]] = {}
+        for change in self.changes:
+            changes.setdefault(change.to_image, []).append(change)
+            if change.from_image is not None:
+                changes.setdefault(change.from_image, []).append(change)
+        out = []
+        for image in sorted(set(runs) | set(changes)):
+            mine = tuple(
+                sorted(
+                    (r for r in runs.get(image, ()) if wanted(r.group)),
+                    key=lambda r: (r.from_ms, r.instance_id),
+                )
+            )
+            moved = tuple(c for c in changes.get(image, ()) if wanted(c.group))
+            if not mine and not moved:
+                continue
+            digest, at_ms, by = self.registered.get(image, (None, None, None))
+            out.append(ImageFacts(image, digest, at_ms, by, mine, moved))
+        return tuple(out)
+
+
+def build_report(
+    records: Iterable[Record],
+    *,
+    from_ms: int,
+    to_ms: int,
+    group: str | None = None,
+    buckets: int = CHART_BUCKETS,
+) -> Report:
+    """Fold ``records`` (chain order, from the log's start) into the report of ``[from, to]``.
+
+    Records after ``to_ms`` are not read. Raises ValueError for an empty or
+    inverted period or a bucket count below 1.
+    """
+    if to_ms <= from_ms:
+        raise ValueError("the report period must end after it starts (--to after --from)")
+    if buckets < 1:
+        raise ValueError("the chart needs at least one bucket")
+    fold = _Fold(from_ms, to_ms, buckets)
+    handlers = fold.handlers()
+    stream = iter(records)
+    first = next(stream, None)
+    if first is not None and first.event.at_ms <= to_ms:
+        fold.first = first
+        fold.complete = first.seq == 1 and first.prev_hash == GENESIS_HASH
+        fold.set_origin(first.event.at_ms)
+        fold.last, fold.count = first, 1
+        handler = handlers.get(first.event.kind)
+        if handler is not None:
+            handler(first)
+        count = 1
+        for record in stream:
+            event = record.event
+            if event.at_ms > to_ms:
+                break
+            fold.last = record
+            count += 1
+            handler = handlers.get(event.kind)
+            if handler is not None:
+                handler(record)
+        fold.count = count
+    return fold.finish(group)
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
