@@ -101,6 +101,11 @@ async def start_controller(
                 max_concurrent_replacements=declared.max_concurrent_replacements,
             )
         )
+    service.manifests.warm(
+        image
+        for group in store.list_groups()
+        if (image := store.get_image_by_ref(group.desired_image_ref)) is not None
+    )
     server = ControllerServer(
         service,
         listen=config.listen,

@@ -228,6 +228,7 @@ class ControllerService:
         if created:
             log.info("image registered", extra={"image": image.ref, "actor": actor})
             self._resolve_group_digests(stored)
+            self.manifests.warm([stored])
         return stored, created
 
     def create_group(self, group: Group, *, actor: str = "") -> tuple[Group, bool]:
