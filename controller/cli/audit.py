@@ -45,6 +45,7 @@ from controller.cli.client import (
     tls_from_args,
 )
 from controller.security.errors import CertificateError
+from controller.store.sqlite_open import AUDIT_TABLES, diagnose
 
 EXIT_OK = 0
 EXIT_BROKEN = 1
@@ -278,6 +279,10 @@ def open_log(args: argparse.Namespace, *, writable: bool = False) -> _OpenLog:
     path = args.data_dir / STORE_FILE
     if not path.exists():
         raise AuditError(f"no controller store at {path}")
+    # An emptied or damaged store is evidence of nothing: say so, never "ok, 0 records".
+    problem = diagnose(args.data_dir, tables=AUDIT_TABLES)
+    if problem is not None:
+        raise AuditError(problem)
     return _OpenLog(SqliteAuditLog.open(path, read_only=not writable))
 
 

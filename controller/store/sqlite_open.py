@@ -41,7 +41,8 @@ from controller.errors import StoreRefusedError
 DB_NAME = "corral.db"
 MARKER_NAME = "corral-store.json"
 LOCK_NAME = "corral.lock"
-_REQUIRED_TABLES = ("schema_migrations", "images", "groups", "instances", "audit_head")
+STORE_TABLES = ("schema_migrations", "images", "groups", "instances", "audit_head")
+AUDIT_TABLES = ("audit_records", "audit_head")
 
 
 @dataclass
@@ -93,8 +94,11 @@ def claim(data_dir: Path, *, init: bool = False) -> DataDir:
     return held
 
 
-def diagnose(data_dir: Path) -> str | None:
-    """What is wrong with the store in ``data_dir``, in one line; None when it may be opened."""
+def diagnose(data_dir: Path, *, tables: tuple[str, ...] = STORE_TABLES) -> str | None:
+    """What is wrong with the store in ``data_dir``, in one line; None when it may be opened.
+
+    ``tables`` are those that must exist (the audit commands need only the log's).
+    """
     db = data_dir / DB_NAME
     wal = data_dir / f"{DB_NAME}-wal"
     marker = read_marker(data_dir)
@@ -110,10 +114,10 @@ def diagnose(data_dir: Path) -> str | None:
             f"{wal.name} is missing after an unclean stop: changes committed since the "
             f"last checkpoint are lost; {fix}"
         )
-    return check_file(db, fix)
+    return check_file(db, fix, tables=tables)
 
 
-def check_file(db: Path, fix: str) -> str | None:
+def check_file(db: Path, fix: str, *, tables: tuple[str, ...] = STORE_TABLES) -> str | None:
     """What is wrong with the database file ``db`` (one line ending in ``fix``); None if sound."""
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -124,10 +128,10 @@ def check_file(db: Path, fix: str) -> str | None:
         if [tuple(row) for row in result] != [("ok",)]:
             first = str(result[0][0]).splitlines()[0] if result else "no answer"
             return f"{db} is damaged ({first}): {fix}"
-        tables = {
+        present = {
             str(row[0]) for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
-        missing = [t for t in _REQUIRED_TABLES if t not in tables]
+        missing = [t for t in tables if t not in present]
         if missing:
             return f"{db} is not a complete corral store (no {', '.join(missing)} table): {fix}"
         if conn.execute("SELECT COUNT(*) FROM audit_head").fetchone()[0] != 1:
