@@ -9,7 +9,7 @@ Actors read ``"agent:<instance>"``, ``"operator:<name>"`` or ``"controller"``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TypedDict
 
 from agent.diff import Change, ChangeKind
@@ -294,28 +294,6 @@ def breaker_resume(group: str, *, at_ms: int, actor: str, reason: str = "") -> E
     """Replacements in ``group`` resumed (usually ``corral group resume`` by an operator)."""
     return Event(
         kind=EventKind.BREAKER_RESUME, at_ms=at_ms, actor=actor, reason=reason, group=group
-    )
-
-
-def operator_action(
-    action: str,
-    *,
-    at_ms: int,
-    actor: str,
-    reason: str = "",
-    group: str | None = None,
-    instance_id: str | None = None,
-    details: Mapping[str, JsonValue] | None = None,
-) -> Event:
-    """Any other operator action (``action`` names the command, e.g. ``group.set_mode``)."""
-    return Event(
-        kind=EventKind.OPERATOR_ACTION,
-        at_ms=at_ms,
-        actor=actor,
-        reason=reason,
-        group=group,
-        instance_id=instance_id,
-        data={"action": action, "details": dict(details or {})},
     )
 
 

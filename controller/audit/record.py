@@ -45,7 +45,6 @@ class EventKind(StrEnum):
     ROLLBACK = "group.rollback"
     BREAKER_OPEN = "group.breaker_open"
     BREAKER_RESUME = "group.breaker_resume"
-    OPERATOR_ACTION = "operator.action"
     CHECKPOINT = "audit.checkpoint"
 
 

@@ -13,7 +13,7 @@ def chain(count: int) -> list[Record]:
     records: list[Record] = []
     prev = GENESIS.hash
     for seq in range(1, count + 1):
-        event = ev.operator_action("note", at_ms=seq, actor="operator:alice", reason=f"n{seq}")
+        event = ev.breaker_resume("web", at_ms=seq, actor="operator:alice", reason=f"n{seq}")
         records.append(make_record(seq, prev, event))
         prev = records[-1].hash
     return records

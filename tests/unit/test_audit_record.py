@@ -45,7 +45,7 @@ def test_hash_is_sha256_of_sorted_compact_utf8_json() -> None:
 def test_pinned_vector_never_changes() -> None:
     """A change to the encoding would orphan every stored chain: pin one hash."""
     event = Event(
-        kind=EventKind.OPERATOR_ACTION,
+        kind=EventKind.BREAKER_RESUME,
         at_ms=1,
         actor="operator:alice",
         reason="r",
@@ -56,7 +56,7 @@ def test_pinned_vector_never_changes() -> None:
 
 PINNED = hashlib.sha256(
     b'{"actor":"operator:alice","at_ms":1,"data":{"action":"x"},"group":null,"image":null,'
-    b'"instance":null,"kind":"operator.action","prev":"' + b"0" * 64 + b'","reason":"r",'
+    b'"instance":null,"kind":"group.breaker_resume","prev":"' + b"0" * 64 + b'","reason":"r",'
     b'"related":null,"seq":1,"v":1}'
 ).hexdigest()
 
@@ -67,7 +67,7 @@ PINNED = hashlib.sha256(
 )
 def test_non_canonical_or_oversized_data_is_refused(data: dict[str, object]) -> None:
     with pytest.raises(InvalidEventError):
-        Event(kind=EventKind.OPERATOR_ACTION, at_ms=1, actor="controller", data=data)  # type: ignore[arg-type]
+        Event(kind=EventKind.BREAKER_RESUME, at_ms=1, actor="controller", data=data)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -76,7 +76,7 @@ def test_non_canonical_or_oversized_data_is_refused(data: dict[str, object]) -> 
 )
 def test_bad_fields_are_refused(kwargs: dict[str, object]) -> None:
     fields: dict[str, object] = {
-        "kind": EventKind.OPERATOR_ACTION,
+        "kind": EventKind.BREAKER_RESUME,
         "at_ms": 1,
         "actor": "controller",
     }

@@ -83,7 +83,7 @@ def edited(column: str, value: object) -> object:
     if column == "at_ms":
         return int(value) + 1  # type: ignore[call-overload]
     if column == "kind":
-        return "operator.action"
+        return "group.breaker_resume"
     if column == "data":
         return str(value).replace("conformant", "tainted")
     if column in ("prev_hash", "hash"):
