@@ -76,7 +76,10 @@ _FLAGS = (
     ("--read-budget", int, "BYTES_PER_S", "most bytes per second a scan reads (0: no limit)"),
     ("--workers", int, "N", "hashing processes per scan (default 0: in the agent)"),
     ("--deadline", float, "SECONDS", "time allowed for one call to the controller"),
-    ("--log-level", str, "LEVEL", "DEBUG, INFO, WARNING or ERROR"),
+    ("--log-level", str, "LEVEL", "debug, info, warning or error (default info)"),
+    ("--tls-ca", str, "FILE", "CA bundle the controller's certificate chains to"),
+    ("--tls-cert", str, "FILE", "this agent's certificate chain (mutual TLS)"),
+    ("--tls-key", str, "FILE", "this agent's private key (mutual TLS)"),
     (
         "--watch-scan-interval",
         float,
@@ -86,11 +89,20 @@ _FLAGS = (
 )
 
 
+_FLAG_SETTINGS = {
+    "--tls-ca": "tls_ca_file",
+    "--tls-cert": "tls_cert_file",
+    "--tls-key": "tls_key_file",
+}
+"""Flags whose setting is not their own name (the same TLS flags as the other programs)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corral-agent",
         description="Prove, continuously, that this instance still matches its baked image.",
     )
+    parser.add_argument("--version", action="version", version=f"corral-agent {corral_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run",
@@ -101,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for flag, kind, metavar, text in _FLAGS:
-        run.add_argument(flag, type=kind, metavar=metavar, help=text)
+        run.add_argument(flag, type=kind, metavar=metavar, help=text, dest=_FLAG_SETTINGS.get(flag))
     rehash = run.add_mutually_exclusive_group()
     rehash.add_argument(
         "--full-rehash-every", type=int, metavar="N", help="full rehash every N scans"
@@ -123,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _flags(args: argparse.Namespace) -> dict[str, object]:
-    names = [flag[2:].replace("-", "_") for flag, *_ in _FLAGS]
+    names = [_FLAG_SETTINGS.get(flag, flag[2:].replace("-", "_")) for flag, *_ in _FLAGS]
     names += ["full_rehash_every", "full_rehash_interval", "once", "watch"]
     return {name: getattr(args, name) for name in names}
 

@@ -86,7 +86,7 @@ class AgentConfig:
     outbox_capacity: int = 128
     max_changes: int = 10_000
     max_evidence_bytes: int = 1 << 20
-    log_level: str = "INFO"
+    log_level: str = "info"
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = dataclasses.field(default=None, repr=False)
@@ -125,8 +125,8 @@ class AgentConfig:
             raise ConfigError(f"read_budget must not be negative (got {self.read_budget})")
         if not -20 <= self.nice <= 19:
             raise ConfigError(f"nice must be between -20 and 19 (got {self.nice})")
-        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR ({self.log_level})")
+        if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
+            raise ConfigError(f"log_level must be debug, info, warning or error ({self.log_level})")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("tls_cert_file and tls_key_file go together")
         if self.tls_cert_file is not None and self.tls_ca_file is None:
