@@ -11,9 +11,11 @@ import pytest
 
 from agent.diff import Change, ChangeKind
 from agent.manifest import Entry, EntryType
+from controller.audit import install_schema
 from controller.domain.model import (
     DriftKind,
     Footprint,
+    Group,
     GroupMode,
     Instance,
     InstanceState,
@@ -23,6 +25,7 @@ from controller.domain.replacement_actions import Kind, Phase, Strategy
 from controller.domain.replacement_record import ReplacementRecord
 from controller.errors import AlreadyExistsError, NotFoundError
 from controller.ports import Store
+from controller.store.codec import INSTANCE_COLUMNS, instance_from_row
 from controller.store.memory import MemoryStore
 from controller.store.sqlite import SqliteStore
 from tests.fixtures.postgres import fresh_schema, postgres_dsn
@@ -109,8 +112,11 @@ class TestGroups:
 
     def test_update_group(self, store: Store) -> None:
         store.add_group(GROUP)
-        changed = replace(GROUP, breaker_open=True, image_history=("old@sha256:" + "e" * 64,))
-        store.update_group(changed)
+        stored = store.get_group("web")
+        assert stored is not None
+        changed = replace(stored, breaker_open=True, image_history=("old@sha256:" + "e" * 64,))
+        saved = store.update_group(changed)
+        assert saved == changed and saved.version == stored.version + 1
         assert store.get_group("web") == changed
         with pytest.raises(NotFoundError):
             store.update_group(replace(GROUP, name="ghost"))
@@ -145,8 +151,8 @@ class TestInstances:
 
     def test_heartbeat_written_behind_is_visible_at_once(self, store: Store) -> None:
         store.add_group(GROUP)
-        store.save_instance(_instance())
-        store.save_instance(_instance(seq=4), durable=False)
+        created = store.save_instance(_instance())
+        store.save_instance(replace(created, seq=4), durable=False)
         assert store.get_instance("i-1") == _instance(seq=4)
         store.flush()
         assert store.get_instance("i-1") == _instance(seq=4)
@@ -157,32 +163,42 @@ class TestSqliteDurability:
         first = SqliteStore(tmp_path)
         first.add_image(IMAGE, b"manifest")
         first.add_group(GROUP)
-        first.save_instance(_instance())
-        first.save_instance(_instance(seq=9), durable=False)
+        created = first.save_instance(_instance())
+        beat = first.save_instance(replace(created, seq=9), durable=False)
         first.close()
         second = SqliteStore(tmp_path)
         assert second.list_images() == [IMAGE]
         assert second.get_group("web") == GROUP
-        assert second.get_instance("i-1") == _instance(seq=9)
+        reread = second.get_instance("i-1")
+        assert reread == _instance(seq=9)
+        assert reread is not None and reread.version == beat.version
         assert second.get_manifest(IMAGE.manifest_digest) == b"manifest"
         second.close()
 
     def test_durable_write_is_on_disk_before_flush(self, tmp_path: Path) -> None:
-        first = SqliteStore(tmp_path, flush_interval=3600)
+        first = SqliteStore(tmp_path)
         first.add_group(GROUP)
         first.save_instance(_instance(state=InstanceState.TAINTED))
-        # A second connection sees the committed row without any flush.
-        reader = SqliteStore(tmp_path, flush_interval=3600)
-        assert reader.get_instance("i-1") == _instance(state=InstanceState.TAINTED)
+        # A second connection sees the committed row without any flush (the store
+        # holds the data dir's lock, so read the file with sqlite3 itself).
+        reader = sqlite3.connect(f"file:{tmp_path / 'corral.db'}?mode=ro", uri=True)
+        row = reader.execute(
+            f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instances WHERE id = 'i-1'"
+        ).fetchone()
         reader.close()
         first.close()
+        assert instance_from_row(row) == _instance(state=InstanceState.TAINTED)
 
     def test_migrations_run_once(self, tmp_path: Path) -> None:
         SqliteStore(tmp_path).close()
         SqliteStore(tmp_path).close()
 
         db = sqlite3.connect(tmp_path / "corral.db")
-        assert db.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,)]
+        assert db.execute("SELECT version FROM schema_migrations").fetchall() == [
+            (1,),
+            (2,),
+            (3,),
+        ]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         db.close()
 
@@ -224,8 +240,10 @@ class TestReplacements:
     def test_update_replaces_every_field(self, store: Store) -> None:
         store.add_group(GROUP)
         store.add_replacement(RECORD)
+        recorded = store.get_replacement(RECORD.replacement_id)
+        assert recorded is not None
         moved = replace(
-            RECORD,
+            recorded,
             phase=Phase.BACKOFF,
             attempt=2,
             launch_issued_at=3.5,
@@ -236,7 +254,8 @@ class TestReplacements:
             finished_at=41.0,
             reason="not conformant",
         )
-        store.update_replacement(moved)
+        saved = store.update_replacement(moved)
+        assert saved == moved and saved.version == recorded.version + 1
         assert store.get_replacement(RECORD.replacement_id) == moved
 
     def test_unknown_group_and_unknown_row_are_refused(self, store: Store) -> None:
@@ -259,20 +278,32 @@ class TestReplacements:
 
     def test_engine_fields_of_a_group_round_trip(self, store: Store) -> None:
         store.add_group(GROUP)
-        store.update_group(ENGINE_GROUP)
+        store.update_group(_as_read(store, ENGINE_GROUP))
         assert store.get_group("web") == ENGINE_GROUP
+
+
+def _as_read(store: Store, group: Group) -> Group:
+    """``group`` carrying the version its stored row has now (a write from a fresh read)."""
+    stored = store.get_group(group.name)
+    assert stored is not None
+    return replace(group, version=stored.version)
 
 
 def test_replacements_and_engine_fields_survive_reopen(tmp_path: Path) -> None:
     first = SqliteStore(tmp_path)
     first.add_group(GROUP)
-    first.update_group(ENGINE_GROUP)
+    engine = first.update_group(_as_read(first, ENGINE_GROUP))
     first.add_replacement(RECORD)
-    first.update_replacement(replace(RECORD, phase=Phase.LAUNCHING, attempt=1))
+    recorded = first.get_replacement(RECORD.replacement_id)
+    assert recorded is not None
+    launching = first.update_replacement(replace(recorded, phase=Phase.LAUNCHING, attempt=1))
     first.close()
     second = SqliteStore(tmp_path)
-    assert second.get_group("web") == ENGINE_GROUP
+    group = second.get_group("web")
+    assert group == ENGINE_GROUP
+    assert group is not None and group.version == engine.version
     assert second.list_replacements() == [replace(RECORD, phase=Phase.LAUNCHING, attempt=1)]
+    assert [r.version for r in second.list_replacements()] == [launching.version]
     second.close()
 
 
@@ -287,6 +318,7 @@ def test_version_1_database_is_migrated_and_keeps_its_groups(tmp_path: Path) -> 
     for statement in MIGRATIONS[0][1]:
         db.execute(statement)
     db.execute("INSERT INTO schema_migrations VALUES (1, 0)")
+    install_schema(db)  # a store at schema 1 already held the audit log (opening checks it)
     db.execute(
         "INSERT INTO groups VALUES ('web', ?, ?, 'enforce', 'local', 1, 3, 0, '[]')",
         (IMAGE.ref, IMAGE.digest),
@@ -297,4 +329,6 @@ def test_version_1_database_is_migrated_and_keeps_its_groups(tmp_path: Path) -> 
     assert group is not None
     assert (group.generation, group.max_concurrent_replacements, group.past_images) == (0, 0, ())
     assert group.desired_size == 3
+    assert group.version == 1  # a row stored before row versions reads as version 1
+    assert store.update_group(replace(group, desired_size=4)).version == 2
     store.close()

@@ -27,7 +27,7 @@ START = 1_700_000_000.0
 
 
 def open_store(kind: str, data_dir: Path) -> Store:
-    return MemoryStore() if kind == "memory" else SqliteStore(data_dir, flush_interval=3600)
+    return MemoryStore() if kind == "memory" else SqliteStore(data_dir)
 
 
 @dataclass

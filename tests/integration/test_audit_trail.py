@@ -316,7 +316,7 @@ def test_sqlite_store_rolls_back_a_change_whose_audit_append_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = tmp_path / "data"
-    store = SqliteStore(data, flush_interval=3600)
+    store = SqliteStore(data)
     fleet = make_fleet(store)
     v1 = fleet.image("1")
     fleet.group(v1)
@@ -338,7 +338,7 @@ def test_sqlite_store_rolls_back_a_change_whose_audit_append_fails(
     assert instance is not None and instance.state is InstanceState.CONFORMANT
     head = store.audit_log().head()
     store.close()
-    reopened = SqliteStore(data, flush_interval=3600)
+    reopened = SqliteStore(data)
     try:
         stored = reopened.get_instance("i-1")
         assert stored is not None and stored.state is InstanceState.CONFORMANT

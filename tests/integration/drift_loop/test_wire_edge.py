@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from controller.api.limits import INT64_MAX
 from controller.cli import demo_support as support
 from controller.cli.client import FleetClient
 from controller.errors import UnavailableError
+from controller.testing import FakeClock
 from protos.corral.v1 import agent_pb2, audit_pb2, audit_pb2_grpc, fleet_pb2
 
 U64_MAX = 2**64 - 1
@@ -432,9 +434,12 @@ def test_details_are_bounded(running: RunningController, web: Baked) -> None:
 
 
 def test_the_evidence_wanted_follow_up_from_the_real_agent_is_accepted(
-    running: RunningController, tmp_path: Path
+    running: RunningController, clock: FakeClock, tmp_path: Path
 ) -> None:
     """``corral-agent run --once`` whose baseline differs from the registered manifest."""
+    # The real agent stamps its scans with the wall clock, and the controller refuses
+    # a report stamped further ahead of its own clock than the skew it allows.
+    clock.set(time.time())
     tree = tmp_path / "tree"
     support.write_sample_root(tree, files=3)
     bake_dir = tmp_path / "bake"
