@@ -16,15 +16,15 @@ from prometheus_client import CollectorRegistry
 from controller.api.server import ControllerServer
 from controller.config import ControllerConfig
 from controller.domain.model import Group
-from controller.liveness import Liveness
+from controller.engine.liveness import Liveness
+from controller.engine.replacer import Replacer
+from controller.engine.reports import ControllerService
+from controller.engine.scheduler import start_background
+from controller.engine.wiring import build_replacer
 from controller.metrics import ControllerMetrics, FleetCollector
-from controller.ports import Clock, Store
-from controller.replacer import Leadership, Replacer, SoleController
-from controller.replacer_wiring import build_replacer
-from controller.scheduler import start_background
+from controller.ports import Clock, Leadership, SoleController, Store
 from controller.security.serving import security_from_config
-from controller.service import ControllerService
-from controller.store_wiring import open_store
+from controller.store.wiring import open_store
 
 log = logging.getLogger("corral.controller")
 

@@ -1,6 +1,6 @@
 """The controller's Prometheus metrics, with the agreed names and bounded labels only.
 
-Counters and histograms are updated by :mod:`controller.service` and the gRPC
+Counters and histograms are updated by :mod:`controller.engine.reports` and the gRPC
 interceptor; the fleet gauges (instances per state, conformance ratio, report
 age) are computed at scrape time by :class:`FleetCollector` from the store, so
 they can never drift from it. The registry is injected: tests use a private one.

@@ -1,8 +1,14 @@
-"""The controller's ports: what the core needs from storage and time, nothing more.
+"""The controller's ports: what the engine needs from time, storage and leadership.
 
-Adapters live in :mod:`controller.store` (memory, SQLite, PostgreSQL) and
-:mod:`controller.testing` (a fake clock). One contract suite
-(``tests/contract/test_store_contract.py``) runs against every store adapter.
+Adapters: :mod:`controller.store` (memory, SQLite, PostgreSQL stores; the
+PostgreSQL advisory-lock leadership), :class:`SystemClock` and
+:class:`SoleController` here, and the tests' fake clock (``tests/fixtures/clock.py``).
+Two ports live with the code that owns their contract: the audit log's
+(:class:`controller.audit.ports.AuditLog`, which the audit package implements
+without depending on the rest of the controller) and the providers'
+(:class:`controller.providers.base.Provider`, an abstract base class with the
+behaviour every provider shares). One contract suite per port runs against every
+adapter (``tests/contract/``).
 """
 
 from __future__ import annotations
@@ -162,3 +168,25 @@ class Store(Protocol):
     def close(self) -> None:
         """Flush and release the store. Safe to call twice."""
         ...
+
+
+class Leadership(Protocol):
+    """Whether this controller runs the replacement engine for its store right now."""
+
+    def is_leader(self) -> bool: ...
+
+    def changed_groups(self) -> set[str]:
+        """Groups whose instances other replicas changed since the last call ("" means
+        every group, e.g. just after this replica became leader). The leader plans
+        them at its next tick, as if nudged locally."""
+        ...
+
+
+class SoleController:
+    """The embedded case: one controller per SQLite store, always the leader."""
+
+    def is_leader(self) -> bool:
+        return True
+
+    def changed_groups(self) -> set[str]:
+        return set()  # every change is made here and nudges the replacer itself

@@ -26,10 +26,10 @@ from controller.api.convert import (
 from controller.api.counting import MethodCounter, method_counters
 from controller.api.edge import Undecodable, internal, refuse, served, undecodable
 from controller.domain.model import Evidence, InstanceState, Report
+from controller.engine.reports import ControllerService
 from controller.errors import ControllerError
 from controller.security.authz import require_instance
 from controller.security.caller import current_identity
-from controller.service import ControllerService
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc
 
 Context = grpc.aio.ServicerContext[object, object]

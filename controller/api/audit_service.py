@@ -28,8 +28,8 @@ from controller.api.edge import served, served_stream
 from controller.api.limits import MAX_TIME_MS
 from controller.audit.ports import AuditLog
 from controller.audit.record import Record
+from controller.engine.reports import ControllerService
 from controller.security.authz import PACKAGE
-from controller.service import ControllerService
 from protos.corral.v1 import audit_pb2, audit_pb2_grpc
 
 Context = grpc.aio.ServicerContext[object, object]

@@ -16,9 +16,9 @@ import re
 
 import grpc
 
-from agent.diff import Change, ChangeKind
 from agent.errors import ManifestError
-from agent.manifest import entry_from_proto, entry_to_proto
+from agent.manifest.diff import Change, ChangeKind
+from agent.manifest.format import entry_from_proto, entry_to_proto
 from agent.paths import display_path
 from controller.api.limits import (
     AGENT_VERSION_CHARS,

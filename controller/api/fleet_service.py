@@ -2,7 +2,7 @@
 
 Registers images (client-streaming: the manifest arrives in chunks, bounded in
 total size), declares groups, lists and shows instances, taints by hand, rolls a
-group out or back and resumes its breaker (:mod:`controller.group_ops`). Every
+group out or back and resumes its breaker (:mod:`controller.engine.groups`). Every
 name and id is checked at the edge (:mod:`controller.api.convert`) before any
 lookup: empty or malformed is INVALID_ARGUMENT, well formed but absent is
 NOT_FOUND. Lists are paged (:mod:`controller.api.paging`) and carry summaries;
@@ -31,15 +31,15 @@ from controller.api.edge import Undecodable, served
 from controller.api.limits import REASON_CHARS
 from controller.api.paging import page_of
 from controller.domain.model import Group, ImageRecord, Instance, InstanceState
+from controller.engine.groups import resume_group, rollback_group, rollout_group
+from controller.engine.reports import ControllerService
 from controller.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
 )
-from controller.group_ops import resume_group, rollback_group, rollout_group
 from controller.security.caller import current_identity
-from controller.service import ControllerService
 from protos.corral.v1 import fleet_pb2, fleet_pb2_grpc
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -87,7 +87,7 @@ def actor_of(context: Context) -> str:
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
-    """The operators' API over :class:`~controller.service.ControllerService`."""
+    """The operators' API over :class:`~controller.engine.reports.ControllerService`."""
 
     def __init__(
         self,

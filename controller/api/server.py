@@ -31,8 +31,8 @@ from controller.api.audit_service import AuditServicer
 from controller.api.counting import RefusalCounter
 from controller.api.edge import add_servicer
 from controller.api.fleet_service import FleetServicer
+from controller.engine.reports import ControllerService
 from controller.security.serving import ServerSecurity, bind, server_interceptors
-from controller.service import ControllerService
 from protos.corral.v1 import agent_pb2, audit_pb2, fleet_pb2
 
 SERVICES = ("corral.v1.AgentService", "corral.v1.FleetService", "corral.v1.AuditService")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TypedDict
 
-from agent.diff import Change, ChangeKind
+from agent.manifest.diff import Change, ChangeKind
 from agent.paths import display_path
 from controller.audit.errors import InvalidEventError
 from controller.audit.record import Event, EventKind, JsonValue

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from controller.audit.record import EventKind
-from controller.audit.report import Report
+from controller.audit.report_facts import Report
 from controller.audit.report_format import iso
 
 WIDTH, HEIGHT = 760, 300

@@ -16,8 +16,8 @@ import jinja2
 from markupsafe import Markup
 
 from controller.audit.record import EventKind
-from controller.audit.report import REPORT_STATES, ImageFacts, Report
 from controller.audit.report_chart import chart
+from controller.audit.report_facts import REPORT_STATES, ImageFacts, Report
 from controller.audit.report_format import duration, iso, percent
 from controller.audit.report_json import SCHEMA_VERSION
 from controller.audit.report_proof import Proof

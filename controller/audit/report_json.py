@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from controller.audit.chain import Checkpoint, VerifyResult
-from controller.audit.report import (
+from controller.audit.report_facts import (
     BreakerEvent,
     DesiredChange,
     Evidence,

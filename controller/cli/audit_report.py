@@ -39,7 +39,8 @@ from controller.audit.export_read import export_records, export_trailer
 from controller.audit.keys import load_key
 from controller.audit.ports import AuditLog
 from controller.audit.record import Record
-from controller.audit.report import Report, build_report
+from controller.audit.report import build_report
+from controller.audit.report_facts import Report
 from controller.audit.report_format import percent
 from controller.audit.report_html import render_html
 from controller.audit.report_json import report_json

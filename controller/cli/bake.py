@@ -14,14 +14,14 @@ import json
 import sys
 from typing import Any, TextIO
 
-from agent.bake import BakeResult, bake
-from agent.diff import Change
 from agent.errors import AgentError
-from agent.manifest import read_manifest
+from agent.image.bake import BakeResult, bake
+from agent.image.secrets import SecretsFoundError, SecretWarning
+from agent.image.verify import VerifyResult, verify
+from agent.manifest.diff import Change
+from agent.manifest.format import read_manifest
+from agent.manifest.policy import Policy, load_policy
 from agent.paths import display_path
-from agent.policy import Policy, load_policy
-from agent.secrets import SecretsFoundError, SecretWarning
-from agent.verify import VerifyResult, verify
 
 EXIT_OK = 0
 EXIT_DRIFT = 1

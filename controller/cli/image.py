@@ -1,7 +1,7 @@
 """``corral image build`` and ``corral image import``: image artifacts for the local provider.
 
 ``build`` turns a root directory into a deterministic tarball plus its manifest
-and image.json (see :mod:`agent.artifact`): rebuilding the same tree gives the
+and image.json (see :mod:`agent.image.artifact`): rebuilding the same tree gives the
 same bytes and so the same ``NAME@sha256:...`` reference. ``import`` copies a
 build into a local provider's artifact store so its instances can be launched.
 No controller is needed for either. Exit codes: 0 done, 2 usage or input error.
@@ -15,9 +15,9 @@ import os
 import sys
 import time
 
-from agent.artifact import ArtifactResult, build_artifact
 from agent.errors import AgentError
-from agent.policy import Policy, load_policy
+from agent.image.artifact import ArtifactResult, build_artifact
+from agent.manifest.policy import Policy, load_policy
 from controller.errors import ControllerError
 from controller.providers.local import LocalConfig, LocalProvider
 

@@ -26,7 +26,7 @@ COMMANDS: dict[str, str] = {
     "taint": "controller.cli.taint",
     "rollout": "controller.cli.rollout",
     "rollback": "controller.cli.rollout",
-    "demo": "controller.cli.demo",
+    "demo": "controller.demo.command",
     "audit": "controller.cli.audit",
     "certs": "controller.cli.certs",
     "backup": "controller.cli.backup",

@@ -2,7 +2,7 @@
 
 The registered manifest with the reported changes applied must hash to the
 reported root. A :class:`ManifestIndex` (the manifest's leaf hashes by path and
-an incremental :class:`~agent.merkle.RootIndex`) makes the check cost
+an incremental :class:`~agent.manifest.merkle.RootIndex`) makes the check cost
 O(changes): touched buckets are re-hashed, then the index is put back as it was.
 An agent whose evidence does not add up is lying or broken; the caller refuses
 the evidence and flags the instance.
@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.diff import ChangeKind
-from agent.manifest import Entry, leaf_hash
-from agent.merkle import RootIndex
+from agent.manifest.diff import ChangeKind
+from agent.manifest.format import Entry, leaf_hash
+from agent.manifest.merkle import RootIndex
 from agent.paths import display_path
 from controller.domain.model import Evidence
 from controller.errors import InvalidArgumentError

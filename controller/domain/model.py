@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from agent.diff import Change
+from agent.manifest.diff import Change
 
 
 class InstanceState(Enum):

@@ -2,7 +2,7 @@
 
 The engine (:mod:`controller.domain.replacement`) reads these rows as
 :class:`~controller.domain.replacement.ReplacementView` values and the
-orchestration module (:mod:`controller.replacer`) writes them, always *before*
+orchestration module (:mod:`controller.engine.replacer`) writes them, always *before*
 calling a provider. The row's id is its idempotency key, so recording the same
 replacement twice (a replayed start after a crash) finds the row already there.
 """

@@ -25,11 +25,11 @@ _CMDLINE_ATTEMPTS = 10
 
 
 def default_agent_prefix() -> tuple[str, ...]:
-    """``corral-agent`` beside this Python, else ``python -m agent.cli``."""
+    """``corral-agent`` beside this Python, else ``python -m agent.daemon.cli``."""
     script = os.path.join(os.path.dirname(sys.executable), "corral-agent")
     if os.access(script, os.X_OK):
         return (script,)
-    return (sys.executable, "-m", "agent.cli")
+    return (sys.executable, "-m", "agent.daemon.cli")
 
 
 @dataclass(frozen=True)

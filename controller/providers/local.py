@@ -31,8 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from agent.artifact import ARTIFACT_NAME, IMAGE_JSON_NAME, MANIFEST_NAME, ArtifactError
-from agent.unpack import unpack_artifact
+from agent.image.artifact import ARTIFACT_NAME, IMAGE_JSON_NAME, MANIFEST_NAME, ArtifactError
+from agent.image.unpack import unpack_artifact
 from controller.providers.agentcerts import AgentCertificates
 from controller.providers.agentproc import AgentCommand, AgentProcesses, default_agent_prefix
 from controller.providers.base import (

@@ -11,8 +11,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from agent.diff import Change, ChangeKind
-from agent.manifest import Entry, EntryError, EntryType
+from agent.manifest.diff import Change, ChangeKind
+from agent.manifest.format import Entry, EntryError, EntryType
 from agent.paths import display_path, parse_display_path
 from controller.domain.model import (
     DriftKind,

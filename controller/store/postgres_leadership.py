@@ -49,7 +49,7 @@ _SERVER_KEEPALIVE = (
 
 
 class PostgresLeadership:
-    """:class:`controller.replacer.Leadership` by a session-level advisory lock."""
+    """:class:`controller.engine.replacer.Leadership` by a session-level advisory lock."""
 
     def __init__(self, conninfo: str, *, schema: str | None = None, name: str = "replacer") -> None:
         self._conninfo = conninfo

@@ -26,12 +26,12 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent.diff import Change, ChangeKind
-from agent.manifest import Entry, EntryType
-from agent.outbox import Outbox
-from agent.outbox_file import OutboxFile
-from agent.report import Footprint, PendingReport, ReportHeader, bound_evidence
-from agent.transport import GrpcTransport
+from agent.daemon.outbox import Outbox
+from agent.daemon.outbox_file import OutboxFile
+from agent.daemon.report import Footprint, PendingReport, ReportHeader, bound_evidence
+from agent.daemon.transport import GrpcTransport
+from agent.manifest.diff import Change, ChangeKind
+from agent.manifest.format import Entry, EntryType
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc
 
 

@@ -33,9 +33,9 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from treegen import generate
 
-from agent.manifest import Manifest, digest_of
-from agent.policy import Policy
-from agent.scan import scan
+from agent.manifest.format import Manifest, digest_of
+from agent.manifest.policy import Policy
+from agent.scan.scanner import scan
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     server.start()
     metrics_port = free_port()
     command = [
-        sys.executable, "-m", "agent.cli", "run",
+        sys.executable, "-m", "agent.daemon.cli", "run",
         "--controller", f"127.0.0.1:{port}",
         "--root", str(root),
         "--image-json", str(image_dir / "image.json"),

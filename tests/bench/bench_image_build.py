@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from treegen import generate
 
-from agent.artifact import build_artifact
-from agent.policy import Policy
+from agent.image.artifact import build_artifact
+from agent.manifest.policy import Policy
 
 
 def _cpu(who: int) -> float:

@@ -31,8 +31,8 @@ from pathlib import Path
 import grpc
 import psutil
 
-from agent.manifest import Entry, EntryType, Manifest, digest_of
-from agent.policy import Policy
+from agent.manifest.format import Entry, EntryType, Manifest, digest_of
+from agent.manifest.policy import Policy
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]

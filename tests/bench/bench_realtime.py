@@ -51,12 +51,13 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from treegen import generate
 
-from agent.manifest import EntryType, Manifest, digest_of
-from agent.policy import Policy
-from agent.scan import StatCache, scan
-from controller.cli import demo_support as support
+from agent.manifest.format import EntryType, Manifest, digest_of
+from agent.manifest.policy import Policy
+from agent.scan.scanner import scan
+from agent.scan.statcache import StatCache
 from controller.cli.client import FleetClient
 from controller.cli.images import register_bake
+from controller.demo import fleet as support
 from protos.corral.v1 import agent_pb2, fleet_pb2
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,7 +169,7 @@ class Agents:
             shutil.copy(self.bake_dir / "statcache", state / "statcache")
         port = support.free_port()
         argv = [
-            sys.executable, "-m", "agent.cli", "run",
+            sys.executable, "-m", "agent.daemon.cli", "run",
             "--controller", self.address,
             "--root", str(self.root),
             "--image-json", str(self.bake_dir / "image.json"),

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_image_build import _file_digest, _time_build, _time_tar
 from treegen import generate
 
-from controller.cli import demo_support as support
+from controller.demo import fleet as support
 from tests.e2e.support import STATE, Fleet
 
 ROLLOUT_TARGET_SECONDS = 30.0

@@ -162,9 +162,9 @@ def corral_command() -> tuple[list[str] | None, str]:
 
 _CHILD_BAKE = """
 import sys, hashlib
-from agent.manifest import Manifest, digest_of
-from agent.policy import Policy
-from agent.scan import scan
+from agent.manifest.format import Manifest, digest_of
+from agent.manifest.policy import Policy
+from agent.scan.scanner import scan
 root, out = sys.argv[1], sys.argv[2]
 policy = Policy()
 result = scan(root, policy)
@@ -219,9 +219,9 @@ def bake_once(
 
 _CHILD_RESCAN = """
 import json, os, sys, time
-from agent.policy import Policy
-from agent.scan import scan
-from agent.statcache import StatCache
+from agent.manifest.policy import Policy
+from agent.scan.scanner import scan
+from agent.scan.statcache import StatCache
 root, cache_file = sys.argv[1], sys.argv[2]
 policy = Policy()
 cache = StatCache(racy_window_ns=0)  # nothing touches the tree during the benchmark

@@ -50,8 +50,8 @@ import psutil
 import psycopg
 from psycopg import sql
 
-from agent.manifest import Entry, EntryType, Manifest, digest_of
-from agent.policy import Policy
+from agent.manifest.format import Entry, EntryType, Manifest, digest_of
+from agent.manifest.policy import Policy
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.artifact import build_artifact
-from agent.policy import Policy
+from agent.image.artifact import build_artifact
+from agent.manifest.policy import Policy
 from controller.providers import (
     LaunchedInstance,
     LaunchSpec,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.diff import Change, ChangeKind
-from agent.manifest import Entry, EntryType
+from agent.manifest.diff import Change, ChangeKind
+from agent.manifest.format import Entry, EntryType
 from controller.audit import install_schema
 from controller.domain.model import (
     DriftKind,

@@ -10,12 +10,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from controller.domain.model import Instance, InstanceState
+from controller.engine.reports import ControllerService
 from controller.metrics import ControllerMetrics
 from controller.ports import Store
-from controller.service import ControllerService
 from controller.store.memory import MemoryStore
 from controller.store.sqlite import SqliteStore
-from controller.testing import FakeClock
+from tests.fixtures.clock import FakeClock
 from tests.fixtures.postgres import fresh_schema, postgres_dsn
 from tests.fixtures.records import GROUP, IMAGE
 

@@ -81,7 +81,7 @@ def _controller_registry() -> CollectorRegistry:
     # Imported here: the controller package may be absent while the agent's check still runs.
     from controller.domain.model import Group, Instance, InstanceState  # noqa: PLC0415
     from controller.store.memory import MemoryStore  # noqa: PLC0415
-    from controller.testing import FakeClock  # noqa: PLC0415
+    from tests.fixtures.clock import FakeClock  # noqa: PLC0415
 
     registry = CollectorRegistry()
     metrics = metrics_module.ControllerMetrics(registry)
@@ -99,7 +99,9 @@ def _controller_registry() -> CollectorRegistry:
 
 
 def _agent_registry() -> CollectorRegistry:
-    metrics_module = pytest.importorskip("agent.metrics", reason="agent.metrics missing")
+    metrics_module = pytest.importorskip(
+        "agent.daemon.metrics", reason="agent.daemon.metrics missing"
+    )
     registry = metrics_module.new_registry(with_process=True)
     _touch_every_metric(metrics_module.AgentMetrics(registry))
     return registry

@@ -18,11 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.artifact import build_artifact
-from agent.policy import Policy
-from controller.cli import demo_support as support
+from agent.image.artifact import build_artifact
+from agent.manifest.policy import Policy
 from controller.cli.client import FleetClient
 from controller.cli.images import register_bake
+from controller.demo import fleet as support
 from controller.providers.local import LocalConfig, LocalProvider
 from controller.security.tls import TlsFiles
 from protos.corral.v1 import agent_pb2, fleet_pb2

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import demo_support as support
+from controller.demo import fleet as support
 from controller.providers.agentproc import AgentProcesses, default_agent_prefix
 from controller.providers.docker import DockerConfig, DockerProvider
 from tests.e2e.support import STATE, Fleet

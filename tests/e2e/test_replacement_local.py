@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import demo_support as support
+from controller.demo import fleet as support
 from controller.providers import LaunchSpec
 from controller.providers.local import LocalConfig, LocalProvider
 from tests.e2e.support import STATE, Fleet

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import demo_support as support
+from controller.demo import fleet as support
 from controller.security.certs import init_ca, issue, read_certificate
 from controller.security.identity import Role
 from controller.security.tls import TlsFiles

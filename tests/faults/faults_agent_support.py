@@ -26,11 +26,11 @@ from pathlib import Path
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.artifact import build_artifact
-from agent.outbox_file import FILE_NAME, DamagedOutboxError, decode
-from agent.policy import Policy
-from agent.report import PendingReport
-from controller.cli import demo_support
+from agent.daemon.outbox_file import FILE_NAME, DamagedOutboxError, decode
+from agent.daemon.report import PendingReport
+from agent.image.artifact import build_artifact
+from agent.manifest.policy import Policy
+from controller.demo import fleet as demo_support
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ class AgentProcess:
         self.metrics_port = demo_support.free_port()
         with self.log_path.open("ab") as sink:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", "run",
+                [sys.executable, "-m", "agent.daemon.cli", "run",
                  "--controller", self.controller,
                  "--root", str(self.root),
                  "--image-json", str(self.image_json),

@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.outbox_file import FILE_NAME
-from controller.cli.demo_support import APP_CONF
+from agent.daemon.outbox_file import FILE_NAME
+from controller.demo.fleet import APP_CONF
 from protos.corral.v1 import agent_pb2
 from tests.faults.faults_agent_support import (
     AgentProcess,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli.demo_support import APP_CONF
+from controller.demo.fleet import APP_CONF
 from tests.e2e.support import STATE, Fleet
 from tests.faults.faults_agent_support import (
     AgentProcess,

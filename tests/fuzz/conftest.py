@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.testing import FakeClock
+from tests.fixtures.clock import FakeClock
 from tests.fixtures.running import Baked, RunningController, header
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.diff import diff
-from agent.manifest import Entry, EntryType, root_of
+from agent.manifest.diff import diff
+from agent.manifest.format import Entry, EntryType, root_of
 from controller.cli.main import main
 from controller.domain.breaker import BreakerState
 from controller.domain.model import Evidence, Group, GroupMode, ImageRecord, Report
@@ -32,7 +32,8 @@ from controller.domain.replacement_actions import (
     Strategy,
     Terminate,
 )
-from controller.group_ops import rollback_group, rollout_group
+from controller.engine.effects import Effects
+from controller.engine.groups import rollback_group, rollout_group
 from controller.providers.base import InstanceState as ProviderState
 from controller.providers.base import (
     LaunchedInstance,
@@ -40,7 +41,6 @@ from controller.providers.base import (
     Provider,
     ReplacementStrategy,
 )
-from controller.replacer_effects import Effects
 from tests.integration.audit_support import ENTRIES, START, Fleet, make_fleet, ms, open_store
 
 HOSTILE_PATH = b"/etc/<script>alert('path')</script>\x1b[31m\xff"

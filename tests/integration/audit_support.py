@@ -7,16 +7,16 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from agent.manifest import Entry, EntryType, Manifest, digest_of, root_of
-from agent.policy import Policy
+from agent.manifest.format import Entry, EntryType, Manifest, digest_of, root_of
+from agent.manifest.policy import Policy
 from controller.audit.record import Record
 from controller.domain.model import Group, ImageRecord, Report
+from controller.engine.reports import ControllerService
 from controller.metrics import ControllerMetrics
 from controller.ports import Store
-from controller.service import ControllerService
 from controller.store.memory import MemoryStore
 from controller.store.sqlite import SqliteStore
-from controller.testing import FakeClock
+from tests.fixtures.clock import FakeClock
 
 ENTRIES = sorted(
     Entry(path, EntryType.REGULAR, 0o644, 0, 0, 4, bytes([n]) * 32)

@@ -71,7 +71,7 @@ def test_a_refused_report_exits_1(
                  "--name", "web", "--version", "1")  # fmt: skip
     assert baked.returncode == 0, baked.stderr
     done = _run(
-        "agent.cli", "run", "--once", "--controller", address, "--root", str(root),
+        "agent.daemon.cli", "run", "--once", "--controller", address, "--root", str(root),
         "--image-json", str(tmp_path / "image" / "image.json"), "--instance-id", "i-2",
         "--state-dir", str(tmp_path / "state"), "--nice", str(os.nice(0)),
     )  # fmt: skip

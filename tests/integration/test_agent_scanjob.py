@@ -1,4 +1,4 @@
-"""Scans in a child process (`python -m agent.scanjob`): the agent's default scanner."""
+"""Scans in a child process (`python -m agent.daemon.scanjob`): the agent's default scanner."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.diff import ChangeKind
+from agent.daemon.identity import read_image_json
+from agent.daemon.scanjob import ScanRequest, SubprocessScanner
 from agent.errors import AgentError
-from agent.identity import read_image_json
-from agent.manifest import Manifest, digest_of
-from agent.pacing import ScanStoppedError
-from agent.policy import Policy
-from agent.scan import StatCache, scan
-from agent.scanjob import ScanRequest, SubprocessScanner
+from agent.manifest.diff import ChangeKind
+from agent.manifest.format import Manifest, digest_of
+from agent.manifest.policy import Policy
+from agent.scan.pacing import ScanStoppedError
+from agent.scan.scanner import scan
+from agent.scan.statcache import StatCache
 
 POLICY = Policy(include=("/",), exclude=())
 

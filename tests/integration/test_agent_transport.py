@@ -22,13 +22,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.diff import Change, ChangeKind
+from agent.daemon.report import Evidence, Footprint, InstanceState, PendingReport, ReportHeader
+from agent.daemon.transport import GrpcTransport
 from agent.errors import ReportRejectedError, RetryableError
-from agent.manifest import Entry, EntryType, Manifest, digest_of
-from agent.policy import Policy
-from agent.report import Evidence, Footprint, InstanceState, PendingReport, ReportHeader
-from agent.scan import scan
-from agent.transport import GrpcTransport
+from agent.manifest.diff import Change, ChangeKind
+from agent.manifest.format import Entry, EntryType, Manifest, digest_of
+from agent.manifest.policy import Policy
+from agent.scan.scanner import scan
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -241,7 +241,7 @@ def test_the_agent_process_delivers_once_the_controller_recovers(
     command = [
         sys.executable,
         "-m",
-        "agent.cli",
+        "agent.daemon.cli",
         "run",
         "--once",
         "--controller",
@@ -278,7 +278,7 @@ def _agent_command(address: str, tmp_path: Path, *extra: str) -> list[str]:
         (root / "etc" / "motd").write_text("hello\n")
         _bake(root, tmp_path / "image")
     return [
-        sys.executable, "-m", "agent.cli", "run",
+        sys.executable, "-m", "agent.daemon.cli", "run",
         "--controller", address,
         "--root", str(root),
         "--image-json", str(tmp_path / "image" / "image.json"),

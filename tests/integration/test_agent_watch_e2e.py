@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.bake import bake
-from agent.policy import Policy
-from controller.cli import demo_support as support
+from agent.image.bake import bake
+from agent.manifest.policy import Policy
+from controller.demo import fleet as support
 from tests.e2e.support import Fleet
 
 GROUP = "web"
@@ -49,7 +49,7 @@ class WatchingAgents:
         if not self.root(instance_id).exists():
             shutil.copytree(self.tree, self.root(instance_id), symlinks=True)
         argv = [
-            sys.executable, "-m", "agent.cli", "run",
+            sys.executable, "-m", "agent.daemon.cli", "run",
             "--controller", self.address,
             "--root", str(self.root(instance_id)),
             "--instance-id", instance_id,

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from controller.testing import FakeClock
+from tests.fixtures.clock import FakeClock
 from tests.integration.audit_report_support import (
     HOSTILE_ACTOR,
     HOSTILE_PATH_SHOWN,

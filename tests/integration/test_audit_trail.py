@@ -30,8 +30,9 @@ from controller.domain.replacement_actions import (
     Strategy,
     Terminate,
 )
+from controller.engine.effects import Effects
+from controller.engine.groups import resume_group, rollback_group, rollout_group
 from controller.errors import ControllerError, FailedPreconditionError, NotFoundError
-from controller.group_ops import resume_group, rollback_group, rollout_group
 from controller.providers.base import (
     InstanceState as ProviderState,
 )
@@ -41,7 +42,6 @@ from controller.providers.base import (
     Provider,
     ReplacementStrategy,
 )
-from controller.replacer_effects import Effects
 from controller.store.memory import MemoryStore
 from controller.store.sqlite import SqliteStore
 from tests.integration.audit_support import START, Fleet, make_fleet, ms, open_store

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.bake import bake
+from agent.image.bake import bake
+from agent.manifest.policy import Policy
 from agent.paths import display_path
-from agent.policy import Policy
 from controller.audit.record import EventKind
 from controller.audit.sqlite import SqliteAuditLog
-from controller.cli import demo_support as support
+from controller.demo import fleet as support
 from protos.corral.v1 import fleet_pb2
 from tests.e2e.support import STATE, Fleet
 
@@ -64,7 +64,7 @@ class Agents:
         home = self.base / instance_id
         shutil.copytree(self.tree, home / "rootfs", symlinks=True)
         argv = [
-            sys.executable, "-m", "agent.cli", "run",
+            sys.executable, "-m", "agent.daemon.cli", "run",
             "--controller", self.address,
             "--root", str(home / "rootfs"),
             "--instance-id", instance_id,

@@ -24,16 +24,16 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from agent.manifest import Entry, EntryType, Manifest, digest_of
-from agent.policy import Policy
+from agent.manifest.format import Entry, EntryType, Manifest, digest_of
+from agent.manifest.policy import Policy
 from controller.app import Controller, start_controller
 from controller.config import ControllerConfig
 from controller.security import certs
 from controller.security.identity import Role
 from controller.security.interceptor import RETRY_AFTER_METADATA
 from controller.security.tls import TlsFiles, channel_credentials
-from controller.testing import FakeClock
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc, manifest_pb2
+from tests.fixtures.clock import FakeClock
 
 MAX_MESSAGE = 64 * 1024
 AGENT = "/corral.v1.AgentService"

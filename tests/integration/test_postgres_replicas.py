@@ -21,9 +21,9 @@ import grpc
 import psycopg
 import pytest
 
-from agent.manifest import Entry, EntryType, Manifest, digest_of
-from agent.policy import Policy
-from controller.cli import demo_support as support
+from agent.manifest.format import Entry, EntryType, Manifest, digest_of
+from agent.manifest.policy import Policy
+from controller.demo import fleet as support
 from controller.store.postgres import PostgresStore
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 from tests.fixtures.postgres import fresh_schema, postgres_dsn, schema_dsn

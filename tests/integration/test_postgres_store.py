@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from controller.audit import events as ev
-from controller.cli.demo_support import wait_for
+from controller.demo.fleet import wait_for
 from controller.domain.model import Instance, InstanceState
 from controller.errors import AlreadyExistsError, ConflictError, ControllerError, NotFoundError
 from controller.store.postgres import PostgresStore

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.backoff import Backoff
+from agent.daemon.backoff import Backoff
 
 
 class Clock:

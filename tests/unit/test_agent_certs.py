@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.artifact import build_artifact
-from agent.policy import Policy
+from agent.image.artifact import build_artifact
+from agent.manifest.policy import Policy
 from controller.config import ControllerConfig
+from controller.engine.wiring import build_providers
 from controller.providers import LaunchSpec, PermanentProviderError, create_provider
 from controller.providers.agentcerts import AgentCertificates
 from controller.providers.local import LocalConfig, LocalProvider
-from controller.replacer_wiring import build_providers
 from controller.security.certs import init_ca, read_certificate
 
 NOW = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from test_agent_runner import Harness
 
-from agent.cli import _flags, build_parser, main
-from agent.config import load_config
-from agent.daemon import run_scheduled
-from agent.runner import Schedule
+from agent.daemon.cli import _flags, build_parser, main
+from agent.daemon.config import load_config
+from agent.daemon.runner import Schedule
+from agent.daemon.schedule import run_scheduled
 
 
 def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.cli import _flags, build_parser
-from agent.config import AgentConfig, ConfigError
+from agent.daemon.cli import _flags, build_parser
+from agent.daemon.config import AgentConfig, ConfigError
 
 
 def test_tls_flags_set_the_tls_settings() -> None:

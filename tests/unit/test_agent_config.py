@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import agent.config as config_module
-from agent.config import AgentConfig, ConfigError, env_name, load_config
+import agent.daemon.config as config_module
+from agent.daemon.config import AgentConfig, ConfigError, env_name, load_config
 
 
 def write(tmp_path: Path, text: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.identity import (
+from agent.daemon.identity import (
     IdentityError,
     check_manifest_digest,
     read_boot_id,

@@ -10,9 +10,9 @@ import subprocess
 
 from prometheus_client import generate_latest
 
+from agent.daemon.metrics import AgentMetrics, new_registry
 from agent.logs import configure_logging
-from agent.metrics import AgentMetrics, new_registry
-from agent.pacing import ScanPacer, ScanStoppedError
+from agent.scan.pacing import ScanPacer, ScanStoppedError
 
 CONTEXT = {"instance_id": "i-1", "group": "web", "image": "web@sha256:" + "a" * 64}
 

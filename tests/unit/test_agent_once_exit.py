@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_agent_runner import Harness
 
-from agent.cli import EXIT_REFUSED, EXIT_UNAVAILABLE, build_parser, run_once
+from agent.daemon.cli import EXIT_REFUSED, EXIT_UNAVAILABLE, build_parser, run_once
 
 
 class _RefuseFirst(set[int]):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.outbox import Outbox
-from agent.report import Evidence, Footprint, PendingReport, ReportHeader
+from agent.daemon.outbox import Outbox
+from agent.daemon.report import Evidence, Footprint, PendingReport, ReportHeader
 
 
 def report(seq: int, *, drift: bool = False) -> PendingReport:

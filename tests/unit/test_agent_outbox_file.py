@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.diff import Change, ChangeKind
-from agent.manifest import Entry, EntryError, EntryType
-from agent.outbox_file import FILE_NAME, DamagedOutboxError, OutboxFile, decode, encode
-from agent.report import Evidence, Footprint, PendingReport, ReportHeader
+from agent.daemon.outbox_file import FILE_NAME, DamagedOutboxError, OutboxFile, decode, encode
+from agent.daemon.report import Evidence, Footprint, PendingReport, ReportHeader
+from agent.manifest.diff import Change, ChangeKind
+from agent.manifest.format import Entry, EntryError, EntryType
 
 
 def header(seq: int) -> ReportHeader:

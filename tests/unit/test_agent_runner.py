@@ -10,20 +10,21 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.backoff import Backoff
-from agent.diff import ChangeKind
+from agent.daemon.backoff import Backoff
+from agent.daemon.identity import read_image_json
+from agent.daemon.metrics import AgentMetrics
+from agent.daemon.outbox import Outbox
+from agent.daemon.outbox_file import OutboxFile
+from agent.daemon.report import Delivery, Footprint, InstanceState, PendingReport
+from agent.daemon.runner import Limits, Runner, Schedule, Subject, full_rehash_due
+from agent.daemon.scanjob import InProcessScanner, ScanOutcome, ScanRequest
+from agent.daemon.sequence import SequenceNumbers
 from agent.errors import ReportRejectedError, RetryableError
-from agent.identity import read_image_json
-from agent.manifest import Manifest, digest_of
-from agent.metrics import AgentMetrics
-from agent.outbox import Outbox
-from agent.outbox_file import OutboxFile
-from agent.policy import Policy
-from agent.report import Delivery, Footprint, InstanceState, PendingReport
-from agent.runner import Limits, Runner, Schedule, Subject, full_rehash_due
-from agent.scan import StatCache, scan
-from agent.scanjob import InProcessScanner, ScanOutcome, ScanRequest
-from agent.sequence import SequenceNumbers
+from agent.manifest.diff import ChangeKind
+from agent.manifest.format import Manifest, digest_of
+from agent.manifest.policy import Policy
+from agent.scan.scanner import scan
+from agent.scan.statcache import StatCache
 
 POLICY = Policy(include=("/",), exclude=("/var/log",))
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox_file import FILE_NAME, decode
-from agent.report import PendingReport
+from agent.daemon.outbox_file import FILE_NAME, decode
+from agent.daemon.report import PendingReport
 from tests.unit.test_agent_runner import Harness
 
 

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from agent.sequence import SequenceNumbers
+from agent.daemon.sequence import SequenceNumbers
 
 
 class Clock:

@@ -15,9 +15,9 @@ from concurrent import futures
 import grpc
 import pytest
 
+from agent.daemon.report import Footprint, PendingReport, ReportHeader
+from agent.daemon.transport import DEFINITIVE, GrpcTransport, channel_options, is_definitive
 from agent.errors import ReportRejectedError, RetryableError
-from agent.report import Footprint, PendingReport, ReportHeader
-from agent.transport import DEFINITIVE, GrpcTransport, channel_options, is_definitive
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc
 
 REFUSALS = {"INVALID_ARGUMENT", "OUT_OF_RANGE", "FAILED_PRECONDITION", "ALREADY_EXISTS",

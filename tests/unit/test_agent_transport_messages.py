@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 
-from agent.diff import Change, ChangeKind
-from agent.manifest import Entry, EntryType
-from agent.report import (
+from agent.daemon.report import (
     Evidence,
     Footprint,
     PendingReport,
@@ -14,7 +12,9 @@ from agent.report import (
     bound_evidence,
     change_size,
 )
-from agent.transport import change_to_proto, drift_request, report_request, service_config
+from agent.daemon.transport import change_to_proto, drift_request, report_request, service_config
+from agent.manifest.diff import Change, ChangeKind
+from agent.manifest.format import Entry, EntryType
 
 # Realistic, long identities: an EC2-style id would be 19 characters; allow far more.
 LONG_HEADER = ReportHeader(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.diff import ChangeKind
+from agent.manifest.diff import ChangeKind
 from tests.fixtures.agent_watch import WatchHarness
 
 

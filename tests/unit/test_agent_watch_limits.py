@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from inotify_simple import INotify
 
-from agent.report import PendingReport
-from agent.watch import TreeWatcher, WatchUnavailableError
+from agent.daemon.report import PendingReport
+from agent.daemon.watch.inotify import TreeWatcher, WatchUnavailableError
 from tests.fixtures.agent_watch import POLICY, WatchHarness
 
 QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
@@ -101,7 +101,7 @@ def test_watch_exhaustion_is_said_once_counted_and_covered_by_interval_scans(
 
     harness = WatchHarness(tmp_path, inotify=limited)
     try:
-        with caplog.at_level(logging.ERROR, logger="agent.watch"):
+        with caplog.at_level(logging.ERROR, logger="agent.daemon.watch.inotify"):
             harness.start()
         unwatched = harness.watcher.unwatched_directories()
         assert len(unwatched) == 4  # nine directories checked, five watches
@@ -174,7 +174,7 @@ def test_a_failed_event_thread_is_said_counted_and_handed_to_interval_scans(
 
     monkeypatch.setattr(harness.watcher, "read", broken)
     try:
-        with caplog.at_level(logging.ERROR, logger="agent.watchmode"):
+        with caplog.at_level(logging.ERROR, logger="agent.daemon.watch.mode"):
             harness.start()
             assert harness.mode._thread is not None
             harness.mode._thread.join(timeout=10)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import _flags, build_parser
-from agent.config import AgentConfig, ConfigError, load_config
+from agent.daemon.cli import _flags, build_parser
+from agent.daemon.config import AgentConfig, ConfigError, load_config
 
 
 def _config(

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from agent import artifact
-from agent.artifact import ArtifactError, build_artifact
-from agent.manifest import Entry, EntryType, read_manifest
-from agent.policy import Policy
-from agent.scan import scan
-from agent.tarstream import DIRECTORY, REGULAR, SYMLINK, Header, encode_header, simple_header
-from agent.unpack import unpack_artifact
+from agent.image import artifact
+from agent.image.artifact import ArtifactError, build_artifact
+from agent.image.tarstream import DIRECTORY, REGULAR, SYMLINK, Header, encode_header, simple_header
+from agent.image.unpack import unpack_artifact
+from agent.manifest.format import Entry, EntryType, read_manifest
+from agent.manifest.policy import Policy
+from agent.scan.scanner import scan
 
 IS_ROOT = os.geteuid() == 0
 POLICY = Policy(exclude=("/tmp/*",))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.diff import Change, ChangeKind
+from agent.manifest.diff import Change, ChangeKind
 from controller.audit import events as ev
 from controller.audit.errors import InvalidEventError
 from controller.audit.record import (

@@ -9,8 +9,9 @@ import shlex
 from controller.audit import events as ev
 from controller.audit.chain import Checkpoint, VerifyResult
 from controller.audit.memory import MemoryAuditLog
-from controller.audit.report import Report, build_report
+from controller.audit.report import build_report
 from controller.audit.report_chart import chart
+from controller.audit.report_facts import Report
 from controller.audit.report_format import duration, percent
 from controller.audit.report_html import render_html, short_image
 from controller.audit.report_json import SCHEMA_VERSION, report_json

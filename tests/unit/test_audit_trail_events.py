@@ -1,12 +1,12 @@
-"""Which audit events an instance change writes (controller.audit_trail), without a store."""
+"""Which audit events an instance change writes (controller.audit.trail), without a store."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from agent.diff import Change, ChangeKind
+from agent.manifest.diff import Change, ChangeKind
 from controller.audit.record import EventKind
-from controller.audit_trail import instance_events, operator_actor, replacement_events
+from controller.audit.trail import instance_events, operator_actor, replacement_events
 from controller.domain.model import DriftKind, Instance, InstanceState, Taint
 from controller.domain.replacement_actions import Kind, Phase, Strategy
 from controller.domain.replacement_record import ReplacementRecord

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.bake import BakeError, bake, default_name
-from agent.diff import ChangeKind
-from agent.manifest import EntryType, read_manifest
-from agent.policy import Policy
-from agent.verify import VerifyError, verify
+from agent.image.bake import BakeError, bake, default_name
+from agent.image.verify import VerifyError, verify
+from agent.manifest.diff import ChangeKind
+from agent.manifest.format import EntryType, read_manifest
+from agent.manifest.policy import Policy
 
 Tree = dict[bytes, bytes | None]  # relative path -> content, None for a directory
 

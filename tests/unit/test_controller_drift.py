@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.diff import Change, ChangeKind
-from agent.manifest import Entry, EntryType
+from agent.manifest.diff import Change, ChangeKind
+from agent.manifest.format import Entry, EntryType
 from controller.domain.drift import (
     Decision,
     Outcome,

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.diff import Change, ChangeKind, diff
-from agent.manifest import Entry, EntryType, root_of
+from agent.manifest.diff import Change, ChangeKind, diff
+from agent.manifest.format import Entry, EntryType, root_of
 from controller.domain.evidence import ManifestIndex, check_evidence
 from controller.domain.model import Evidence
 from controller.errors import InvalidArgumentError

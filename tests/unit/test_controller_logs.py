@@ -11,14 +11,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.logs import JsonFormatter, configure_logging
-from agent.manifest import Entry, EntryType, Manifest, digest_of
-from agent.policy import Policy
+from agent.manifest.format import Entry, EntryType, Manifest, digest_of
+from agent.manifest.policy import Policy
 from controller.domain.model import Group, ImageRecord, Report
+from controller.engine.reports import ControllerService
 from controller.errors import ControllerError
 from controller.metrics import ControllerMetrics
-from controller.service import ControllerService
 from controller.store.memory import MemoryStore
-from controller.testing import FakeClock
+from tests.fixtures.clock import FakeClock
 
 
 @pytest.fixture

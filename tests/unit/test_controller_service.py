@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.diff import Change, ChangeKind, diff
-from agent.manifest import Entry, EntryType, Manifest, digest_of, root_of
-from agent.policy import Policy
+from agent.manifest.diff import Change, ChangeKind, diff
+from agent.manifest.format import Entry, EntryType, Manifest, digest_of, root_of
+from agent.manifest.policy import Policy
 from controller.audit.record import Event
 from controller.domain.drift import heard
 from controller.domain.model import (
@@ -24,11 +24,11 @@ from controller.domain.model import (
     Report,
     Taint,
 )
+from controller.engine.reports import ControllerService
 from controller.errors import InvalidArgumentError
 from controller.metrics import ControllerMetrics
-from controller.service import ControllerService
 from controller.store.memory import MemoryStore
-from controller.testing import FakeClock
+from tests.fixtures.clock import FakeClock
 
 ENTRIES = sorted(
     Entry(path, EntryType.REGULAR, 0o644, 0, 0, 4, bytes([n]) * 32)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.diff import Change, ChangeKind, changed_attributes, diff
-from agent.manifest import Entry, EntryError, EntryType
+from agent.manifest.diff import Change, ChangeKind, changed_attributes, diff
+from agent.manifest.format import Entry, EntryError, EntryType
 
 FILE = Entry(b"/etc/app.conf", EntryType.REGULAR, 0o644, 0, 0, 5, b"a" * 32)
 LINK = Entry(b"/etc/link", EntryType.SYMLINK, 0o777, 0, 0, 0, b"t" * 32, b"app.conf")

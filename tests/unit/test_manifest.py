@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import ManifestError
-from agent.manifest import (
+from agent.manifest.format import (
     Entry,
     EntryError,
     EntryType,
@@ -23,8 +23,8 @@ from agent.manifest import (
     read_manifest,
     root_of,
 )
-from agent.merkle import BUCKETS, RootIndex, bucket_of, compute_root
-from agent.policy import Policy
+from agent.manifest.merkle import BUCKETS, RootIndex, bucket_of, compute_root
+from agent.manifest.policy import Policy
 from protos.corral.v1 import manifest_pb2
 
 u32 = st.integers(min_value=0, max_value=2**32 - 1)

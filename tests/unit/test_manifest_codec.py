@@ -1,6 +1,6 @@
 """The hand-written manifest encoder writes exactly the bytes protobuf writes, and the same root.
 
-agent.manifest encodes entries itself for speed. These properties pin it to the
+agent.manifest.format encodes entries itself for speed. These properties pin it to the
 reference: protobuf's own deterministic serialization, and the root computed
 from protobuf-encoded leaves with the straightforward Merkle definition.
 """
@@ -12,7 +12,7 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.manifest import (
+from agent.manifest.format import (
     FORMAT_VERSION,
     Entry,
     EntryError,
@@ -24,8 +24,8 @@ from agent.manifest import (
     leaf_hash,
     root_of,
 )
-from agent.merkle import BUCKETS, RootIndex
-from agent.policy import Policy
+from agent.manifest.merkle import BUCKETS, RootIndex
+from agent.manifest.policy import Policy
 from protos.corral.v1 import manifest_pb2
 
 UINT32 = st.integers(0, 2**32 - 1)

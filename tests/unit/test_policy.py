@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import PolicyError
-from agent.policy import ATTRIBUTES, DEFAULT_EXCLUDE, Policy, load_policy
+from agent.manifest.policy import ATTRIBUTES, DEFAULT_EXCLUDE, Policy, load_policy
 
 
 def _excluded(pattern: str, path: str | bytes) -> bool:

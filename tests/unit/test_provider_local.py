@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.artifact import build_artifact
-from agent.policy import Policy
-from agent.scan import scan
+from agent.image.artifact import build_artifact
+from agent.manifest.policy import Policy
+from agent.scan.scanner import scan
 from controller.providers import LaunchSpec, PermanentProviderError
 from controller.providers.local import LocalConfig, LocalProvider
 

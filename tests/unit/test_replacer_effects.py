@@ -18,13 +18,13 @@ from controller.domain.replacement_actions import (
     StartReplacement,
     Strategy,
 )
+from controller.engine.effects import Effects
 from controller.metrics import ControllerMetrics
 from controller.providers import LaunchSpec, Provider
 from controller.providers.base import InstanceState as ProviderState
 from controller.providers.base import LaunchedInstance, ReplacementStrategy
-from controller.replacer_effects import Effects
 from controller.store.memory import MemoryStore
-from controller.testing import FakeClock
+from tests.fixtures.clock import FakeClock
 
 IMAGE = "app@sha256:" + "a" * 64
 KEY = "rpl-i-1-1"

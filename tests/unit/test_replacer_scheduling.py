@@ -12,10 +12,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from controller.domain.model import Group, GroupMode
+from controller.engine.replacer import Replacer, ReplacerSettings
 from controller.metrics import ControllerMetrics
-from controller.replacer import Replacer, ReplacerSettings
 from controller.store.memory import MemoryStore
-from controller.testing import FakeClock
+from tests.fixtures.clock import FakeClock
 
 GROUPS = ("api", "batch", "web")
 

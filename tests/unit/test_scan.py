@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from agent import hashing
-from agent import scan as scan_module
-from agent.manifest import Entry, EntryError, EntryType, Manifest, decode, root_of
-from agent.policy import Policy
-from agent.scan import ScanResult, scan
-from agent.scanrules import Exclusions
+from agent.manifest.format import Entry, EntryError, EntryType, Manifest, decode, root_of
+from agent.manifest.policy import Policy
+from agent.scan import hashing
+from agent.scan import scanner as scan_module
+from agent.scan.result import ScanResult
+from agent.scan.rules import Exclusions
+from agent.scan.scanner import scan
 
 OPEN = Policy(exclude=())
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.policy import Policy
-from agent.scan import scan
+from agent.manifest.policy import Policy
+from agent.scan.scanner import scan
 from agent.tokenbucket import TokenBucket
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from agent import scan as scan_module
-from agent import statcache
-from agent.manifest import EntryType, encode_entry, root_of
-from agent.policy import Policy
-from agent.scan import scan
-from agent.statcache import StatCache
+from agent.manifest.format import EntryType, encode_entry, root_of
+from agent.manifest.policy import Policy
+from agent.scan import scanner as scan_module
+from agent.scan import statcache
+from agent.scan.scanner import scan
+from agent.scan.statcache import StatCache
 
 OPEN = Policy(exclude=())
 
@@ -167,7 +167,7 @@ def test_a_corrupt_cache_file_starts_empty_with_a_warning(
     path = tmp_path / "statcache"
     path.write_bytes(damage(cache.encode()))  # type: ignore[operator]
 
-    with caplog.at_level(logging.WARNING, logger="agent.statcache"):
+    with caplog.at_level(logging.WARNING, logger="agent.scan.statcache"):
         loaded = StatCache.load(path)
 
     assert len(loaded) == 0

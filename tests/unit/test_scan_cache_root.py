@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from agent import statcache
-from agent.manifest import EntryType, root_of
-from agent.policy import Policy
-from agent.scan import ScanResult, scan
-from agent.statcache import StatCache
+from agent.manifest.format import EntryType, root_of
+from agent.manifest.policy import Policy
+from agent.scan import statcache
+from agent.scan.result import ScanResult
+from agent.scan.scanner import scan
+from agent.scan.statcache import StatCache
 
 OPEN = Policy(exclude=())
 

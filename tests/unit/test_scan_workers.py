@@ -10,10 +10,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent import scan as scan_module
-from agent.hashpool import HashPool, WorkerError
-from agent.policy import Policy
-from agent.scan import scan
+from agent.manifest.policy import Policy
+from agent.scan import scanner as scan_module
+from agent.scan.hashpool import HashPool, WorkerError
+from agent.scan.scanner import scan
 
 OPEN = Policy(exclude=())
 

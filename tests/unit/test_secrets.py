@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.bake import bake
-from agent.policy import Policy
-from agent.scan import scan
-from agent.secrets import PEEK_BYTES, SecretsFoundError, find_secrets
+from agent.image.bake import bake
+from agent.image.secrets import PEEK_BYTES, SecretsFoundError, find_secrets
+from agent.manifest.policy import Policy
+from agent.scan.scanner import scan
 
 PEM_KEY = (
     "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"

@@ -18,8 +18,8 @@ from typing import Any
 import grpc
 import pytest
 
+from agent.daemon.transport import GrpcTransport, retry_after
 from agent.errors import RetryableError
-from agent.transport import GrpcTransport, retry_after
 from controller.api.fleet_service import actor_of
 from controller.cli import client, serve
 from controller.config import ControllerConfig, load_config

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.policy import Policy
-from agent.scan import scan
-from agent.statcache import StatCache
+from agent.manifest.policy import Policy
+from agent.scan.scanner import scan
+from agent.scan.statcache import StatCache
 
 OPEN = Policy(exclude=())
 

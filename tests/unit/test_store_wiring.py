@@ -8,9 +8,9 @@ import pytest
 
 from controller.config import load_config
 from controller.errors import ConfigError, ControllerError
-from controller.replacer import SoleController
+from controller.ports import SoleController
 from controller.store.sqlite import SqliteStore
-from controller.store_wiring import open_store
+from controller.store.wiring import open_store
 
 SECRET_DSN = "host=db user=corral password=hunter2"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import tarwriter
-from agent.tarstream import REGULAR, simple_header
-from agent.tarwriter import TarWriter
+from agent.image import tarwriter
+from agent.image.tarstream import REGULAR, simple_header
+from agent.image.tarwriter import TarWriter
 
 SIZES = [0, 1, 511, 512, 513, 2047, 3000, 4096, 9000, 70_000]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.testing import FakeClock
+from tests.fixtures.clock import FakeClock
 from tests.fixtures.running import ENTRIES, Baked, RunningController, header
 
 __all__ = ["ENTRIES", "Baked", "RunningController", "header"]

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from conftest import RunningController
 
-from agent.diff import diff
-from agent.manifest import entry_to_proto, read_manifest
-from agent.scan import scan
+from agent.manifest.diff import diff
+from agent.manifest.format import entry_to_proto, read_manifest
+from agent.scan.scanner import scan
 from controller.cli.main import main
 from protos.corral.v1 import agent_pb2, manifest_pb2
 

@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.manifest import Entry, EntryType, entry_to_proto, root_of
+from agent.manifest.format import Entry, EntryType, entry_to_proto, root_of
 from protos.corral.v1 import agent_pb2, fleet_pb2, manifest_pb2
 
 S = agent_pb2

@@ -21,19 +21,19 @@ import pytest
 from conftest import Baked, RunningController, header
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from agent.bake import bake
-from agent.diff import Change, ChangeKind
-from agent.manifest import Entry, EntryType
-from agent.policy import Policy
-from agent.report import Evidence, Footprint, PendingReport, ReportHeader
-from agent.transport import drift_request
+from agent.daemon.report import Evidence, Footprint, PendingReport, ReportHeader
+from agent.daemon.transport import drift_request
+from agent.image.bake import bake
+from agent.manifest.diff import Change, ChangeKind
+from agent.manifest.format import Entry, EntryType
+from agent.manifest.policy import Policy
 from controller.api.edge import INTERNAL_DETAILS, MAX_DETAILS, RETRY_AFTER_METADATA
 from controller.api.limits import INT64_MAX
-from controller.cli import demo_support as support
 from controller.cli.client import FleetClient
+from controller.demo import fleet as support
 from controller.errors import UnavailableError
-from controller.testing import FakeClock
 from protos.corral.v1 import agent_pb2, audit_pb2, audit_pb2_grpc, fleet_pb2
+from tests.fixtures.clock import FakeClock
 
 U64_MAX = 2**64 - 1
 
@@ -456,7 +456,7 @@ def test_the_evidence_wanted_follow_up_from_the_real_agent_is_accepted(
     group = fleet_pb2.Group(name="web", desired_image_ref=image.ref)
     running.fleet.CreateGroup(fleet_pb2.CreateGroupRequest(group=group), timeout=5)
     argv = [
-        sys.executable, "-m", "agent.cli", "run", "--once",
+        sys.executable, "-m", "agent.daemon.cli", "run", "--once",
         "--controller", running.address,
         "--root", str(tree),
         "--instance-id", "i-real",

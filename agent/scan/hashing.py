@@ -1,0 +1,143 @@
+"""Content hashing for the scanner: one file, or a batch of files with one buffer.
+
+Hashing is where a scan spends its time. On a typical image most files are a
+few KiB, so the cost per file (open, read, close, and Python's own overhead)
+outweighs SHA-256 itself; threads do not help, processes do. A batch therefore
+reads every file with one reused buffer and as few system calls as possible,
+and :mod:`agent.scan.hashpool` spreads batches over forked worker processes so that
+all cores hash while the parent walks the tree.
+
+A file that vanished or cannot be read yields an :class:`EntryError` code
+instead of a digest; hashing never raises for one bad file.
+
+A scan that has no stat cache to consult need not lstat the regular files it
+lists: :func:`hash_listed` takes the attributes from the opened file itself
+(the ``fstat`` that hashing does anyway), so the walking process saves a
+system call per file and the attributes describe the very file that was read.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import Sequence
+
+from agent.manifest.format import EntryError
+
+BUFFER_BYTES = 1 << 20
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+FileJob = tuple[bytes, int, int]
+"""A file to hash: (absolute path, inode from lstat, size from lstat)."""
+
+Outcome = bytes | int
+"""A 32-byte SHA-256 digest, or an :class:`EntryError` value when the file could not be read."""
+
+StatFields = tuple[int, ...]
+"""(mode, ino, uid, gid, size, mtime_ns, ctime_ns) of a regular file, or () when there is none."""
+
+Listed = tuple[Outcome, StatFields]
+"""What :func:`hash_listed` found: the outcome and the file's attributes."""
+
+_buffer: memoryview | None = None
+
+
+def _shared_buffer() -> memoryview:
+    """One read buffer per process, allocated on first use (after a fork)."""
+    global _buffer  # noqa: PLW0603 - a per-process scratch buffer, never shared across processes
+    if _buffer is None:
+        _buffer = memoryview(bytearray(BUFFER_BYTES))
+    return _buffer
+
+
+def hash_file(path: bytes, ino: int, size: int, buffer: memoryview | None = None) -> Outcome:
+    """SHA-256 of the regular file at ``path``, which ``lstat`` saw with ``ino`` and ``size``.
+
+    The file is opened without following a symlink and without blocking, so a
+    file replaced by a FIFO or a link between the walk and the read cannot hang
+    or redirect the scan; a different inode means the listed file is gone.
+    """
+    view = buffer if buffer is not None else _shared_buffer()
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        return _open_error(exc)
+    try:
+        if os.fstat(fd).st_ino != ino:
+            return int(EntryError.VANISHED)
+        return _read_digest(fd, size, view)
+    except OSError:
+        return int(EntryError.UNREADABLE)
+    finally:
+        os.close(fd)
+
+
+def hash_listed(path: bytes, buffer: memoryview | None = None) -> Listed:
+    """SHA-256 and attributes of the file at ``path``, which a listing showed as regular.
+
+    Opened as :func:`hash_file` does. A name that is no longer a regular file
+    is VANISHED (and never read); a file that cannot be opened is examined with
+    lstat, so that its entry still records what can be seen of it.
+    """
+    view = buffer if buffer is not None else _shared_buffer()
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return int(EntryError.VANISHED), ()
+        if not stat.S_ISREG(st.st_mode):
+            return int(EntryError.VANISHED), ()
+        return _open_error(exc), _fields(st)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return int(EntryError.VANISHED), ()
+        try:
+            return _read_digest(fd, st.st_size, view), _fields(st)
+        except OSError:
+            return int(EntryError.UNREADABLE), _fields(st)
+    finally:
+        os.close(fd)
+
+
+def _open_error(exc: OSError) -> int:
+    # ELOOP: the name is now a symlink, so the file that was listed is gone.
+    gone = isinstance(exc, FileNotFoundError | NotADirectoryError) or exc.errno == errno.ELOOP
+    return int(EntryError.VANISHED if gone else EntryError.UNREADABLE)
+
+
+def _fields(st: os.stat_result) -> StatFields:
+    return (st.st_mode, st.st_ino, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_digest(fd: int, size: int, view: memoryview) -> bytes:
+    """SHA-256 of an open file expected to hold ``size`` bytes. Raises OSError."""
+    digest = hashlib.sha256()
+    capacity = len(view)
+    total = 0
+    while True:
+        count = os.readv(fd, (view,))
+        if not count:
+            break
+        digest.update(view[:count])
+        total += count
+        # A short read that reaches the expected size is the end of the file:
+        # this saves the extra read() that would only return b"".
+        if count < capacity and total >= size:
+            break
+    return digest.digest()
+
+
+def hash_batch(jobs: Sequence[FileJob | bytes]) -> list[Outcome | Listed]:
+    """Hash every file of a batch, in order, with this process's buffer.
+
+    A job is a :data:`FileJob`, or only a path for :func:`hash_listed`.
+    """
+    view = _shared_buffer()
+    return [
+        hash_listed(job, view) if isinstance(job, bytes) else hash_file(*job, view) for job in jobs
+    ]
