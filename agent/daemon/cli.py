@@ -41,10 +41,10 @@ from agent.daemon.scanjob import SubprocessScanner
 from agent.daemon.schedule import install_signal_handlers, run_scheduled
 from agent.daemon.sequence import SequenceNumbers
 from agent.daemon.transport import GrpcTransport, TlsFiles
+from agent.daemon.watch.mode import start_watch_mode
 from agent.errors import AgentError
 from agent.logs import configure_logging
 from agent.version import corral_version
-from agent.daemon.watch.mode import start_watch_mode
 
 log = logging.getLogger("agent")
 

@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.daemon.report import bound_evidence
+from agent.daemon.watch.liveroot import LiveRoot, TooManyChangesError
 from agent.manifest.baseline import BaselineIndex
 from agent.manifest.diff import diff
 from agent.manifest.format import Entry, EntryType, Manifest, root_of
 from agent.manifest.policy import Policy
-from agent.daemon.watch.liveroot import LiveRoot, TooManyChangesError
 
 NAMES = [b"/a", b"/a/b", b"/a/b/c", b"/a-x", b"/b", b"/b/\xff", b"/c", b"/c/d", b"/zz"]
 

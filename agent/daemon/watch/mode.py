@@ -32,11 +32,11 @@ from agent.daemon.metrics import AgentMetrics
 from agent.daemon.report import Evidence
 from agent.daemon.runner import Runner
 from agent.daemon.scanjob import ScanOutcome
-from agent.errors import AgentError
-from agent.manifest.baseline import BaselineIndex
 from agent.daemon.watch.inotify import Touch, TreeWatcher, WatchUnavailableError
 from agent.daemon.watch.liveroot import MAX_TRACKED, LiveRoot, TooManyChangesError
 from agent.daemon.watch.touched import rescan_touched
+from agent.errors import AgentError
+from agent.manifest.baseline import BaselineIndex
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ import os
 import stat
 from collections.abc import Callable, Iterable
 
+from agent.daemon.watch.inotify import Touch, TreeWatcher
 from agent.manifest.format import Entry, EntryError, EntryType
 from agent.manifest.policy import Policy
 from agent.scan.entries import entry_from_stat
 from agent.scan.rules import ignoring
 from agent.scan.scanner import scan
-from agent.daemon.watch.inotify import Touch, TreeWatcher
 
 KnownUnder = Callable[[bytes], Iterable[bytes]]
 """The paths the live state holds strictly below a directory."""
