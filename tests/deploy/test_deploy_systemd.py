@@ -26,7 +26,7 @@ import pytest
 from deploy_support import DEPLOY, run
 
 SYSTEMD = DEPLOY / "systemd"
-THRESHOLDS = {"corral-agent.service": 17, "corral-controller.engine.reports": 12}
+THRESHOLDS = {"corral-agent.service": 17, "corral-controller.service": 12}
 
 
 def _with_stub_program(unit: Path, tmp_path: Path) -> Path:
@@ -106,7 +106,7 @@ def test_agent_reads_everything_and_changes_nothing() -> None:
 
 
 def test_controller_ports_match_the_documented_defaults() -> None:
-    (exec_start,) = _settings("corral-controller.engine.reports")["ExecStart"]
+    (exec_start,) = _settings("corral-controller.service")["ExecStart"]
     assert "--listen 0.0.0.0:7070" in exec_start
     assert "--metrics-listen 0.0.0.0:9470" in exec_start
     (agent_start,) = _settings("corral-agent.service")["ExecStart"]
