@@ -32,16 +32,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the ``bake`` and ``verify`` subcommands."""
     baker = subparsers.add_parser(
         "bake",
-        help="scan a root tree and write its manifest and image identity",
-        description="Scan ROOT and write DIR/manifest.pb and DIR/image.json.",
+        help="scan a root tree or an image archive and write its manifest and image identity",
+        description=(
+            "Scan ROOT and write DIR/manifest.pb and DIR/image.json. ROOT is a directory or "
+            "an image artifact: oci-archive:PATH[:REF], oci:DIR[:REF] or docker-archive:PATH "
+            "(layers applied in memory, nothing extracted; the image's identity is its OCI "
+            "manifest digest)."
+        ),
     )
-    baker.add_argument("root", metavar="ROOT", help="the image's root directory")
+    baker.add_argument(
+        "root",
+        metavar="ROOT",
+        help="the image's root directory, or oci-archive:PATH, oci:DIR[:REF], docker-archive:PATH",
+    )
     baker.add_argument("--out", metavar="DIR", required=True, help="output directory")
     baker.add_argument(
         "--policy", metavar="FILE", help="policy TOML file (default policy if unset)"
     )
-    baker.add_argument("--name", metavar="N", help="image name (default: base name of ROOT)")
-    baker.add_argument("--version", metavar="V", default="0", help="image version (default: 0)")
+    baker.add_argument(
+        "--name",
+        metavar="N",
+        help="image name (default: base name of ROOT, or the image's name in the archive)",
+    )
+    baker.add_argument(
+        "--version", metavar="V", help="image version (default: 0, or the image's tag)"
+    )
     baker.add_argument("--json", action="store_true", help="print image.json plus warnings")
     baker.add_argument(
         "--strict", action="store_true", help="fail (exit 1, write nothing) on secret warnings"
