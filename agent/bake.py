@@ -25,7 +25,7 @@ from typing import Any
 
 from agent.errors import AgentError
 from agent.manifest import FORMAT_VERSION, Manifest, digest_of
-from agent.oci.layers import MAX_MEMBERS, ImageTree, LayerError
+from agent.oci.layers import MAX_MEMBERS, ROOT_MODE, ImageTree, LayerError
 from agent.oci.source import ImageInfo, SourceError, is_image_source, open_image
 from agent.policy import Policy
 from agent.scan import Progress, scan
@@ -167,6 +167,7 @@ def bake(
     version: str | None = None,
     progress: Progress | None = None,
     strict: bool = False,
+    root_mode: int = ROOT_MODE,
 ) -> BakeResult:
     """Scan ``root`` under ``policy`` and write manifest.pb and image.json into ``out_dir``.
 
@@ -185,6 +186,7 @@ def bake(
             version=version,
             progress=progress,
             strict=strict,
+            root_mode=root_mode,
         )
     name = default_name(root) if name is None else name
     version = "0" if version is None else version
@@ -273,17 +275,20 @@ def bake_image(
     version: str | None = None,
     progress: Progress | None = None,
     strict: bool = False,
+    root_mode: int = ROOT_MODE,
     max_members: int = MAX_MEMBERS,
 ) -> BakeResult:
     """Bake an image from its artifact: apply its layers in memory and write the manifest.
 
     The manifest is the one :func:`bake` writes for the image's unpacked root
     (see :mod:`agent.oci.layers` for the rules). ``name`` and ``version``
-    default to the image's name and tag in the source. Raises BakeError for
+    default to the image's name and tag in the source. ``root_mode`` is the
+    mode of the root directory when no layer sets it: 0555 as Podman and
+    CRI-O unpack, 0755 as Docker and containerd do. Raises BakeError for
     an unreadable or unsafe source, SecretsFoundError as :func:`bake`.
     """
     started = time.monotonic()
-    tree = ImageTree(max_members=max_members, progress=progress)
+    tree = ImageTree(root_mode=root_mode, max_members=max_members, progress=progress)
     try:
         with open_image(spec) as image:
             name, version = _identity_from_source(image.info, spec, name, version)

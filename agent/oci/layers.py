@@ -21,7 +21,9 @@ mounts:
 - A hard link takes its target's attributes and content digest.
 - The root directory is ``0555 0:0`` unless a layer has a ``./`` member:
   each layer's directory inherits the mode of the layer below, with owner 0:0
-  (containers/storage's default).
+  (containers/storage's default, so Podman and CRI-O). The root's mode is the
+  unpacker's choice, not the image's: Docker, containerd and umoci make it
+  ``0755``, which ``root_mode`` selects.
 - A symlink's mode is ``0777`` (what lstat reports on Linux), whatever the
   header says.
 
@@ -134,10 +136,11 @@ class ImageTree:
     def __init__(
         self,
         *,
+        root_mode: int = ROOT_MODE,
         max_members: int = MAX_MEMBERS,
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
-        self._nodes: dict[bytes, _Node] = {ROOT: _Node(EntryType.DIRECTORY, ROOT_MODE, 0, 0)}
+        self._nodes: dict[bytes, _Node] = {ROOT: _Node(EntryType.DIRECTORY, root_mode, 0, 0)}
         self._children: dict[bytes, set[bytes]] = {ROOT: set()}
         self._warnings: dict[bytes, SecretWarning] = {}
         self._layer = -1

@@ -18,6 +18,7 @@ from agent.bake import BakeResult, bake
 from agent.diff import Change
 from agent.errors import AgentError
 from agent.manifest import read_manifest
+from agent.oci.layers import ROOT_MODE
 from agent.paths import display_path
 from agent.policy import Policy, load_policy
 from agent.secrets import SecretsFoundError, SecretWarning
@@ -57,6 +58,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     baker.add_argument(
         "--version", metavar="V", help="image version (default: 0, or the image's tag)"
     )
+    baker.add_argument(
+        "--root-mode",
+        metavar="OCTAL",
+        type=_octal_mode,
+        default=ROOT_MODE,
+        help="image sources: mode of the root directory when no layer sets it "
+        "(default 0555 as Podman and CRI-O unpack; 0755 for Docker and containerd)",
+    )
     baker.add_argument("--json", action="store_true", help="print image.json plus warnings")
     baker.add_argument(
         "--strict", action="store_true", help="fail (exit 1, write nothing) on secret warnings"
@@ -80,6 +89,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="re-hash every file (verify keeps no cache between runs, so it always does)",
     )
     checker.set_defaults(handler=run_verify)
+
+
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode") from None
+    if not 0 <= mode <= 0o7777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a mode (0000-7777)")
+    return mode
 
 
 class _ProgressLine:
@@ -126,6 +145,7 @@ def run_bake(args: argparse.Namespace) -> int:
             version=args.version,
             progress=progress,
             strict=args.strict,
+            root_mode=args.root_mode,
         )
     except SecretsFoundError as exc:
         progress.clear()
