@@ -1,7 +1,9 @@
 """The docker provider: containers through the Docker Engine API (Docker or Podman).
 
 An instance is a container created from the group's image *by digest*
-(``repo@sha256:...``, resolved locally: corral never pulls a tag) and labelled
+(``repo@sha256:...``, the OCI manifest digest ``corral bake`` records; an image
+baked from a docker archive, which has no manifest, is created from its image
+ID, the config digest; resolved locally: corral never pulls a tag) and labelled
 ``io.corral.group``, ``io.corral.instance``, ``io.corral.idempotency-key`` and
 ``io.corral.image-digest``, so a retried launch finds the container it already
 created, and ``list`` is a label filter. Terminate is ``remove(force=True)``.
@@ -163,19 +165,10 @@ class DockerProvider(Provider):
                 f"docker provider: image {spec.image_ref} is not pinned (use repo@sha256:<hex>)",
                 reason="unpinned_image",
             )
-        try:
-            image = self._client.images.get(spec.image_ref)
-        except docker.errors.ImageNotFound as exc:
-            raise PermanentProviderError(
-                f"docker provider: image {spec.image_ref} is not on the engine; load or pull it "
-                "by digest first",
-                reason="unknown_image",
-            ) from exc
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise self._error(f"look up image {spec.image_ref}", exc) from exc
+        reference = self._resolve(spec)
         try:
             return self._client.containers.create(
-                image.id,
+                reference,
                 command=list(self._config.command) or None,
                 name=f"corral-{spec.instance_id}",
                 labels=spec.corral_labels(),
@@ -183,6 +176,37 @@ class DockerProvider(Provider):
             )
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise self._error(f"create container for {spec.instance_id}", exc) from exc
+
+    def _resolve(self, spec: LaunchSpec) -> str:
+        """What to create the container from: the pinned reference, or the image ID.
+
+        ``repo@sha256:<manifest>`` is what an image pulled or loaded by digest
+        answers to, and the container is created from exactly that reference.
+        An image baked from a docker archive has no manifest digest: its digest
+        is the config digest, which engines know as the image ID, and the
+        container is created from that ID once the engine confirms it.
+        """
+        try:
+            self._client.images.get(spec.image_ref)
+        except docker.errors.ImageNotFound:
+            pass
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._error(f"look up image {spec.image_ref}", exc) from exc
+        else:
+            return spec.image_ref
+        try:
+            image = self._client.images.get(spec.image_digest)
+        except (docker.errors.ImageNotFound, docker.errors.NullResource):
+            image = None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._error(f"look up image {spec.image_digest}", exc) from exc
+        if image is None or image.id != spec.image_digest:
+            raise PermanentProviderError(
+                f"docker provider: image {spec.image_ref} is not on the engine; load or pull it "
+                "by digest first",
+                reason="unknown_image",
+            )
+        return str(image.id)
 
     def _agent_file(self, instance_id: str) -> str:
         assert self._config.state_dir is not None
