@@ -15,6 +15,7 @@ attempts. The long-running mode keeps running through refusals (it counts them).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -26,7 +27,9 @@ import psutil
 
 from agent.backoff import Backoff
 from agent.config import AgentConfig, ConfigError, load_config
+from agent.container import ContainerScanner, attach
 from agent.daemon import install_signal_handlers, run_scheduled
+from agent.engine import ContainerStorage, inspect_container
 from agent.errors import AgentError
 from agent.identity import (
     agent_version,
@@ -38,6 +41,8 @@ from agent.identity import (
 from agent.logs import configure_logging
 from agent.metrics import AgentMetrics, new_registry, serve_metrics
 from agent.outbox import Outbox
+from agent.policy import Policy
+from agent.ports import Scanner
 from agent.report import Footprint
 from agent.runner import Limits, Runner, Schedule, Subject
 from agent.scanjob import SubprocessScanner
@@ -73,6 +78,9 @@ _FLAGS = (
     ("--workers", int, "N", "hashing processes per scan (default 0: in the agent)"),
     ("--deadline", float, "SECONDS", "time allowed for one call to the controller"),
     ("--log-level", str, "LEVEL", "DEBUG, INFO, WARNING or ERROR"),
+    ("--container", str, "ID", "watch this container (root and overlay upper dir from --engine)"),
+    ("--engine", str, "unix:///PATH", "container engine API socket (Docker or Podman)"),
+    ("--container-full-scan-interval", float, "SECONDS", "full scans of a container's root"),
 )
 
 
@@ -146,6 +154,15 @@ def _state_dir(config: AgentConfig, runner_policy_excludes: bool) -> str:
 
 def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
     """Wire a Runner for ``config``; raises AgentError when identity or image is wrong."""
+    storage = None
+    if config.container:  # the container's merged root, fully scanned on its own schedule
+        storage = inspect_container(config.engine, config.container)
+        config = dataclasses.replace(
+            config,
+            root=attach(storage),
+            full_rehash_every=None,
+            full_rehash_interval=config.container_full_scan_interval,
+        )
     image = read_image_json(config.image_json)
     check_manifest_digest(config.manifest_path, image.manifest_digest)
     instance_id = resolve_instance_id(config.instance_id, root=config.root)
@@ -178,7 +195,7 @@ def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
             read_budget=config.read_budget,
             workers=config.workers,
         ),
-        scanner=SubprocessScanner(cache_path=os.path.join(state_dir, "statcache")),
+        scanner=_scanner(config, storage, state_dir, image.policy, metrics),
         transport=transport,
         outbox=Outbox(capacity=config.outbox_capacity),
         sequence=SequenceNumbers(
@@ -193,6 +210,21 @@ def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
         backoff=Backoff(base=1.0, cap=min(300.0, max(config.interval, 1.0) * 2)),
         metrics=metrics,
         footprint=lambda: footprint_of(process),
+    )
+
+
+def _scanner(
+    config: AgentConfig,
+    storage: ContainerStorage | None,
+    state_dir: str,
+    policy: Policy,
+    metrics: AgentMetrics,
+) -> Scanner:
+    scanner = SubprocessScanner(cache_path=os.path.join(state_dir, "statcache"))
+    if storage is None:
+        return scanner
+    return ContainerScanner(
+        inner=scanner, storage=storage, policy=policy, fallbacks=metrics.container_fallback
     )
 
 

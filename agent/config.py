@@ -33,6 +33,9 @@ CORRAL_AGENT_TLS_CA_FILE                PEM file of the CA that signs the contro
 CORRAL_AGENT_TLS_CERT_FILE              PEM client certificate chain (mTLS)
 CORRAL_AGENT_TLS_KEY_FILE               PEM client private key (mTLS); never logged
 CORRAL_AGENT_ONCE                       one scan and its delivery, then exit
+CORRAL_AGENT_CONTAINER                  watch this container (id or name) on ENGINE
+CORRAL_AGENT_ENGINE                     the engine's API socket, unix:///PATH
+CORRAL_AGENT_CONTAINER_FULL_SCAN_INTERVAL  seconds between full scans of a container's root
 ======================================  ==========================================
 
 Secrets (TLS keys) are only ever named by path; their content is read by the
@@ -89,6 +92,10 @@ class AgentConfig:
     tls_cert_file: str | None = None
     tls_key_file: str | None = dataclasses.field(default=None, repr=False)
     once: bool = False
+    container: str | None = None
+    """Watch this container (see agent.container): root and upper dir come from ``engine``."""
+    engine: str = "unix:///run/podman/podman.sock"
+    container_full_scan_interval: float = 3600.0
 
     def __post_init__(self) -> None:
         _check_address("controller", self.controller)
@@ -104,7 +111,15 @@ class AgentConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive (got {value})")
-        for name in ("deadline", "outbox_capacity", "max_changes", "max_evidence_bytes"):
+        if self.container is not None and not self.engine.startswith("unix:///"):
+            raise ConfigError(f"engine must be a unix:///PATH socket URL (got {self.engine!r})")
+        for name in (
+            "deadline",
+            "outbox_capacity",
+            "max_changes",
+            "max_evidence_bytes",
+            "container_full_scan_interval",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive (got {getattr(self, name)})")
         if self.workers < 0:
@@ -210,6 +225,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "tls_cert_file": _optional_text,
     "tls_key_file": _optional_text,
     "once": _boolean,
+    "container": _optional_text,
+    "engine": _text,
+    "container_full_scan_interval": _number,
 }
 # Setting one of a pair in a later source clears the other from earlier sources.
 _EXCLUSIVE = {

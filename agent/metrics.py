@@ -14,6 +14,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 REPORT_RESULTS = ("delivered", "buffered", "dropped", "rejected")
 SCAN_MODES = ("full", "incremental")
+CONTAINER_FALLBACK_REASONS = ("no_upper_dir", "redirect_dir")
 ERROR_REASONS = ("scan_failed", "state_write_failed", "evidence_unavailable", "unexpected")
 
 
@@ -76,6 +77,15 @@ class AgentMetrics:
             ["reason"],
             registry=registry,
         )
+        self.container_fallback = Counter(
+            "corral_agent_container_fallback",
+            "Container checks done by a full scan of the merged root because the overlay "
+            "upper directory cannot tell (see agent.container), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in CONTAINER_FALLBACK_REASONS:
+            self.container_fallback.labels(reason=reason)
         for result in REPORT_RESULTS:
             self.reports.labels(result=result)
         for mode in SCAN_MODES:
