@@ -74,9 +74,7 @@ class _Scope:
         self._roots = include_roots(policy)
 
     def checked(self, path: bytes) -> bool:
-        inside = any(
-            root in (b"/", path) or path.startswith(root + b"/") for root in self._roots
-        )
+        inside = any(root in (b"/", path) or path.startswith(root + b"/") for root in self._roots)
         return inside and not self._policy.excludes(path)
 
     def enter(self, path: bytes) -> bool:
