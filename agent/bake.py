@@ -217,24 +217,38 @@ def bake(
     )
 
 
+@dataclass(frozen=True)
+class _SourceIdentity:
+    name: str
+    version: str
+    repository: str
+    """Where engines find the image: ``image_ref`` is ``REPOSITORY@DIGEST``."""
+
+
 def _identity_from_source(
     info: ImageInfo, spec: str, name: str | None, version: str | None
-) -> tuple[str, str]:
-    """Name and version: as given, else from the source's own name for the image."""
+) -> _SourceIdentity:
+    """Name, version and repository: as given, else from the source's own name for the image.
+
+    ``localhost/app:1`` in the source gives name ``app`` (the controller's image
+    names have no ``/``), version ``1`` and repository ``localhost/app``.
+    """
     ref_name = info.ref_name or ""
     repository, sep, tag = ref_name.rpartition(":")
     if not sep or "/" in tag:
         repository, tag = (ref_name, "") if "/" in ref_name else ("", ref_name)
+    if repository and not _NAME.fullmatch(repository):
+        repository = ""
     if name is None:
-        if repository and _NAME.fullmatch(repository):
-            name = repository
+        if repository:
+            name = repository.rsplit("/", 1)[-1]
         else:
             path = spec.partition(":")[2]
             stem = os.path.basename(path.rstrip("/")).split(":")[0].removesuffix(".tar")
             name = default_name(stem or "image")
     if version is None:
         version = tag if tag and _VERSION.fullmatch(tag) else "0"
-    return name, version
+    return _SourceIdentity(name=name, version=version, repository=repository or name)
 
 
 def image_source_document(
@@ -244,6 +258,7 @@ def image_source_document(
     *,
     name: str,
     version: str,
+    repository: str,
     warnings: int,
 ) -> dict[str, Any]:
     """image.json for an image baked from its artifact: identity is the OCI digest.
@@ -252,11 +267,13 @@ def image_source_document(
     digest, the one an engine pulls or runs as ``repo@sha256:...``. A docker
     archive carries no manifest (one is written when the image is pushed), so
     there it is the config digest, the image ID every engine accepts.
+    ``image_ref`` names the image's repository in the source (``localhost/app``),
+    so an engine resolves it; ``name`` is its last component.
     """
     image_digest = info.manifest_digest or info.config_digest
     document = image_document(manifest, digest, name=name, version=version, warnings=warnings)
     document.update(
-        image_ref=f"{name}@{image_digest}",
+        image_ref=f"{repository}@{image_digest}",
         image_digest=image_digest,
         oci_manifest_digest=info.manifest_digest,
         config_digest=info.config_digest,
@@ -291,8 +308,8 @@ def bake_image(
     tree = ImageTree(root_mode=root_mode, max_members=max_members, progress=progress)
     try:
         with open_image(spec) as image:
-            name, version = _identity_from_source(image.info, spec, name, version)
-            check_identity(name, version)
+            identity = _identity_from_source(image.info, spec, name, version)
+            check_identity(identity.name, identity.version)
             for number, layer in enumerate(image.info.layers, start=1):
                 with image.layer(layer) as stream:
                     tree.apply(stream, f"{image.label}: layer {number} ({layer.path})")
@@ -307,7 +324,13 @@ def bake_image(
     encoded = manifest.encode()
     digest = digest_of(encoded)
     document = image_source_document(
-        manifest, digest, info, name=name, version=version, warnings=len(warnings)
+        manifest,
+        digest,
+        info,
+        name=identity.name,
+        version=identity.version,
+        repository=identity.repository,
+        warnings=len(warnings),
     )
     manifest_path, image_path = _write(out_dir, encoded, document)
     return BakeResult(

@@ -173,7 +173,7 @@ def test_image_json_names_the_oci_manifest_and_config_digests(
     assert document["oci_manifest_digest"] == descriptor["digest"]
     assert document["image_digest"] == descriptor["digest"]
     assert document["image_ref"] == f"localhost/{name}@{descriptor['digest']}"
-    assert document["name"] == f"localhost/{name}" and document["version"] == "1"
+    assert document["name"] == name and document["version"] == "1"
     assert document["config_digest"] == images[name].image_id
     assert document["manifest_digest"] == result.manifest_digest != descriptor["digest"]
     assert document["source"] == "oci-archive" and document["layer_count"] == 6
