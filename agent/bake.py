@@ -1,5 +1,10 @@
 """Bake an image's manifest: scan a root once, at build time, and write what it must stay.
 
+The root is a directory, or an image artifact (``oci-archive:``, ``oci:``,
+``docker-archive:``) whose layers are applied in memory (:mod:`agent.oci`):
+the same manifest as baking the root the engine would unpack, with the OCI
+manifest digest as the image's identity.
+
 ``bake`` writes two files into an output directory:
 
 - ``manifest.pb``: the canonical manifest (policy + every entry), see docs/manifest.md;
