@@ -29,8 +29,10 @@ import hashlib
 import json
 import os
 import platform
+import queue
 import re
 import tarfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, cast
@@ -56,6 +58,7 @@ _REF_NAME = "org.opencontainers.image.ref.name"
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
+_QUEUED = 64
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
 
 
@@ -331,25 +334,49 @@ def _docker_image(blobs: _Blobs, label: str) -> ImageInfo:
 
 
 class _Digesting:
-    """A reader that hashes and counts what passes through it."""
+    """A reader that hashes and counts what passes through it, in a background thread.
+
+    :mod:`hashlib` releases the GIL while it hashes a large buffer, so the
+    digest of a layer blob is computed beside the parsing of its tar stream
+    (on another core) instead of after it. At most :data:`_QUEUED` chunks wait.
+    """
 
     def __init__(self, inner: IO[bytes] | Any) -> None:
         self._inner = inner
         self._hash = hashlib.sha256()
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED)
+        self._thread = threading.Thread(target=self._work, name="layer-digest", daemon=True)
+        self._thread.start()
+        self._result: str | None = None
         self.count = 0
+
+    def _work(self) -> None:
+        update = self._hash.update
+        while (chunk := self._chunks.get()) is not None:
+            update(chunk)
 
     def read(self, size: int = -1) -> bytes:
         data: bytes = self._inner.read(size)
-        self._hash.update(data)
-        self.count += len(data)
+        if data:
+            self._chunks.put(data)
+            self.count += len(data)
         return data
 
     def drain(self) -> None:
         while self.read(_CHUNK):
             pass
 
+    def close(self) -> None:
+        """Stop the hashing thread (idempotent); :meth:`digest` is final afterwards."""
+        if self._result is None:
+            self._chunks.put(None)
+            self._thread.join()
+            self._result = "sha256:" + self._hash.hexdigest()
+
     def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
+        self.close()
+        assert self._result is not None
+        return self._result
 
 
 class _Peeked:
@@ -385,8 +412,10 @@ class OpenImage:
         The caller reads the tar from the stream; whatever it leaves unread is
         read here before the digests are compared.
         """
-        with self._blobs.open(layer.path) as raw_handle:
+        with contextlib.ExitStack() as stack:
+            raw_handle = stack.enter_context(self._blobs.open(layer.path))
             raw = _Digesting(raw_handle)
+            stack.callback(raw.close)
             compression = layer.compression
             source: Any = raw
             if compression == "detect":
@@ -399,19 +428,23 @@ class OpenImage:
                     else "none"
                 )
                 source = _Peeked(head, raw)
+            plain = raw  # an uncompressed layer's diff_id is its blob digest
             if compression == "gzip":
                 source = gzip.GzipFile(fileobj=cast(IO[bytes], source), mode="rb")
             elif compression == "zstd":
                 source = zstandard.ZstdDecompressor().stream_reader(
                     cast(IO[bytes], source), read_across_frames=True
                 )
-            plain = _Digesting(source)
+            if compression != "none":
+                plain = _Digesting(source)
+                stack.callback(plain.close)
+                source = plain
             try:
-                yield cast(IO[bytes], plain)
+                yield cast(IO[bytes], source)
                 plain.drain()
+                raw.drain()
             except (OSError, EOFError, zstandard.ZstdError) as exc:
                 raise SourceError(f"{self.label}: layer {layer.path} is corrupt: {exc}") from exc
-            raw.drain()
         if layer.digest is not None and raw.digest() != layer.digest:
             raise SourceError(f"{self.label}: layer {layer.path} does not match its digest")
         if layer.size is not None and raw.count != layer.size:
