@@ -58,7 +58,7 @@ _REF_NAME = "org.opencontainers.image.ref.name"
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
-_QUEUED = 64
+_QUEUED = 8
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
 
 
@@ -348,6 +348,8 @@ class _Digesting:
         self._thread = threading.Thread(target=self._work, name="layer-digest", daemon=True)
         self._thread.start()
         self._result: str | None = None
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self.count = 0
 
     def _work(self) -> None:
@@ -358,9 +360,17 @@ class _Digesting:
     def read(self, size: int = -1) -> bytes:
         data: bytes = self._inner.read(size)
         if data:
-            self._chunks.put(data)
             self.count += len(data)
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+            if self._pending_bytes >= _CHUNK:  # one hand-over per MiB, not per small read
+                self._hand_over()
         return data
+
+    def _hand_over(self) -> None:
+        if self._pending:
+            self._chunks.put(b"".join(self._pending))
+            self._pending, self._pending_bytes = [], 0
 
     def drain(self) -> None:
         while self.read(_CHUNK):
@@ -369,6 +379,7 @@ class _Digesting:
     def close(self) -> None:
         """Stop the hashing thread (idempotent); :meth:`digest` is final afterwards."""
         if self._result is None:
+            self._hand_over()
             self._chunks.put(None)
             self._thread.join()
             self._result = "sha256:" + self._hash.hexdigest()

@@ -14,12 +14,16 @@ from typing import Any
 import pytest
 import zstandard
 
+from agent.bake import bake
 from agent.oci.source import (
     SourceError,
     compression_of,
     is_image_source,
     open_image,
 )
+from agent.policy import Policy
+from agent.secrets import SecretsFoundError
+from controller.cli.main import main
 
 LAYER_TYPES = {
     "none": "application/vnd.oci.image.layer.v1.tar",
@@ -259,3 +263,44 @@ def test_media_types_and_source_names() -> None:
         compression_of("application/vnd.oci.image.layer.v1.tar+bzip2")
     assert is_image_source("oci-archive:/x.tar") and is_image_source("oci:dir:tag")
     assert not is_image_source("/srv/root") and not is_image_source("C:/x")
+
+
+def secret_layer(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return out.getvalue()
+
+
+KEY = b"-----BEGIN OPENSSH PRIVATE KEY-----\nxyz\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def test_bake_of_a_layout_names_it_and_warns_of_secrets(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "layout")
+    layers = [
+        (secret_layer({"root/.ssh/id_ed25519": KEY, "etc/gone.pem": KEY}), "gzip"),
+        (secret_layer({"etc/.wh.gone.pem": b""}), "zstd"),
+    ]
+    manifest = layout.image(layers, ref="registry.example/team/app:2.1")
+    result = bake(f"oci:{layout.root}", str(tmp_path / "out"), policy=Policy())
+    assert result.image["name"] == "app" and result.image["version"] == "2.1"
+    assert result.image["image_ref"] == f"registry.example/team/app@{manifest}"
+    assert [w.path for w in result.warnings] == [b"/root/.ssh/id_ed25519"]
+    with pytest.raises(SecretsFoundError):
+        bake(f"oci:{layout.root}", str(tmp_path / "strict"), policy=Policy(), strict=True)
+    assert not (tmp_path / "strict").exists()
+
+
+def test_cli_refuses_an_unsafe_archive_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = Layout(tmp_path / "layout")
+    layout.image([(secret_layer({"../../etc/cron.d/x": b"evil"}), "none")])
+    code = main(["bake", f"oci:{layout.root}", "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1
+    assert "unsafe member name" in error[0] and "layer 1" in error[0]
+    assert not (tmp_path / "out").exists()
