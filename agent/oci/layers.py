@@ -222,7 +222,7 @@ class ImageTree:
                 tarinfo=_BoundedInfo,
                 encoding="utf-8",
                 errors="surrogateescape",
-                bufsize=1 << 16,
+                bufsize=1 << 14,  # tarfile copies what is left of its buffer on every read
             ) as archive:
                 for info in archive:
                     self._member(archive, info)
