@@ -41,8 +41,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import queue
 import struct
 import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Self
@@ -64,6 +66,8 @@ ROOT = b"/"
 ROOT_MODE = 0o555
 IMPLIED_MODE = 0o755
 _CHUNK = 1 << 20
+_BACKGROUND_LIMIT = 64 << 10
+_QUEUED_FILES = 256
 _WHITEOUT = b".wh."
 _OPAQUE = b".wh..wh..opq"
 _AUFS_META = b".wh..wh."
@@ -152,6 +156,41 @@ class _BoundedInfo(tarfile.TarInfo):
             )
 
 
+class _ContentHasher:
+    """Hashes small files' content on a background thread; each digest lands in its node.
+
+    The tar stream must be parsed in order on one thread; hashing need not.
+    :mod:`hashlib` releases the GIL on buffers over 2 KiB, so this runs on the
+    other core while parsing goes on. At most :data:`_QUEUED_FILES` files of
+    at most :data:`_BACKGROUND_LIMIT` bytes wait (a few MiB).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[_Node, bytes] | None] = queue.Queue(maxsize=_QUEUED_FILES)
+        self._thread = threading.Thread(target=self._work, name="layer-file-digest", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        sha256 = hashlib.sha256
+        while (item := self._queue.get()) is not None:
+            node, data = item
+            node.digest = sha256(data).digest()
+            self._queue.task_done()
+        self._queue.task_done()
+
+    def submit(self, node: _Node, data: bytes) -> None:
+        self._queue.put((node, data))
+
+    def wait(self) -> None:
+        """Return once every file submitted so far has its digest."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Finish the queued files and stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+
 @dataclass(slots=True)
 class _Node:
     kind: EntryType
@@ -215,6 +254,7 @@ class ImageTree:
         root = self._nodes[ROOT]
         root.uid = root.gid = 0  # this layer's own directory (mode inherited from below)
         root.layer = self._layer
+        self._hasher = _ContentHasher()
         try:
             with tarfile.open(
                 fileobj=stream,
@@ -230,6 +270,8 @@ class ImageTree:
             raise LayerError(f"{label}: {exc}") from None
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise LayerError(f"{label}: not a valid layer tar: {exc}") from exc
+        finally:
+            self._hasher.close()
 
     def _member(self, archive: tarfile.TarFile, info: tarfile.TarInfo) -> None:
         self.members += 1
@@ -268,10 +310,9 @@ class ImageTree:
         layer = self._layer
         mode = info.mode & 0o7777
         if info.isreg():  # regular, contiguous and sparse files
-            digest = self._hash(archive, info, path)
-            return _Node(
-                EntryType.REGULAR, mode, info.uid, info.gid, info.size, digest, layer=layer
-            )
+            node = _Node(EntryType.REGULAR, mode, info.uid, info.gid, info.size, layer=layer)
+            self._hash(archive, info, path, node)
+            return node
         if info.isdir():
             return _Node(EntryType.DIRECTORY, mode, info.uid, info.gid, layer=layer)
         if info.issym():
@@ -300,6 +341,7 @@ class ImageTree:
         except LayerError as exc:
             raise LayerError(f"hard link {info.name!r} leaves the root ({exc})") from None
         target = self._nodes.get(target_path)
+        self._hasher.wait()  # the target's digest may still be on its way
         if target is None or target.kind is EntryType.DIRECTORY:
             raise LayerError(
                 f"hard link {info.name!r} -> {info.linkname!r}: no such file in the image"
@@ -319,14 +361,17 @@ class ImageTree:
             self._layer,
         )
 
-    def _hash(self, archive: tarfile.TarFile, info: tarfile.TarInfo, path: bytes) -> bytes:
+    def _hash(
+        self, archive: tarfile.TarFile, info: tarfile.TarInfo, path: bytes, node: _Node
+    ) -> None:
+        """Read the member's content and set ``node.digest`` (now, or soon in the background)."""
         source = archive.extractfile(info)
         assert source is not None  # a regular member always has content
-        if info.size <= _CHUNK:  # most files: one read
+        if info.size <= _BACKGROUND_LIMIT:  # most files: one read, hashed beside the parsing
             head = source.read(info.size)
             if len(head) != info.size:
                 raise LayerError(f"member {info.name!r} is truncated")
-            digest = hashlib.sha256(head)
+            self._hasher.submit(node, head)
         else:
             digest = hashlib.sha256()
             remaining = info.size
@@ -339,6 +384,7 @@ class ImageTree:
                     head = chunk[:PEEK_BYTES]
                 digest.update(chunk)
                 remaining -= len(chunk)
+            node.digest = digest.digest()
         self.files_hashed += 1
         self.bytes_hashed += info.size
         self._warnings.pop(path, None)
@@ -347,7 +393,6 @@ class ImageTree:
             warning = check_file(path, lambda: first)
             if warning is not None:
                 self._warnings[path] = warning
-        return digest.digest()
 
     # -- the tree -------------------------------------------------------------------
 
