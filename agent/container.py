@@ -27,7 +27,7 @@ with overlay's ``redirect_dir``), every round is a full scan: said once in the
 log and counted in ``corral_agent_container_fallback_total``.
 
 The baked manifest's entries and Merkle index stay in memory between rounds
-(about 40 MB for 100,000 entries).
+(about 50 MB for 100,000 entries).
 """
 
 from __future__ import annotations
