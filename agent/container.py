@@ -199,7 +199,8 @@ class UpperDirCheck:
             counters.errors += 1
             return Entry(path, EntryType.REGULAR, 0, 0, 0, error=EntryError.UNREADABLE)
         kind = stat.S_IFMT(st.st_mode)
-        if kind == stat.S_IFSOCK:
+        entry: Entry | None
+        if kind == stat.S_IFSOCK:  # recorded by a scan, though an image never has one
             entry = Entry(path, EntryType.SOCKET, st.st_mode & 0o7777, st.st_uid, st.st_gid)
         elif kind == stat.S_IFREG:
             entry = self._regular(path, full, st, digests, counters)
@@ -208,9 +209,11 @@ class UpperDirCheck:
                 target = os.readlink(full)
             except OSError:
                 return None
-            entry = entry_from_stat(path, st, target=target)  # type: ignore[assignment]
+            entry = entry_from_stat(path, st, target=target)
         else:
-            entry = entry_from_stat(path, st)  # type: ignore[assignment]
+            entry = entry_from_stat(path, st)
+        if entry is None:
+            return None
         return entry if self._strip is None else self._strip(entry)
 
     def _regular(
