@@ -10,6 +10,7 @@ overlay, its ``UpperDir``. Each round is then an :class:`UpperDirCheck`:
    and each opaque directory; each is examined in the *merged* root (lstat,
    readlink, content hashed unless its stat stamp is unchanged since the last
    round), which is what a scan would record for it;
+   (a file touched within the stat cache's racy window is hashed again);
 3. their old leaves (from the baked manifest) and new leaves go into the
    baked manifest's Merkle index (:class:`agent.merkle.RootIndex`), which
    re-hashes only the touched buckets: that is the root a full scan would
@@ -54,7 +55,7 @@ from agent.report import bound_evidence
 from agent.scan import entry_from_stat
 from agent.scanjob import ScanOutcome, ScanRequest
 from agent.scanrules import ignoring
-from agent.statcache import Stamp, stamp_of
+from agent.statcache import RACY_WINDOW_NS, Stamp, stamp_of
 from agent.upperdir import UpperChanges, read_upper
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,17 @@ class _Baseline:
 class UpperDirCheck:
     """One container's check by its upper directory; keeps the baseline and digests warm."""
 
-    def __init__(self, *, merged_dir: str, upper_dir: str, policy: Policy) -> None:
+    def __init__(
+        self,
+        *,
+        merged_dir: str,
+        upper_dir: str,
+        policy: Policy,
+        racy_window_ns: int = RACY_WINDOW_NS,
+    ) -> None:
         self._merged = os.fsencode(merged_dir).rstrip(b"/")
+        self._racy_window_ns = racy_window_ns
+        self._racy_after = 0
         self._upper = upper_dir
         self._policy = policy
         self._strip = ignoring(policy)
@@ -121,6 +131,7 @@ class UpperDirCheck:
         the baked manifest cannot.
         """
         started = time.monotonic()
+        self._racy_after = time.time_ns() - self._racy_window_ns
         changes = read_upper(self._upper, self._policy)
         if changes.redirected:
             return None
@@ -240,7 +251,10 @@ class UpperDirCheck:
             counters.hashed += 1
             counters.bytes += st.st_size
             digest = outcome
-            digests[path] = (stamp, digest)
+            # As in the stat cache: a file touched just now may change again within
+            # its timestamps' granularity, so its digest is not trusted next time.
+            if max(st.st_mtime_ns, st.st_ctime_ns) < self._racy_after:
+                digests[path] = (stamp, digest)
         entry = entry_from_stat(path, st, digest=digest)
         assert entry is not None
         return entry

@@ -101,7 +101,10 @@ def test_upper_dir_check_equals_a_full_scan_at_every_step(
 ) -> None:
     assert container.merged_dir and container.upper_dir
     check = UpperDirCheck(
-        merged_dir=container.merged_dir, upper_dir=container.upper_dir, policy=POLICY
+        merged_dir=container.merged_dir,
+        upper_dir=container.upper_dir,
+        policy=POLICY,
+        racy_window_ns=0,
     )
     scan_request = request(baked, container.merged_dir)
     fresh = check.run(scan_request)

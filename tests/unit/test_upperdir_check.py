@@ -66,7 +66,9 @@ def test_changes_removals_and_opaque_directories(
     container: tuple[Path, Path, ScanRequest],
 ) -> None:
     merged, upper, request = container
-    check = UpperDirCheck(merged_dir=str(merged), upper_dir=str(upper), policy=POLICY)
+    check = UpperDirCheck(
+        merged_dir=str(merged), upper_dir=str(upper), policy=POLICY, racy_window_ns=0
+    )
     # modify and add
     tree(merged, {"etc/app.conf": "patched", "etc/new": "n"})
     tree(upper, {"etc/app.conf": "patched", "etc/new": "n"})
@@ -95,6 +97,10 @@ def test_changes_removals_and_opaque_directories(
     again = check.run(request)
     assert summary(again) == summary(upper_outcome) and again is not None
     assert again.files_hashed == 0 and again.files_cached == 3
+    racy = UpperDirCheck(merged_dir=str(merged), upper_dir=str(upper), policy=POLICY)
+    assert racy.run(request) is not None
+    rehashed = racy.run(request)  # the files were written just now: not trusted yet
+    assert rehashed is not None and rehashed.files_hashed == 3
 
 
 def test_read_upper_respects_the_policy(tmp_path: Path) -> None:
