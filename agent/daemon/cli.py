@@ -15,6 +15,7 @@ attempts. The long-running mode keeps running through refusals (it counts them).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -26,6 +27,8 @@ import psutil
 
 from agent.daemon.backoff import Backoff
 from agent.daemon.config import AgentConfig, ConfigError, load_config
+from agent.daemon.container import ContainerScanner, attach
+from agent.daemon.engine import ContainerStorage, inspect_container
 from agent.daemon.identity import (
     check_manifest_digest,
     read_boot_id,
@@ -35,6 +38,7 @@ from agent.daemon.identity import (
 from agent.daemon.metrics import AgentMetrics, new_registry, serve_metrics
 from agent.daemon.outbox import Outbox
 from agent.daemon.outbox_file import OutboxFile
+from agent.daemon.ports import Scanner
 from agent.daemon.report import Footprint
 from agent.daemon.runner import Limits, Runner, Schedule, Subject
 from agent.daemon.scanjob import SubprocessScanner
@@ -44,6 +48,7 @@ from agent.daemon.transport import GrpcTransport, TlsFiles
 from agent.daemon.watch.mode import start_watch_mode
 from agent.errors import AgentError
 from agent.logs import configure_logging
+from agent.manifest.policy import Policy
 from agent.version import corral_version
 
 log = logging.getLogger("agent")
@@ -86,6 +91,9 @@ _FLAGS = (
         "SECONDS",
         "watch mode: seconds between safety-net scans (default 3600)",
     ),
+    ("--container", str, "ID", "watch this container (root and overlay upper dir from --engine)"),
+    ("--engine", str, "unix:///PATH", "container engine API socket (Docker or Podman)"),
+    ("--container-full-scan-interval", float, "SECONDS", "full scans of a container's root"),
 )
 
 
@@ -175,6 +183,15 @@ def _state_dir(config: AgentConfig, runner_policy_excludes: bool) -> str:
 
 def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
     """Wire a Runner for ``config``; raises AgentError when identity or image is wrong."""
+    storage = None
+    if config.container:  # the container's merged root, fully scanned on its own schedule
+        storage = inspect_container(config.engine, config.container)
+        config = dataclasses.replace(
+            config,
+            root=attach(storage),
+            full_rehash_every=None,
+            full_rehash_interval=config.container_full_scan_interval,
+        )
     image = read_image_json(config.image_json)
     check_manifest_digest(config.manifest_path, image.manifest_digest)
     instance_id = resolve_instance_id(config.instance_id, root=config.root)
@@ -219,7 +236,7 @@ def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
             read_budget=config.read_budget,
             workers=config.workers,
         ),
-        scanner=SubprocessScanner(cache_path=os.path.join(state_dir, "statcache")),
+        scanner=_scanner(config, storage, state_dir, image.policy, metrics),
         transport=transport,
         outbox=Outbox(
             capacity=config.outbox_capacity,
@@ -235,6 +252,21 @@ def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
         backoff=Backoff(base=1.0, cap=retry_cap),
         metrics=metrics,
         footprint=lambda: footprint_of(process),
+    )
+
+
+def _scanner(
+    config: AgentConfig,
+    storage: ContainerStorage | None,
+    state_dir: str,
+    policy: Policy,
+    metrics: AgentMetrics,
+) -> Scanner:
+    scanner = SubprocessScanner(cache_path=os.path.join(state_dir, "statcache"))
+    if storage is None:
+        return scanner
+    return ContainerScanner(
+        inner=scanner, storage=storage, policy=policy, fallbacks=metrics.container_fallback
     )
 
 
@@ -292,7 +324,9 @@ def run(config: AgentConfig) -> int:
     install_signal_handlers(stop)
     if config.once:
         return run_once(runner)
-    watch = start_watch_mode(config, runner, metrics) if config.watch else None
+    # A container is checked from its overlay upper directory (agent.daemon.container) instead.
+    watching = config.watch and config.container is None
+    watch = start_watch_mode(config, runner, metrics) if watching else None
     run_scheduled(runner, _schedule(config), stop=stop, watch=watch)
     log.info("agent stopped")
     return 0

@@ -35,6 +35,9 @@ CORRAL_AGENT_TLS_KEY_FILE               PEM client private key (mTLS); never log
 CORRAL_AGENT_ONCE                       one scan and its delivery, then exit
 CORRAL_AGENT_WATCH                      follow kernel file events (default true)
 CORRAL_AGENT_WATCH_SCAN_INTERVAL        seconds between safety-net scans in watch mode
+CORRAL_AGENT_CONTAINER                  watch this container (id or name) on ENGINE
+CORRAL_AGENT_ENGINE                     the engine's API socket, unix:///PATH
+CORRAL_AGENT_CONTAINER_FULL_SCAN_INTERVAL  seconds between full scans of a container's root
 ======================================  ==========================================
 
 Secrets (TLS keys) are only ever named by path; their content is read by the
@@ -95,6 +98,10 @@ class AgentConfig:
     """Follow kernel file events (inotify) where available; the interval then only heartbeats."""
     watch_scan_interval: float = 3600.0
     """In watch mode, seconds between the safety-net scans of the whole tree."""
+    container: str | None = None
+    """Watch this container (agent.daemon.container): root and upper dir come from ``engine``."""
+    engine: str = "unix:///run/podman/podman.sock"
+    container_full_scan_interval: float = 3600.0
 
     def __post_init__(self) -> None:
         _check_address("controller", self.controller)
@@ -110,12 +117,15 @@ class AgentConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive (got {value})")
+        if self.container is not None and not self.engine.startswith("unix:///"):
+            raise ConfigError(f"engine must be a unix:///PATH socket URL (got {self.engine!r})")
         for name in (
             "deadline",
             "outbox_capacity",
             "max_changes",
             "max_evidence_bytes",
             "watch_scan_interval",
+            "container_full_scan_interval",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive (got {getattr(self, name)})")
@@ -224,6 +234,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "once": _boolean,
     "watch": _boolean,
     "watch_scan_interval": _number,
+    "container": _optional_text,
+    "engine": _text,
+    "container_full_scan_interval": _number,
 }
 # Setting one of a pair in a later source clears the other from earlier sources.
 _EXCLUSIVE = {

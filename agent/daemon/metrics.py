@@ -23,6 +23,7 @@ ERROR_REASONS = (
     "watch_failed",
 )
 WATCH_RESCANS = ("overflow", "handover")
+CONTAINER_FALLBACK_REASONS = ("no_upper_dir", "redirect_dir")
 
 
 class AgentMetrics:
@@ -91,6 +92,15 @@ class AgentMetrics:
             registry=registry,
         )
         self.watch = WatchMetrics(registry)
+        self.container_fallback = Counter(
+            "corral_agent_container_fallback",
+            "Container checks done by a full scan of the merged root because the overlay "
+            "upper directory cannot tell (see agent.daemon.container), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in CONTAINER_FALLBACK_REASONS:
+            self.container_fallback.labels(reason=reason)
         for result in REPORT_RESULTS:
             self.reports.labels(result=result)
         for mode in SCAN_MODES:

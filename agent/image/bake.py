@@ -1,5 +1,10 @@
 """Bake an image's manifest: scan a root once, at build time, and write what it must stay.
 
+The root is a directory, or an image artifact (``oci-archive:``, ``oci:``,
+``docker-archive:``) whose layers are applied in memory (:mod:`agent.image.oci`):
+the same manifest as baking the root the engine would unpack, with the OCI
+manifest digest as the image's identity.
+
 ``bake`` writes two files into an output directory:
 
 - ``manifest.pb``: the canonical manifest (policy + every entry), see docs/manifest.md;
@@ -19,10 +24,13 @@ import json
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import AgentError
+from agent.image.oci.layers import MAX_MEMBERS, ROOT_MODE, ImageTree, LayerError
+from agent.image.oci.source import ImageInfo, SourceError, is_image_source, open_image
 from agent.image.secrets import SecretsFoundError, SecretWarning, find_secrets
 from agent.manifest.format import FORMAT_VERSION, Manifest, digest_of
 from agent.manifest.policy import Policy
@@ -143,23 +151,51 @@ def image_document(
     }
 
 
+def _write(out_dir: str, encoded: bytes, image: dict[str, Any]) -> tuple[str, str]:
+    """Write manifest.pb and image.json atomically; returns their paths."""
+    document = (json.dumps(image, indent=2, sort_keys=True) + "\n").encode()
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        manifest_path = _write_atomically(out_dir, MANIFEST_FILE, encoded)
+        image_path = _write_atomically(out_dir, IMAGE_FILE, document)
+        _fsync_directory(out_dir)
+    except OSError as exc:
+        raise BakeError(f"cannot write to {out_dir}: {exc.strerror or exc}") from exc
+    return manifest_path, image_path
+
+
 def bake(
     root: str,
     out_dir: str,
     *,
     policy: Policy,
     name: str | None = None,
-    version: str = "0",
+    version: str | None = None,
     progress: Progress | None = None,
     strict: bool = False,
+    root_mode: int = ROOT_MODE,
 ) -> BakeResult:
     """Scan ``root`` under ``policy`` and write manifest.pb and image.json into ``out_dir``.
 
+    ``root`` is a directory, or an image source (``oci-archive:PATH``,
+    ``oci:DIR[:REF]``, ``docker-archive:PATH``: see :func:`bake_image`).
     ``name`` defaults to the root's base name. Raises BakeError for a missing
     root, an invalid name or version, or an unwritable output directory, and
     SecretsFoundError (nothing written) when ``strict`` and secrets were found.
     """
+    if is_image_source(root):
+        return bake_image(
+            root,
+            out_dir,
+            policy=policy,
+            name=name,
+            version=version,
+            progress=progress,
+            strict=strict,
+            root_mode=root_mode,
+        )
     name = default_name(root) if name is None else name
+    version = "0" if version is None else version
     check_identity(name, version)
     if not os.path.isdir(root):
         raise BakeError(f"root {root} is not a directory")
@@ -172,14 +208,7 @@ def bake(
     encoded = manifest.encode()
     digest = digest_of(encoded)
     image = image_document(manifest, digest, name=name, version=version, warnings=len(warnings))
-    document = (json.dumps(image, indent=2, sort_keys=True) + "\n").encode()
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        manifest_path = _write_atomically(out_dir, MANIFEST_FILE, encoded)
-        image_path = _write_atomically(out_dir, IMAGE_FILE, document)
-        _fsync_directory(out_dir)
-    except OSError as exc:
-        raise BakeError(f"cannot write to {out_dir}: {exc.strerror or exc}") from exc
+    manifest_path, image_path = _write(out_dir, encoded, image)
     return BakeResult(
         manifest=manifest,
         manifest_digest=digest,
@@ -191,4 +220,134 @@ def bake(
         bytes_hashed=result.bytes_hashed,
         scan_errors=result.errors,
         seconds=result.seconds,
+    )
+
+
+@dataclass(frozen=True)
+class _SourceIdentity:
+    name: str
+    version: str
+    repository: str
+    """Where engines find the image: ``image_ref`` is ``REPOSITORY@DIGEST``."""
+
+
+def _identity_from_source(
+    info: ImageInfo, spec: str, name: str | None, version: str | None
+) -> _SourceIdentity:
+    """Name, version and repository: as given, else from the source's own name for the image.
+
+    ``localhost/app:1`` in the source gives name ``app`` (the controller's image
+    names have no ``/``), version ``1`` and repository ``localhost/app``.
+    """
+    ref_name = info.ref_name or ""
+    repository, sep, tag = ref_name.rpartition(":")
+    if not sep or "/" in tag:
+        repository, tag = (ref_name, "") if "/" in ref_name else ("", ref_name)
+    if repository and not _NAME.fullmatch(repository):
+        repository = ""
+    if name is None:
+        if repository:
+            name = repository.rsplit("/", 1)[-1]
+        else:
+            path = spec.partition(":")[2]
+            stem = os.path.basename(path.rstrip("/")).split(":")[0].removesuffix(".tar")
+            name = default_name(stem or "image")
+    if version is None:
+        version = tag if tag and _VERSION.fullmatch(tag) else "0"
+    return _SourceIdentity(name=name, version=version, repository=repository or name)
+
+
+def image_source_document(
+    manifest: Manifest,
+    digest: str,
+    info: ImageInfo,
+    *,
+    name: str,
+    version: str,
+    repository: str,
+    warnings: int,
+) -> dict[str, Any]:
+    """image.json for an image baked from its artifact: identity is the OCI digest.
+
+    ``image_digest`` (and the digest in ``image_ref``) is the OCI manifest
+    digest, the one an engine pulls or runs as ``repo@sha256:...``. A docker
+    archive carries no manifest (one is written when the image is pushed), so
+    there it is the config digest, the image ID every engine accepts.
+    ``image_ref`` names the image's repository in the source (``localhost/app``),
+    so an engine resolves it; ``name`` is its last component.
+    """
+    image_digest = info.manifest_digest or info.config_digest
+    document = image_document(manifest, digest, name=name, version=version, warnings=warnings)
+    document.update(
+        image_ref=f"{repository}@{image_digest}",
+        image_digest=image_digest,
+        oci_manifest_digest=info.manifest_digest,
+        config_digest=info.config_digest,
+        source=info.scheme,
+        layer_count=len(info.layers),
+    )
+    return document
+
+
+def bake_image(
+    spec: str,
+    out_dir: str,
+    *,
+    policy: Policy,
+    name: str | None = None,
+    version: str | None = None,
+    progress: Progress | None = None,
+    strict: bool = False,
+    root_mode: int = ROOT_MODE,
+    max_members: int = MAX_MEMBERS,
+) -> BakeResult:
+    """Bake an image from its artifact: apply its layers in memory and write the manifest.
+
+    The manifest is the one :func:`bake` writes for the image's unpacked root
+    (see :mod:`agent.image.oci.layers` for the rules). ``name`` and ``version``
+    default to the image's name and tag in the source. ``root_mode`` is the
+    mode of the root directory when no layer sets it: 0555 as Podman and
+    CRI-O unpack, 0755 as Docker and containerd do. Raises BakeError for
+    an unreadable or unsafe source, SecretsFoundError as :func:`bake`.
+    """
+    started = time.monotonic()
+    tree = ImageTree(root_mode=root_mode, max_members=max_members, progress=progress)
+    try:
+        with open_image(spec) as image:
+            identity = _identity_from_source(image.info, spec, name, version)
+            check_identity(identity.name, identity.version)
+            for number, layer in enumerate(image.info.layers, start=1):
+                with image.layer(layer) as stream:
+                    tree.apply(stream, f"{image.label}: layer {number} ({layer.path})")
+            info = image.info
+    except (SourceError, LayerError) as exc:
+        raise BakeError(str(exc)) from exc
+    entries = tree.entries(policy)
+    manifest = Manifest.build(policy, entries)
+    warnings = tuple(tree.warnings(entries))
+    if strict and warnings:
+        raise SecretsFoundError(warnings)
+    encoded = manifest.encode()
+    digest = digest_of(encoded)
+    document = image_source_document(
+        manifest,
+        digest,
+        info,
+        name=identity.name,
+        version=identity.version,
+        repository=identity.repository,
+        warnings=len(warnings),
+    )
+    manifest_path, image_path = _write(out_dir, encoded, document)
+    return BakeResult(
+        manifest=manifest,
+        manifest_digest=digest,
+        image=document,
+        warnings=warnings,
+        manifest_path=manifest_path,
+        image_path=image_path,
+        files_hashed=tree.files_hashed,
+        bytes_hashed=tree.bytes_hashed,
+        scan_errors=0,
+        seconds=time.monotonic() - started,
     )

@@ -193,6 +193,26 @@ def _read_head(path: bytes) -> bytes:
         os.close(fd)
 
 
+def is_candidate(name: bytes) -> bool:
+    """Whether a regular file called ``name`` may be a secret (only those are ever read)."""
+    return _CANDIDATE.fullmatch(name) is not None
+
+
+def check_file(path: bytes, peek: _Peek) -> SecretWarning | None:
+    """The warning for the regular file at ``path`` whose first bytes ``peek`` returns, if any.
+
+    ``peek`` is called only when the name alone does not settle the question.
+    """
+    name = path.rsplit(b"/", 1)[-1]
+    if not _CANDIDATE.fullmatch(name):
+        return None
+    for kind, check in _CHECKS:
+        reason = check(path, name, peek)
+        if reason is not None:
+            return SecretWarning(path, kind, reason)
+    return None
+
+
 def find_secrets(
     root: str | bytes | os.PathLike[str], entries: Iterable[Entry]
 ) -> list[SecretWarning]:
@@ -206,9 +226,6 @@ def find_secrets(
     warnings: list[SecretWarning] = []
     for entry in entries:
         if entry.type is not EntryType.REGULAR or entry.error is not EntryError.NONE:
-            continue
-        name = entry.path.rsplit(b"/", 1)[-1]
-        if not _CANDIDATE.fullmatch(name):
             continue
         cache: list[bytes] = []
 
@@ -225,9 +242,7 @@ def find_secrets(
                     cache.append(b"")
             return cache[0]
 
-        for kind, check in _CHECKS:
-            reason = check(entry.path, name, peek)
-            if reason is not None:
-                warnings.append(SecretWarning(entry.path, kind, reason))
-                break
+        warning = check_file(entry.path, peek)
+        if warning is not None:
+            warnings.append(warning)
     return warnings

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from agent.errors import AgentError
 from agent.image.bake import BakeResult, bake
+from agent.image.oci.layers import ROOT_MODE
 from agent.image.secrets import SecretsFoundError, SecretWarning
 from agent.image.verify import VerifyResult, verify
 from agent.manifest.diff import Change
@@ -32,16 +33,39 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the ``bake`` and ``verify`` subcommands."""
     baker = subparsers.add_parser(
         "bake",
-        help="scan a root tree and write its manifest and image identity",
-        description="Scan ROOT and write DIR/manifest.pb and DIR/image.json.",
+        help="scan a root tree or an image archive and write its manifest and image identity",
+        description=(
+            "Scan ROOT and write DIR/manifest.pb and DIR/image.json. ROOT is a directory or "
+            "an image artifact: oci-archive:PATH[:REF], oci:DIR[:REF] or docker-archive:PATH "
+            "(layers applied in memory, nothing extracted; the image's identity is its OCI "
+            "manifest digest)."
+        ),
     )
-    baker.add_argument("root", metavar="ROOT", help="the image's root directory")
+    baker.add_argument(
+        "root",
+        metavar="ROOT",
+        help="the image's root directory, or oci-archive:PATH, oci:DIR[:REF], docker-archive:PATH",
+    )
     baker.add_argument("--out", metavar="DIR", required=True, help="output directory")
     baker.add_argument(
         "--policy", metavar="FILE", help="policy TOML file (default policy if unset)"
     )
-    baker.add_argument("--name", metavar="N", help="image name (default: base name of ROOT)")
-    baker.add_argument("--version", metavar="V", default="0", help="image version (default: 0)")
+    baker.add_argument(
+        "--name",
+        metavar="N",
+        help="image name (default: base name of ROOT, or the image's name in the archive)",
+    )
+    baker.add_argument(
+        "--version", metavar="V", help="image version (default: 0, or the image's tag)"
+    )
+    baker.add_argument(
+        "--root-mode",
+        metavar="OCTAL",
+        type=_octal_mode,
+        default=ROOT_MODE,
+        help="image sources: mode of the root directory when no layer sets it "
+        "(default 0555 as Podman and CRI-O unpack; 0755 for Docker and containerd)",
+    )
     baker.add_argument("--json", action="store_true", help="print image.json plus warnings")
     baker.add_argument(
         "--strict", action="store_true", help="fail (exit 1, write nothing) on secret warnings"
@@ -65,6 +89,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="re-hash every file (verify keeps no cache between runs, so it always does)",
     )
     checker.set_defaults(handler=run_verify)
+
+
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode") from None
+    if not 0 <= mode <= 0o7777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a mode (0000-7777)")
+    return mode
 
 
 class _ProgressLine:
@@ -111,6 +145,7 @@ def run_bake(args: argparse.Namespace) -> int:
             version=args.version,
             progress=progress,
             strict=args.strict,
+            root_mode=args.root_mode,
         )
     except SecretsFoundError as exc:
         progress.clear()

@@ -1,7 +1,10 @@
 """``corral images register DIR`` and ``corral images list``: the image registry.
 
 ``register`` reads a bake output (DIR/image.json + DIR/manifest.pb) and streams
-the manifest to the controller in 1 MiB chunks. Registering the same image again
+the manifest to the controller in 1 MiB chunks. The image is registered under
+image.json's ``image_ref`` and ``image_digest``: for an image baked from its
+OCI artifact that is the OCI manifest digest (``repo@sha256:...``), the one
+the docker provider deploys. Registering the same image again
 is harmless; a different manifest under a registered reference is refused.
 """
 
@@ -77,10 +80,26 @@ def _read_bake(directory: Path) -> tuple[fleet_pb2.Image, Path]:
         raise ClientError(
             f"{directory}/image.json is not a bake output ({exc!r})", exit_code=EXIT_USAGE
         ) from None
+    _check_identity(directory, document, image)
     manifest = directory / "manifest.pb"
     if not manifest.is_file():
         raise ClientError(f"{manifest} is missing: run `corral bake` again", exit_code=EXIT_USAGE)
     return image, manifest
+
+
+def _check_identity(directory: Path, document: dict[str, Any], image: fleet_pb2.Image) -> None:
+    """The reference names the digest, and an OCI image's digest is its OCI manifest digest.
+
+    ``corral bake`` writes them so; a hand-edited image.json that disagrees
+    would register one digest and deploy another.
+    """
+    oci = document.get("oci_manifest_digest")
+    if not image.ref.endswith("@" + image.digest) or (oci is not None and oci != image.digest):
+        raise ClientError(
+            f"{directory}/image.json: image_ref {image.ref} and image_digest {image.digest} "
+            f"disagree{f' with oci_manifest_digest {oci}' if oci is not None else ''}",
+            exit_code=EXIT_USAGE,
+        )
 
 
 def _requests(image: fleet_pb2.Image, manifest: Path) -> Iterator[fleet_pb2.RegisterImageRequest]:

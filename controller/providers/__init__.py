@@ -138,6 +138,7 @@ def create_provider(
                 name,
                 config,
                 {"base_url", "command", "agent_command", "state_dir", "artifacts_dir", "interval"}
+                | {"full_scan_interval"}
                 | AGENT_CERT_KEYS,
             )
             return DockerProvider(
@@ -149,6 +150,7 @@ def create_provider(
                     state_dir=config.get("state_dir"),
                     artifacts_dir=config.get("artifacts_dir"),
                     agent_certificates=_agent_certificates(config, trust_domain=trust_domain),
+                    agent_full_scan_interval=float(config.get("full_scan_interval", 3600.0)),
                 )
             )
         if name == "aws-asg":

@@ -1,7 +1,9 @@
 """The docker provider: containers through the Docker Engine API (Docker or Podman).
 
 An instance is a container created from the group's image *by digest*
-(``repo@sha256:...``, resolved locally: corral never pulls a tag) and labelled
+(``repo@sha256:...``, the OCI manifest digest ``corral bake`` records; an image
+baked from a docker archive, which has no manifest, is created from its image
+ID, the config digest; resolved locally: corral never pulls a tag) and labelled
 ``io.corral.group``, ``io.corral.instance``, ``io.corral.idempotency-key`` and
 ``io.corral.image-digest``, so a retried launch finds the container it already
 created, and ``list`` is a label filter. Terminate is ``remove(force=True)``.
@@ -10,7 +12,10 @@ The agent watches the container's root from the host. When ``agent_prefix`` is
 set, the provider starts one host agent per container with ``--root`` at the
 container's merged root filesystem (``GraphDriver.Data.MergedDir``, present
 for the overlay driver on a rootful engine), exactly as the local provider
-does, and stops it on terminate; its PID is kept in
+does, and stops it on terminate. When the engine is a local socket, the agent
+also gets ``--container ID --engine unix:///...``: it then checks the
+container's overlay upper directory each interval and scans the merged root
+every ``full_scan_interval`` seconds (see :mod:`agent.daemon.container`); its PID is kept in
 ``STATE_DIR/<instance>.json``, and it reads the image's baked identity from
 ``ARTIFACTS_DIR/sha256-<hex>/image.json``. With ``agent_certificates`` each
 host agent gets its own certificate in ``STATE_DIR/<instance>/tls`` (removed
@@ -75,6 +80,14 @@ class DockerConfig:
     """Baked images for host agents: ``sha256-<hex>/image.json`` + ``manifest.pb`` per digest."""
     agent_certificates: AgentCertificates | None = None
     """Issue each host agent a certificate for its instance (the controller requires mTLS)."""
+    agent_full_scan_interval: float = 3600.0
+    """Host agents check the container's overlay upper directory every ``agent_interval``
+    and scan its whole merged root every this many seconds."""
+
+    def engine_socket(self) -> str | None:
+        """The engine's ``unix://`` URL as host agents reach it (None: not a local socket)."""
+        url = self.base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return url if url.startswith("unix:///") else None
 
 
 class DockerProvider(Provider):
@@ -154,7 +167,7 @@ class DockerProvider(Provider):
             raise self._error(f"start container for {spec.instance_id}", exc) from exc
         instance = self._view(container)
         if self._config.agent_prefix and instance.root_path:
-            self._ensure_agent(spec, instance.root_path)
+            self._ensure_agent(spec, instance.root_path, instance.provider_id)
         return instance
 
     def _create(self, spec: LaunchSpec) -> Any:
@@ -163,19 +176,10 @@ class DockerProvider(Provider):
                 f"docker provider: image {spec.image_ref} is not pinned (use repo@sha256:<hex>)",
                 reason="unpinned_image",
             )
-        try:
-            image = self._client.images.get(spec.image_ref)
-        except docker.errors.ImageNotFound as exc:
-            raise PermanentProviderError(
-                f"docker provider: image {spec.image_ref} is not on the engine; load or pull it "
-                "by digest first",
-                reason="unknown_image",
-            ) from exc
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise self._error(f"look up image {spec.image_ref}", exc) from exc
+        reference = self._resolve(spec)
         try:
             return self._client.containers.create(
-                image.id,
+                reference,
                 command=list(self._config.command) or None,
                 name=f"corral-{spec.instance_id}",
                 labels=spec.corral_labels(),
@@ -184,11 +188,42 @@ class DockerProvider(Provider):
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise self._error(f"create container for {spec.instance_id}", exc) from exc
 
+    def _resolve(self, spec: LaunchSpec) -> str:
+        """What to create the container from: the pinned reference, or the image ID.
+
+        ``repo@sha256:<manifest>`` is what an image pulled or loaded by digest
+        answers to, and the container is created from exactly that reference.
+        An image baked from a docker archive has no manifest digest: its digest
+        is the config digest, which engines know as the image ID, and the
+        container is created from that ID once the engine confirms it.
+        """
+        try:
+            self._client.images.get(spec.image_ref)
+        except docker.errors.ImageNotFound:
+            pass
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._error(f"look up image {spec.image_ref}", exc) from exc
+        else:
+            return spec.image_ref
+        try:
+            image = self._client.images.get(spec.image_digest)
+        except (docker.errors.ImageNotFound, docker.errors.NullResource):
+            image = None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._error(f"look up image {spec.image_digest}", exc) from exc
+        if image is None or image.id != spec.image_digest:
+            raise PermanentProviderError(
+                f"docker provider: image {spec.image_ref} is not on the engine; load or pull it "
+                "by digest first",
+                reason="unknown_image",
+            )
+        return str(image.id)
+
     def _agent_file(self, instance_id: str) -> str:
         assert self._config.state_dir is not None
         return os.path.join(self._config.state_dir, f"{instance_id}.json")
 
-    def _ensure_agent(self, spec: LaunchSpec, root: str) -> None:
+    def _ensure_agent(self, spec: LaunchSpec, root: str, container_id: str) -> None:
         state_dir = os.path.join(str(self._config.state_dir), spec.instance_id)
         os.makedirs(state_dir, exist_ok=True)
         record = self._agent_record(spec.instance_id)
@@ -208,6 +243,16 @@ class DockerProvider(Provider):
             group=spec.group,
             state_dir=state_dir,
         )
+        engine = self._config.engine_socket()
+        if engine is not None:  # container mode: upper-directory checks, see agent.daemon.container
+            argv += [
+                "--container",
+                container_id,
+                "--engine",
+                engine,
+                "--container-full-scan-interval",
+                f"{self._config.agent_full_scan_interval:g}",
+            ]
         pid = self._agents.start(argv, log_path=os.path.join(state_dir, "agent.log"), env=env)
         partial = self._agent_file(spec.instance_id) + ".tmp"
         with open(partial, "w", encoding="utf-8") as handle:

@@ -1,0 +1,526 @@
+"""Apply an image's layers, in order, to a tree held in memory: what an unpack would leave.
+
+Each layer is a tar stream read once, front to back (:mod:`tarfile` in stream
+mode): a regular file's content is hashed as it passes and dropped, so memory
+holds one node of metadata per path, never file content. The rules are those
+of the OCI image spec as an overlay-backed engine (Podman's containers/storage,
+Docker's overlay2) applies them, so the tree is exactly the root that engine
+mounts:
+
+- ``.wh.NAME`` removes NAME (and everything below it) from the layers beneath;
+  ``.wh..wh..opq`` in a directory hides everything the layers beneath put in
+  it; other ``.wh..wh.*`` names are aufs bookkeeping and are skipped. A
+  character device 0/0 is overlayfs's own whiteout and removes too.
+- A directory met again merges: the later layer's mode and owner win, the
+  contents stay. Any other object replaces what was there.
+- A parent directory a layer does not carry itself (no header for it) is
+  created in that layer as ``0755 0:0``, as the engine's unpacker creates it
+  in the layer's own directory, where it hides the lower directory's mode and
+  owner in the mounted root. A lower non-directory there (a symlink) is
+  replaced by that directory.
+- A hard link takes its target's attributes and content digest.
+- The root directory is ``0555 0:0`` unless a layer has a ``./`` member:
+  each layer's directory inherits the mode of the layer below, with owner 0:0
+  (containers/storage's default, so Podman and CRI-O). The root's mode is the
+  unpacker's choice, not the image's: Docker, containerd and umoci make it
+  ``0755``, which ``root_mode`` selects.
+- A symlink's mode is ``0777`` (what lstat reports on Linux), whatever the
+  header says.
+
+Archives are untrusted: a member name that is absolute or has ``..``, a hard
+link whose target is absolute, escapes or does not exist, a member below a
+non-directory of the same layer (it would be written through a symlink),
+an unknown member type, a path longer than :data:`MAX_PATH`, an extended
+header larger than :data:`MAX_HEADER` or more than ``max_members`` members
+all fail the bake with :class:`LayerError`. Symlink targets are data (nothing
+is ever written through them), so an absolute target is fine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import queue
+import struct
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Self
+
+from agent.errors import AgentError
+from agent.image.secrets import PEEK_BYTES, SecretWarning, check_file, is_candidate
+from agent.manifest.format import Entry, EntryType
+from agent.manifest.policy import Policy
+from agent.scan.rules import Exclusions, ignoring, include_roots
+
+MAX_PATH = 4096
+"""Longest member path accepted, in bytes (Linux's PATH_MAX)."""
+MAX_HEADER = 1 << 20
+"""Largest pax or GNU long-name header accepted, in bytes."""
+MAX_MEMBERS = 5_000_000
+"""Default bound on the members of all layers of one image together."""
+
+ROOT = b"/"
+ROOT_MODE = 0o555
+IMPLIED_MODE = 0o755
+_CHUNK = 1 << 20
+_BACKGROUND_LIMIT = 64 << 10
+_QUEUED_FILES = 256
+_WHITEOUT = b".wh."
+_OPAQUE = b".wh..wh..opq"
+_AUFS_META = b".wh..wh."
+
+
+class LayerError(AgentError):
+    """A layer cannot be applied: unsafe, malformed or too large."""
+
+
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
+_USTAR_MAGICS = (b"ustar\x00", b"ustar ")
+_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
+_CHECKSUM_SPACES = 8 * 0x20
+
+
+def _octal(field: bytes) -> int:
+    """An octal number field, as :mod:`tarfile` reads it (ValueError: not plain octal)."""
+    if field[0] in (0o200, 0o377):
+        raise ValueError("base-256 number")
+    try:
+        return int(field.rstrip(b"\0 "), 8)  # the usual "0000644\0"
+    except ValueError:
+        text = field.split(b"\0", 1)[0].strip()
+        return int(text, 8) if text else 0
+
+
+def _text(field: bytes, encoding: str, errors: str) -> str:
+    return field.split(b"\0", 1)[0].decode(encoding, errors)
+
+
+class _BoundedInfo(tarfile.TarInfo):
+    """A TarInfo that refuses extended headers too large to hold in memory, and parses fast.
+
+    :mod:`tarfile` reads a pax or GNU long-name header whole before it hands
+    out the member; these checks run first. :meth:`frombuf` decodes the
+    common header (ustar magic, octal numbers, valid unsigned checksum) in
+    one struct unpack, and leaves every other case to :mod:`tarfile`; the two
+    give equal members (tests/unit/test_oci_layers.py).
+    """
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        if len(buf) != tarfile.BLOCKSIZE or buf == _ZERO_BLOCK:
+            return super().frombuf(buf, encoding, errors)
+        (name, mode, uid, gid, size, mtime, checksum, kind, linkname, magic, _version,
+         uname, gname, major, minor, prefix) = _HEADER.unpack(buf)  # fmt: skip
+        if magic not in _USTAR_MAGICS or kind == tarfile.GNUTYPE_SPARSE:
+            return super().frombuf(buf, encoding, errors)
+        try:
+            numbers = [_octal(f) for f in (mode, uid, gid, size, mtime, checksum, major, minor)]
+        except ValueError:
+            return super().frombuf(buf, encoding, errors)
+        if sum(buf) - sum(buf[148:156]) + _CHECKSUM_SPACES != numbers[5]:
+            return super().frombuf(buf, encoding, errors)  # signed sums, or a bad header
+        info = cls()
+        info.name = _text(name, encoding, errors)
+        info.mode, info.uid, info.gid, info.size, info.mtime = numbers[:5]
+        info.chksum = numbers[5]
+        info.type = kind
+        info.linkname = _text(linkname, encoding, errors)
+        info.uname = _text(uname, encoding, errors)
+        info.gname = _text(gname, encoding, errors)
+        info.devmajor, info.devminor = numbers[6], numbers[7]
+        if kind == tarfile.AREGTYPE and info.name.endswith("/"):
+            info.type = tarfile.DIRTYPE
+        if info.type == tarfile.DIRTYPE:
+            info.name = info.name.rstrip("/")
+        text_prefix = _text(prefix, encoding, errors)
+        if text_prefix and kind not in tarfile.GNU_TYPES:
+            info.name = text_prefix + "/" + info.name
+        return info
+
+    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        self._check_header_size()
+        return super()._proc_pax(tarfile)  # type: ignore[misc, no-any-return]
+
+    def _proc_gnulong(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        self._check_header_size()
+        return super()._proc_gnulong(tarfile)  # type: ignore[misc, no-any-return]
+
+    def _check_header_size(self) -> None:
+        if self.size > MAX_HEADER:
+            raise LayerError(
+                f"extended tar header of {self.size} bytes (more than {MAX_HEADER}): "
+                "not a sane image layer"
+            )
+
+
+class _ContentHasher:
+    """Hashes small files' content on a background thread; each digest lands in its node.
+
+    The tar stream must be parsed in order on one thread; hashing need not.
+    :mod:`hashlib` releases the GIL on buffers over 2 KiB, so this runs on the
+    other core while parsing goes on. At most :data:`_QUEUED_FILES` files of
+    at most :data:`_BACKGROUND_LIMIT` bytes wait (a few MiB).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[_Node, bytes] | None] = queue.Queue(maxsize=_QUEUED_FILES)
+        self._thread = threading.Thread(target=self._work, name="layer-file-digest", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        sha256 = hashlib.sha256
+        while (item := self._queue.get()) is not None:
+            node, data = item
+            node.digest = sha256(data).digest()
+            self._queue.task_done()
+        self._queue.task_done()
+
+    def submit(self, node: _Node, data: bytes) -> None:
+        self._queue.put((node, data))
+
+    def wait(self) -> None:
+        """Return once every file submitted so far has its digest."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Finish the queued files and stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+
+@dataclass(slots=True)
+class _Node:
+    kind: EntryType
+    mode: int
+    uid: int
+    gid: int
+    size: int = 0
+    digest: bytes = b""
+    target: bytes = b""
+    major: int = 0
+    minor: int = 0
+    layer: int = -1
+
+
+def member_path(name: str) -> bytes:
+    """A member's name as an absolute path inside the image (``b"/"`` for the root).
+
+    Raises LayerError for an absolute name, a ``..`` component or an overlong path.
+    """
+    raw = os.fsencode(name)
+    if raw.startswith(b"/"):
+        raise LayerError(f"unsafe member name {name!r}: absolute path")
+    parts = [part for part in raw.split(b"/") if part not in (b"", b".")]
+    if b".." in parts:
+        raise LayerError(f"unsafe member name {name!r}: '..' component")
+    path = b"/" + b"/".join(parts)
+    if len(path) > MAX_PATH:
+        raise LayerError(f"member name of {len(path)} bytes (more than {MAX_PATH})")
+    return path
+
+
+def _parent(path: bytes) -> bytes:
+    return path.rpartition(b"/")[0] or ROOT
+
+
+class ImageTree:
+    """The image's filesystem as layers are applied: one metadata node per path."""
+
+    def __init__(
+        self,
+        *,
+        root_mode: int = ROOT_MODE,
+        max_members: int = MAX_MEMBERS,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self._nodes: dict[bytes, _Node] = {ROOT: _Node(EntryType.DIRECTORY, root_mode, 0, 0)}
+        self._children: dict[bytes, set[bytes]] = {ROOT: set()}
+        self._warnings: dict[bytes, SecretWarning] = {}
+        self._layer = -1
+        self._max_members = max_members
+        self._progress = progress
+        self.members = 0
+        self.files_hashed = 0
+        self.bytes_hashed = 0
+
+    # -- applying ---------------------------------------------------------------
+
+    def apply(self, stream: IO[bytes], label: str) -> None:
+        """Apply one uncompressed layer tar read from ``stream`` (``label`` names it in errors)."""
+        self._layer += 1
+        root = self._nodes[ROOT]
+        root.uid = root.gid = 0  # this layer's own directory (mode inherited from below)
+        root.layer = self._layer
+        self._hasher = _ContentHasher()
+        try:
+            with tarfile.open(
+                fileobj=stream,
+                mode="r|",
+                tarinfo=_BoundedInfo,
+                encoding="utf-8",
+                errors="surrogateescape",
+                bufsize=1 << 14,  # tarfile copies what is left of its buffer on every read
+            ) as archive:
+                for info in archive:
+                    self._member(archive, info)
+        except LayerError as exc:
+            raise LayerError(f"{label}: {exc}") from None
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise LayerError(f"{label}: not a valid layer tar: {exc}") from exc
+        finally:
+            self._hasher.close()
+
+    def _member(self, archive: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        self.members += 1
+        if self.members > self._max_members:
+            raise LayerError(f"more than {self._max_members} members: not a sane image")
+        if self._progress is not None and self.members % 1000 == 0:
+            self._progress(self.members, self.bytes_hashed)
+        path = member_path(info.name)
+        parent, _, base = path.rpartition(b"/")
+        parent = parent or ROOT
+        if base.startswith(_WHITEOUT):
+            if path == ROOT:
+                return
+            self._ensure_directory(parent, info.name)
+            if base == _OPAQUE:
+                self._make_opaque(parent)
+            elif not base.startswith(_AUFS_META):
+                self._whiteout(path[: -len(base)] + base[len(_WHITEOUT) :])
+            return
+        if path == ROOT:
+            if not info.isdir():
+                raise LayerError(f"member {info.name!r} names the root but is not a directory")
+            root = self._nodes[ROOT]
+            root.mode, root.uid, root.gid = info.mode & 0o7777, info.uid, info.gid
+            return
+        self._ensure_directory(parent, info.name)
+        node = self._node_for(archive, info, path)
+        if node is None:  # an overlay whiteout device
+            self._whiteout(path)
+            return
+        self._put(path, node)
+
+    def _node_for(
+        self, archive: tarfile.TarFile, info: tarfile.TarInfo, path: bytes
+    ) -> _Node | None:
+        layer = self._layer
+        mode = info.mode & 0o7777
+        if info.isreg():  # regular, contiguous and sparse files
+            node = _Node(EntryType.REGULAR, mode, info.uid, info.gid, info.size, layer=layer)
+            self._hash(archive, info, path, node)
+            return node
+        if info.isdir():
+            return _Node(EntryType.DIRECTORY, mode, info.uid, info.gid, layer=layer)
+        if info.issym():
+            target = os.fsencode(info.linkname)
+            digest = hashlib.sha256(target).digest()
+            return _Node(
+                EntryType.SYMLINK, 0o777, info.uid, info.gid, 0, digest, target, layer=layer
+            )
+        if info.islnk():
+            return self._hard_link(info, path)
+        if info.ischr() or info.isblk():
+            if info.ischr() and info.devmajor == 0 and info.devminor == 0:
+                return None
+            kind = EntryType.CHAR_DEVICE if info.ischr() else EntryType.BLOCK_DEVICE
+            return _Node(kind, mode, info.uid, info.gid, major=info.devmajor,
+                         minor=info.devminor, layer=layer)  # fmt: skip
+        if info.isfifo():
+            return _Node(EntryType.FIFO, mode, info.uid, info.gid, layer=layer)
+        raise LayerError(f"member {info.name!r} has unsupported type {info.type!r}")
+
+    def _hard_link(self, info: tarfile.TarInfo, path: bytes) -> _Node:
+        if info.linkname.startswith("/"):
+            raise LayerError(f"hard link {info.name!r} -> {info.linkname!r} leaves the root")
+        try:
+            target_path = member_path(info.linkname)
+        except LayerError as exc:
+            raise LayerError(f"hard link {info.name!r} leaves the root ({exc})") from None
+        target = self._nodes.get(target_path)
+        self._hasher.wait()  # the target's digest may still be on its way
+        if target is None or target.kind is EntryType.DIRECTORY:
+            raise LayerError(
+                f"hard link {info.name!r} -> {info.linkname!r}: no such file in the image"
+            )
+        if target_path in self._warnings:
+            self._warnings[path] = dataclasses.replace(self._warnings[target_path], path=path)
+        return _Node(
+            target.kind,
+            target.mode,
+            target.uid,
+            target.gid,
+            target.size,
+            target.digest,
+            target.target,
+            target.major,
+            target.minor,
+            self._layer,
+        )
+
+    def _hash(
+        self, archive: tarfile.TarFile, info: tarfile.TarInfo, path: bytes, node: _Node
+    ) -> None:
+        """Read the member's content and set ``node.digest`` (now, or soon in the background)."""
+        source = archive.extractfile(info)
+        assert source is not None  # a regular member always has content
+        if info.size <= _BACKGROUND_LIMIT:  # most files: one read, hashed beside the parsing
+            head = source.read(info.size)
+            if len(head) != info.size:
+                raise LayerError(f"member {info.name!r} is truncated")
+            self._hasher.submit(node, head)
+        else:
+            digest = hashlib.sha256()
+            remaining = info.size
+            head = b""
+            while remaining > 0:
+                chunk = source.read(min(_CHUNK, remaining))
+                if not chunk:
+                    raise LayerError(f"member {info.name!r} is truncated")
+                if not head:
+                    head = chunk[:PEEK_BYTES]
+                digest.update(chunk)
+                remaining -= len(chunk)
+            node.digest = digest.digest()
+        self.files_hashed += 1
+        self.bytes_hashed += info.size
+        self._warnings.pop(path, None)
+        if is_candidate(path.rpartition(b"/")[2]):
+            first = head[:PEEK_BYTES]
+            warning = check_file(path, lambda: first)
+            if warning is not None:
+                self._warnings[path] = warning
+
+    # -- the tree -------------------------------------------------------------------
+
+    def _ensure_directory(self, directory: bytes, name: str) -> None:
+        """Make ``directory`` a directory of this layer, creating implied ones (0755 0:0)."""
+        layer = self._layer
+        node = self._nodes.get(directory)
+        if node is not None and node.layer == layer:
+            if node.kind is not EntryType.DIRECTORY:
+                raise LayerError(
+                    f"member {name!r} lies below {directory.decode(errors='replace')!r}, "
+                    "which this layer made a non-directory (it would be written through it)"
+                )
+            return
+        chain: list[bytes] = []
+        current = directory
+        while True:
+            node = self._nodes.get(current)
+            if node is not None and node.layer == layer:
+                if node.kind is not EntryType.DIRECTORY:
+                    raise LayerError(
+                        f"member {name!r} lies below {current.decode(errors='replace')!r}, "
+                        "which this layer made a non-directory"
+                    )
+                break
+            chain.append(current)
+            current = _parent(current)
+        for path in reversed(chain):
+            node = self._nodes.get(path)
+            if node is not None and node.kind is EntryType.DIRECTORY:
+                node.mode, node.uid, node.gid, node.layer = IMPLIED_MODE, 0, 0, layer
+                continue
+            self._put(path, _Node(EntryType.DIRECTORY, IMPLIED_MODE, 0, 0, layer=layer))
+
+    def _put(self, path: bytes, node: _Node) -> None:
+        existing = self._nodes.get(path)
+        if existing is not None:
+            if existing.kind is EntryType.DIRECTORY and node.kind is EntryType.DIRECTORY:
+                existing.mode, existing.uid, existing.gid = node.mode, node.uid, node.gid
+                existing.layer = node.layer
+                return
+            self._remove(path)
+        self._nodes[path] = node
+        self._children[_parent(path)].add(path)
+        if node.kind is EntryType.DIRECTORY:
+            self._children[path] = set()
+        if node.kind is not EntryType.REGULAR:
+            self._warnings.pop(path, None)
+
+    def _remove(self, path: bytes) -> None:
+        """Remove ``path`` and everything below it."""
+        self._children[_parent(path)].discard(path)
+        stack = [path]
+        while stack:
+            current = stack.pop()
+            self._nodes.pop(current, None)
+            self._warnings.pop(current, None)
+            below = self._children.pop(current, None)
+            if below:
+                stack.extend(below)
+
+    def _whiteout(self, path: bytes) -> None:
+        node = self._nodes.get(path)
+        if node is not None and node.layer != self._layer:  # hides lower layers only
+            self._remove(path)
+
+    def _make_opaque(self, directory: bytes) -> None:
+        """Hide what lower layers put below ``directory`` (this layer's own entries stay)."""
+        layer = self._layer
+        stack = [directory]
+        while stack:
+            current = stack.pop()
+            for child in list(self._children.get(current, ())):
+                if self._nodes[child].layer != layer:
+                    self._remove(child)
+                elif self._nodes[child].kind is EntryType.DIRECTORY:
+                    stack.append(child)
+
+    # -- the result -----------------------------------------------------------------
+
+    def paths(self) -> Iterator[bytes]:
+        return iter(self._nodes)
+
+    def entries(self, policy: Policy) -> list[Entry]:
+        """The entries a scan of the unpacked root under ``policy`` records, sorted by path."""
+        exclusions = Exclusions(policy)
+        strip = ignoring(policy)
+        out: list[Entry] = []
+        for start in include_roots(policy):
+            node = self._nodes.get(start)
+            if node is None:
+                continue
+            if node.kind is not EntryType.DIRECTORY:
+                out.append(_entry(start, node))
+                continue
+            stack = [start]
+            out.append(_entry(start, node))
+            while stack:
+                directory = stack.pop()
+                check = exclusions.may_exclude(directory)
+                for child in self._children[directory]:
+                    if check and policy.excludes(child):
+                        continue
+                    node = self._nodes[child]
+                    out.append(_entry(child, node))
+                    if node.kind is EntryType.DIRECTORY:
+                        stack.append(child)
+        if strip is not None:
+            out = [strip(entry) for entry in out]
+        out.sort(key=lambda entry: entry.path)
+        return out
+
+    def warnings(self, entries: list[Entry]) -> list[SecretWarning]:
+        """Secret warnings for the regular files among ``entries``, by path."""
+        found = [self._warnings[e.path] for e in entries if e.path in self._warnings]
+        return sorted(found, key=lambda warning: warning.path)
+
+
+def _entry(path: bytes, node: _Node) -> Entry:
+    return Entry(
+        path,
+        node.kind,
+        node.mode,
+        node.uid,
+        node.gid,
+        node.size,
+        node.digest,
+        node.target,
+        node.major,
+        node.minor,
+    )

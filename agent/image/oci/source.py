@@ -1,0 +1,545 @@
+"""Find an image's manifest, config and layers in an archive or layout, and stream its layers.
+
+Three sources, named as skopeo and podman name them:
+
+- ``oci-archive:PATH[:REF]``: a tar of an OCI image layout (``podman save
+  --format oci-archive``, ``skopeo copy ... oci-archive:``);
+- ``oci:DIR[:REF]``: an OCI image layout directory;
+- ``docker-archive:PATH``: what ``docker save`` and ``podman save`` write by
+  default (``manifest.json`` naming a config and layer tars).
+
+``REF`` picks a manifest by its ``org.opencontainers.image.ref.name``
+annotation; without it the layout must hold exactly one. An image index
+(multi-platform) resolves to the manifest for this machine's architecture.
+
+Nothing is extracted: blobs are read in place (the outer archive is a plain
+tar, read with seeks) and every blob is checked against its digest as it is
+read: JSON documents before they are trusted, layers once their stream ends
+(the compressed bytes against the manifest's descriptor, the uncompressed
+ones against the config's ``rootfs.diff_ids``). A layer's compression comes
+from its media type (gzip, zstd or none); a docker archive names none, so its
+layers are recognised by their first bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import platform
+import queue
+import re
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any, Protocol, cast
+
+import zstandard
+
+from agent.errors import AgentError
+
+SCHEMES = ("oci-archive", "oci", "docker-archive")
+MAX_DOCUMENT = 4 << 20
+"""Largest JSON document (index, manifest, config) read, in bytes."""
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+_MANIFEST_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+_REF_NAME = "org.opencontainers.image.ref.name"
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_CHUNK = 1 << 20
+_QUEUED = 8
+_ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
+
+
+class SourceError(AgentError):
+    """The image source cannot be read: missing, malformed, or failing its digests."""
+
+
+def is_image_source(text: str) -> bool:
+    """Whether ``text`` names an image source (``scheme:...``) rather than a directory."""
+    scheme, sep, _ = text.partition(":")
+    return bool(sep) and scheme in SCHEMES
+
+
+def compression_of(media_type: str) -> str:
+    """``gzip``, ``zstd`` or ``none`` for a layer media type; SourceError when unknown."""
+    base = media_type.replace(".nondistributable", "").replace(".foreign", "")
+    table = {
+        "application/vnd.oci.image.layer.v1.tar": "none",
+        "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+        "application/vnd.docker.image.rootfs.diff.tar": "none",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+        "application/vnd.docker.image.rootfs.diff.tar.zstd": "zstd",
+    }
+    try:
+        return table[base]
+    except KeyError:
+        raise SourceError(f"unsupported layer media type {media_type!r}") from None
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer blob: where it is and what it must hash to."""
+
+    path: str
+    """The blob's path inside the layout or archive."""
+    compression: str
+    """``gzip``, ``zstd``, ``none``, or ``detect`` (sniff the first bytes)."""
+    digest: str | None
+    """The digest of the blob as stored (None: a docker archive, which names none)."""
+    size: int | None
+    diff_id: str | None
+    """The digest of the uncompressed tar, from the config's ``rootfs.diff_ids``."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the source says about the image."""
+
+    scheme: str
+    manifest_digest: str | None
+    """The OCI manifest's digest (the one in ``repo@sha256:...``); None for a docker archive."""
+    config_digest: str
+    """The config blob's digest: the image ID engines report."""
+    ref_name: str | None
+    """The name the source gives the image (an annotation or a RepoTag), if any."""
+    layers: tuple[Layer, ...]
+
+
+class _Blobs(Protocol):
+    def open(self, path: str) -> IO[bytes]: ...
+
+    def exists(self, path: str) -> bool: ...
+
+
+class _DirectoryBlobs:
+    def __init__(self, root: str) -> None:
+        self._root = root
+
+    def open(self, path: str) -> IO[bytes]:
+        try:
+            return open(os.path.join(self._root, path), "rb")
+        except OSError as exc:
+            raise SourceError(f"cannot read {path} in {self._root}: {exc.strerror}") from exc
+
+    def exists(self, path: str) -> bool:
+        return os.path.isfile(os.path.join(self._root, path))
+
+
+class _Slice(io.RawIOBase):
+    """``size`` bytes of a file from ``offset``, read through a buffer of its own.
+
+    Reading a blob through :meth:`tarfile.TarFile.extractfile` seeks the shared
+    file object before every read, which throws its buffer away: 100,000
+    small reads of a layer become 100,000 seeks and unbuffered reads.
+    """
+
+    def __init__(self, path: str, offset: int, size: int) -> None:
+        super().__init__()
+        self._file = open(path, "rb", buffering=_CHUNK)  # noqa: SIM115 - closed in close()
+        self._file.seek(offset)
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        wanted = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._file.read(wanted)
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class _ArchiveBlobs:
+    """Regular members of a plain (seekable) tar, read in place."""
+
+    def __init__(self, archive: tarfile.TarFile, path: str, label: str) -> None:
+        self._path = path
+        self._label = label
+        self._members: dict[str, tarfile.TarInfo] = {}
+        for member in archive.getmembers():
+            name = os.path.normpath(member.name).lstrip("/")
+            self._members[name] = member
+
+    def _member(self, path: str) -> tarfile.TarInfo:
+        name = os.path.normpath(path)
+        for _ in range(8):  # a docker archive's layer.tar may link to the blob
+            member = self._members.get(name)
+            if member is None:
+                break
+            if member.issym():
+                name = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname))
+            elif member.islnk():
+                name = os.path.normpath(member.linkname)
+            elif member.isreg() and not member.issparse():
+                return member
+            else:
+                raise SourceError(f"{self._label}: {path} is not a file")
+        raise SourceError(f"{self._label} has no {path}")
+
+    def open(self, path: str) -> IO[bytes]:
+        member = self._member(path)
+        try:
+            return cast(IO[bytes], _Slice(self._path, member.offset_data, member.size))
+        except OSError as exc:
+            raise SourceError(f"{self._label}: cannot read {path}: {exc.strerror}") from exc
+
+    def exists(self, path: str) -> bool:
+        return os.path.normpath(path) in self._members
+
+
+def _read_document(blobs: _Blobs, path: str, label: str, digest: str | None = None) -> Any:
+    with blobs.open(path) as handle:
+        data = handle.read(MAX_DOCUMENT + 1)
+    if len(data) > MAX_DOCUMENT:
+        raise SourceError(f"{label}: {path} is larger than {MAX_DOCUMENT} bytes")
+    if digest is not None and "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        raise SourceError(f"{label}: {path} does not match its digest {digest}")
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise SourceError(f"{label}: {path} is not valid JSON: {exc}") from exc
+
+
+def _digest(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+        raise SourceError(f"{what}: {value!r} is not a sha256 digest")
+    return value
+
+
+def _blob_path(digest: str) -> str:
+    return "blobs/sha256/" + digest.removeprefix("sha256:")
+
+
+def _field(document: Any, key: str, kind: type, what: str) -> Any:
+    value = document.get(key) if isinstance(document, dict) else None
+    if not isinstance(value, kind):
+        raise SourceError(f"{what} has no valid {key!r}")
+    return value
+
+
+def _host_platform() -> tuple[str, str]:
+    machine = platform.machine()
+    return "linux", _ARCHITECTURES.get(machine, machine)
+
+
+def _pick(descriptors: list[Any], reference: str | None, label: str) -> dict[str, Any]:
+    if not all(isinstance(d, dict) for d in descriptors):
+        raise SourceError(f"{label}: index.json lists malformed descriptors")
+    if reference is not None:
+        named = [
+            d
+            for d in descriptors
+            if (d.get("annotations") or {}).get(_REF_NAME) in (reference, reference.split(":")[-1])
+        ]
+        if not named:
+            names = sorted({str((d.get("annotations") or {}).get(_REF_NAME)) for d in descriptors})
+            raise SourceError(f"{label}: no image named {reference!r} (has: {', '.join(names)})")
+        descriptors = named
+    if len(descriptors) != 1:
+        names = sorted({str((d.get("annotations") or {}).get(_REF_NAME)) for d in descriptors})
+        raise SourceError(
+            f"{label}: holds {len(descriptors)} images; name one as ...:REF "
+            f"(has: {', '.join(names)})"
+        )
+    picked: dict[str, Any] = descriptors[0]
+    return picked
+
+
+def _resolve_index(blobs: _Blobs, descriptor: dict[str, Any], label: str) -> dict[str, Any]:
+    """Follow image indexes down to the manifest for this machine's platform."""
+    for _ in range(4):
+        if descriptor.get("mediaType") not in _INDEX_TYPES:
+            return descriptor
+        digest = _digest(descriptor.get("digest"), f"{label}: index descriptor")
+        index = _read_document(blobs, _blob_path(digest), label, digest)
+        wanted = _host_platform()
+        matches = [
+            d
+            for d in _field(index, "manifests", list, f"{label}: index {digest}")
+            if isinstance(d, dict)
+            and (
+                (d.get("platform") or {}).get("os"),
+                (d.get("platform") or {}).get("architecture"),
+            )
+            == wanted
+        ]
+        if not matches:
+            raise SourceError(f"{label}: index {digest} has no manifest for {'/'.join(wanted)}")
+        descriptor = matches[0]
+    raise SourceError(f"{label}: image indexes nested too deeply")
+
+
+def _oci_image(blobs: _Blobs, scheme: str, reference: str | None, label: str) -> ImageInfo:
+    if not blobs.exists("index.json"):
+        raise SourceError(f"{label} is not an OCI image layout (no index.json)")
+    index = _read_document(blobs, "index.json", label)
+    descriptors = _field(index, "manifests", list, f"{label}: index.json")
+    chosen = _pick(descriptors, reference, label)
+    ref_name = (chosen.get("annotations") or {}).get(_REF_NAME)
+    descriptor = _resolve_index(blobs, chosen, label)
+    media_type = descriptor.get("mediaType")
+    if media_type not in _MANIFEST_TYPES:
+        raise SourceError(f"{label}: unsupported manifest media type {media_type!r}")
+    manifest_digest = _digest(descriptor.get("digest"), f"{label}: manifest descriptor")
+    manifest = _read_document(blobs, _blob_path(manifest_digest), label, manifest_digest)
+    what = f"{label}: manifest {manifest_digest}"
+    config = _field(manifest, "config", dict, what)
+    config_digest = _digest(config.get("digest"), f"{what} config")
+    diff_ids = _diff_ids(blobs, _blob_path(config_digest), label, config_digest)
+    layers = []
+    descriptors = _field(manifest, "layers", list, what)
+    if len(descriptors) != len(diff_ids):
+        raise SourceError(f"{what}: {len(descriptors)} layers but {len(diff_ids)} diff_ids")
+    for layer, diff_id in zip(descriptors, diff_ids, strict=True):
+        if not isinstance(layer, dict):
+            raise SourceError(f"{what}: malformed layer descriptor")
+        digest = _digest(layer.get("digest"), f"{what} layer")
+        size = layer.get("size")
+        layers.append(
+            Layer(
+                path=_blob_path(digest),
+                compression=compression_of(str(layer.get("mediaType"))),
+                digest=digest,
+                size=size if isinstance(size, int) else None,
+                diff_id=diff_id,
+            )
+        )
+    return ImageInfo(
+        scheme=scheme,
+        manifest_digest=manifest_digest,
+        config_digest=config_digest,
+        ref_name=ref_name if isinstance(ref_name, str) else None,
+        layers=tuple(layers),
+    )
+
+
+def _diff_ids(blobs: _Blobs, path: str, label: str, digest: str | None) -> list[str]:
+    config = _read_document(blobs, path, label, digest)
+    rootfs = _field(config, "rootfs", dict, f"{label}: image config")
+    return [
+        _digest(item, f"{label}: config diff_id")
+        for item in _field(rootfs, "diff_ids", list, f"{label}: image config rootfs")
+    ]
+
+
+def _docker_image(blobs: _Blobs, label: str) -> ImageInfo:
+    if not blobs.exists("manifest.json"):
+        raise SourceError(f"{label} is not a docker archive (no manifest.json)")
+    listing = _read_document(blobs, "manifest.json", label)
+    if not isinstance(listing, list) or len(listing) != 1 or not isinstance(listing[0], dict):
+        count = len(listing) if isinstance(listing, list) else 0
+        raise SourceError(f"{label}: manifest.json must describe exactly one image (has {count})")
+    entry = listing[0]
+    what = f"{label}: manifest.json"
+    config_path = _field(entry, "Config", str, what)
+    with blobs.open(config_path) as handle:
+        config_bytes = handle.read(MAX_DOCUMENT + 1)
+    if len(config_bytes) > MAX_DOCUMENT:
+        raise SourceError(f"{label}: {config_path} is larger than {MAX_DOCUMENT} bytes")
+    config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+    diff_ids = _diff_ids(blobs, config_path, label, config_digest)
+    paths = _field(entry, "Layers", list, what)
+    if len(paths) != len(diff_ids) or not all(isinstance(p, str) for p in paths):
+        raise SourceError(f"{what}: {len(paths)} layers but {len(diff_ids)} diff_ids")
+    tags = entry.get("RepoTags")
+    ref_name = tags[0] if isinstance(tags, list) and tags and isinstance(tags[0], str) else None
+    return ImageInfo(
+        scheme="docker-archive",
+        manifest_digest=None,
+        config_digest=config_digest,
+        ref_name=ref_name,
+        layers=tuple(
+            Layer(path=p, compression="detect", digest=None, size=None, diff_id=d)
+            for p, d in zip(paths, diff_ids, strict=True)
+        ),
+    )
+
+
+class _Digesting:
+    """A reader that hashes and counts what passes through it, in a background thread.
+
+    :mod:`hashlib` releases the GIL while it hashes a large buffer, so the
+    digest of a layer blob is computed beside the parsing of its tar stream
+    (on another core) instead of after it. At most :data:`_QUEUED` chunks wait.
+    """
+
+    def __init__(self, inner: IO[bytes] | Any) -> None:
+        self._inner = inner
+        self._hash = hashlib.sha256()
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED)
+        self._thread = threading.Thread(target=self._work, name="layer-digest", daemon=True)
+        self._thread.start()
+        self._result: str | None = None
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self.count = 0
+
+    def _work(self) -> None:
+        update = self._hash.update
+        while (chunk := self._chunks.get()) is not None:
+            update(chunk)
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._inner.read(size)
+        if data:
+            self.count += len(data)
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+            if self._pending_bytes >= _CHUNK:  # one hand-over per MiB, not per small read
+                self._hand_over()
+        return data
+
+    def _hand_over(self) -> None:
+        if self._pending:
+            self._chunks.put(b"".join(self._pending))
+            self._pending, self._pending_bytes = [], 0
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+    def close(self) -> None:
+        """Stop the hashing thread (idempotent); :meth:`digest` is final afterwards."""
+        if self._result is None:
+            self._hand_over()
+            self._chunks.put(None)
+            self._thread.join()
+            self._result = "sha256:" + self._hash.hexdigest()
+
+    def digest(self) -> str:
+        self.close()
+        assert self._result is not None
+        return self._result
+
+
+class _Peeked:
+    """A reader with a few bytes already read put back in front."""
+
+    def __init__(self, head: bytes, inner: _Digesting) -> None:
+        self._head = head
+        self._inner = inner
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            if size < 0 or size >= len(self._head):
+                head, self._head = self._head, b""
+                rest = self._inner.read(-1 if size < 0 else size - len(head))
+                return head + rest
+            head, self._head = self._head[:size], self._head[size:]
+            return head
+        return self._inner.read(size)
+
+
+class OpenImage:
+    """An opened image source: its :class:`ImageInfo` and a way to stream each layer."""
+
+    def __init__(self, info: ImageInfo, blobs: _Blobs, label: str) -> None:
+        self.info = info
+        self.label = label
+        self._blobs = blobs
+
+    @contextlib.contextmanager
+    def layer(self, layer: Layer) -> Iterator[IO[bytes]]:
+        """The layer's uncompressed tar stream; its digests are checked when the block ends.
+
+        The caller reads the tar from the stream; whatever it leaves unread is
+        read here before the digests are compared.
+        """
+        with contextlib.ExitStack() as stack:
+            raw_handle = stack.enter_context(self._blobs.open(layer.path))
+            raw = _Digesting(raw_handle)
+            stack.callback(raw.close)
+            compression = layer.compression
+            source: Any = raw
+            if compression == "detect":
+                head = raw.read(4)
+                compression = (
+                    "gzip"
+                    if head.startswith(_GZIP_MAGIC)
+                    else "zstd"
+                    if head.startswith(_ZSTD_MAGIC)
+                    else "none"
+                )
+                source = _Peeked(head, raw)
+            plain = raw  # an uncompressed layer's diff_id is its blob digest
+            if compression == "gzip":
+                source = gzip.GzipFile(fileobj=cast(IO[bytes], source), mode="rb")
+            elif compression == "zstd":
+                source = zstandard.ZstdDecompressor().stream_reader(
+                    cast(IO[bytes], source), read_across_frames=True
+                )
+            if compression != "none":
+                plain = _Digesting(source)
+                stack.callback(plain.close)
+                source = plain
+            try:
+                yield cast(IO[bytes], source)
+                plain.drain()
+                raw.drain()
+            except (OSError, EOFError, zstandard.ZstdError) as exc:
+                raise SourceError(f"{self.label}: layer {layer.path} is corrupt: {exc}") from exc
+        if layer.digest is not None and raw.digest() != layer.digest:
+            raise SourceError(f"{self.label}: layer {layer.path} does not match its digest")
+        if layer.size is not None and raw.count != layer.size:
+            raise SourceError(
+                f"{self.label}: layer {layer.path} is {raw.count} bytes, not {layer.size}"
+            )
+        if layer.diff_id is not None and plain.digest() != layer.diff_id:
+            raise SourceError(
+                f"{self.label}: layer {layer.path} does not match its diff_id {layer.diff_id}"
+            )
+
+
+def _split_reference(scheme: str, rest: str) -> tuple[str, str | None]:
+    """``PATH[:REF]`` -> (PATH, REF): a PATH that exists as given keeps its colons."""
+    if scheme == "docker-archive" or os.path.exists(rest) or ":" not in rest:
+        return rest, None
+    path, _, reference = rest.rpartition(":")
+    return path, reference or None
+
+
+@contextlib.contextmanager
+def open_image(spec: str) -> Iterator[OpenImage]:
+    """Open ``scheme:PATH[:REF]``; raises SourceError when it is not a readable image."""
+    scheme, _, rest = spec.partition(":")
+    if scheme not in SCHEMES:
+        raise SourceError(f"unknown image source {spec!r} (use {', '.join(SCHEMES)})")
+    path, reference = _split_reference(scheme, rest)
+    label = f"{scheme}:{path}"
+    if scheme == "oci":
+        if not os.path.isdir(path):
+            raise SourceError(f"{label}: not a directory")
+        blobs: _Blobs = _DirectoryBlobs(path)
+        yield OpenImage(_oci_image(blobs, scheme, reference, label), blobs, label)
+        return
+    if not os.path.isfile(path):
+        raise SourceError(f"{label}: no such file")
+    try:
+        archive = tarfile.open(path, "r:", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+    except (tarfile.TarError, OSError) as exc:
+        raise SourceError(f"{label}: not a tar archive: {exc}") from exc
+    with archive:
+        blobs = _ArchiveBlobs(archive, path, label)
+        if scheme == "oci-archive":
+            info = _oci_image(blobs, scheme, reference, label)
+        else:
+            info = _docker_image(blobs, label)
+        yield OpenImage(info, blobs, label)

@@ -1,0 +1,306 @@
+"""Image sources: layouts and archives found, layers streamed and checked against digests."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import platform
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+from agent.image.bake import bake
+from agent.image.oci.source import (
+    SourceError,
+    compression_of,
+    is_image_source,
+    open_image,
+)
+from agent.image.secrets import SecretsFoundError
+from agent.manifest.policy import Policy
+from controller.cli.main import main
+
+LAYER_TYPES = {
+    "none": "application/vnd.oci.image.layer.v1.tar",
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+}
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def layer_tar(name: str, content: bytes) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        info = tarfile.TarInfo(name)
+        info.size = len(content)
+        archive.addfile(info, io.BytesIO(content))
+    return out.getvalue()
+
+
+def compress(data: bytes, how: str) -> bytes:
+    if how == "gzip":
+        return gzip.compress(data)
+    if how == "zstd":
+        return zstandard.ZstdCompressor().compress(data)
+    return data
+
+
+class Layout:
+    """A hand-made OCI image layout directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "blobs" / "sha256").mkdir(parents=True)
+        (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+        self.manifests: list[dict[str, Any]] = []
+
+    def blob(self, data: bytes) -> str:
+        value = digest(data)
+        (self.root / "blobs" / "sha256" / value.removeprefix("sha256:")).write_bytes(data)
+        return value
+
+    def image(self, layers: list[tuple[bytes, str]], *, ref: str | None = None) -> str:
+        config = json.dumps(
+            {"rootfs": {"type": "layers", "diff_ids": [digest(tar) for tar, _ in layers]}}
+        ).encode()
+        descriptors = []
+        for tar, how in layers:
+            blob = compress(tar, how)
+            descriptors.append(
+                {"mediaType": LAYER_TYPES[how], "digest": self.blob(blob), "size": len(blob)}
+            )
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": self.blob(config),
+                    "size": len(config),
+                },
+                "layers": descriptors,
+            }
+        ).encode()
+        descriptor: dict[str, Any] = {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": self.blob(manifest),
+            "size": len(manifest),
+        }
+        if ref is not None:
+            descriptor["annotations"] = {"org.opencontainers.image.ref.name": ref}
+        self.manifests.append(descriptor)
+        self.write_index()
+        return str(descriptor["digest"])
+
+    def write_index(self) -> None:
+        index = {"schemaVersion": 2, "manifests": self.manifests}
+        (self.root / "index.json").write_text(json.dumps(index))
+
+
+def opening(spec: str) -> None:
+    with open_image(spec):
+        pass
+
+
+def read_layers(spec: str) -> list[bytes]:
+    out = []
+    with open_image(spec) as image:
+        for layer in image.info.layers:
+            with image.layer(layer) as stream:
+                out.append(stream.read())
+    return out
+
+
+@pytest.mark.parametrize("how", ["none", "gzip", "zstd"])
+def test_layout_layers_stream_by_media_type(tmp_path: Path, how: str) -> None:
+    layout = Layout(tmp_path / "layout")
+    tar = layer_tar("etc/hosts", b"127.0.0.1 localhost\n")
+    manifest = layout.image([(tar, how)], ref="v1")
+    with open_image(f"oci:{layout.root}") as image:
+        assert image.info.manifest_digest == manifest
+        assert image.info.ref_name == "v1"
+    assert read_layers(f"oci:{layout.root}:v1") == [tar]
+
+
+def test_a_reference_picks_one_of_several_images(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "layout")
+    first = layout.image([(layer_tar("a", b"a"), "gzip")], ref="one")
+    second = layout.image([(layer_tar("b", b"b"), "gzip")], ref="two")
+    with open_image(f"oci:{layout.root}:two") as image:
+        assert image.info.manifest_digest == second != first
+    with (
+        pytest.raises(SourceError, match="holds 2 images; name one"),
+        open_image(f"oci:{layout.root}"),
+    ):
+        pass
+    with pytest.raises(SourceError, match="no image named 'three'"):
+        opening(f"oci:{layout.root}:three")
+
+
+def test_an_index_resolves_to_this_machine(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "layout")
+    manifest = layout.image([(layer_tar("a", b"a"), "none")])
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "manifests": [
+                {**layout.manifests[0], "platform": {"os": "linux", "architecture": "s390x"}},
+                {**layout.manifests[0], "platform": {"os": "linux", "architecture": arch}},
+            ],
+        }
+    ).encode()
+    layout.manifests = [
+        {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": layout.blob(index),
+         "size": len(index)}
+    ]  # fmt: skip
+    layout.write_index()
+    with open_image(f"oci:{layout.root}") as image:
+        assert image.info.manifest_digest == manifest
+
+
+def test_a_corrupt_layer_fails_its_digest(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "layout")
+    layout.image([(layer_tar("a", b"a"), "none")])
+    [blob] = [p for p in (layout.root / "blobs" / "sha256").iterdir() if p.stat().st_size >= 1024]
+    data = bytearray(blob.read_bytes())
+    data[600] ^= 1  # inside the member's content: the tar still parses
+    blob.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match="does not match its digest"):
+        read_layers(f"oci:{layout.root}")
+
+
+def test_a_tampered_manifest_is_refused(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "layout")
+    manifest = layout.image([(layer_tar("a", b"a"), "none")])
+    path = layout.root / "blobs" / "sha256" / manifest.removeprefix("sha256:")
+    path.write_bytes(path.read_bytes().replace(b'"schemaVersion": 2', b'"schemaVersion":2'))
+    with (
+        pytest.raises(SourceError, match="does not match its digest"),
+        open_image(f"oci:{layout.root}"),
+    ):
+        pass
+
+
+def test_archive_of_a_layout_reads_in_place(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "layout")
+    tar = layer_tar("a", b"in an archive")
+    manifest = layout.image([(tar, "gzip")])
+    archive = tmp_path / "image.tar"
+    with tarfile.open(archive, "w") as out:
+        out.add(layout.root, arcname=".")
+    with open_image(f"oci-archive:{archive}") as image:
+        assert image.info.manifest_digest == manifest
+        assert image.info.scheme == "oci-archive"
+    assert read_layers(f"oci-archive:{archive}") == [tar]
+
+
+def docker_archive(path: Path, layers: list[bytes], images: int = 1) -> str:
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [digest(t) for t in layers]}})
+    with tarfile.open(path, "w") as out:
+
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+
+        add("config.json", config.encode())
+        names = []
+        for number, tar in enumerate(layers):
+            names.append(f"{number}/layer.tar")
+            add(names[-1], gzip.compress(tar) if number % 2 else tar)
+        entry = {"Config": "config.json", "RepoTags": ["localhost/app:2"], "Layers": names}
+        add("manifest.json", json.dumps([entry] * images).encode())
+    return digest(config.encode())
+
+
+def test_docker_archive_layers_are_sniffed_and_checked_against_diff_ids(tmp_path: Path) -> None:
+    layers = [layer_tar("a", b"plain"), layer_tar("b", b"gzipped")]
+    config = docker_archive(tmp_path / "d.tar", layers)
+    with open_image(f"docker-archive:{tmp_path / 'd.tar'}") as image:
+        assert image.info.manifest_digest is None
+        assert image.info.config_digest == config
+        assert image.info.ref_name == "localhost/app:2"
+    assert read_layers(f"docker-archive:{tmp_path / 'd.tar'}") == layers
+    docker_archive(tmp_path / "two.tar", layers, images=2)
+    with pytest.raises(SourceError, match="exactly one image"):
+        opening(f"docker-archive:{tmp_path / 'two.tar'}")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("oci:/nonexistent", "not a directory"),
+        ("oci-archive:/nonexistent.tar", "no such file"),
+        ("zip:/x", "unknown image source"),
+    ],
+)
+def test_missing_sources_fail_clearly(spec: str, message: str) -> None:
+    with pytest.raises(SourceError, match=message):
+        opening(spec)
+
+
+def test_not_a_layout(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"no index\.json"):
+        opening(f"oci:{tmp_path}")
+    (tmp_path / "x.tar").write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(SourceError, match="not a tar archive"):
+        opening(f"oci-archive:{tmp_path / 'x.tar'}")
+
+
+def test_media_types_and_source_names() -> None:
+    assert compression_of("application/vnd.docker.image.rootfs.diff.tar.gzip") == "gzip"
+    assert compression_of("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd") == "zstd"
+    with pytest.raises(SourceError, match="unsupported layer media type"):
+        compression_of("application/vnd.oci.image.layer.v1.tar+bzip2")
+    assert is_image_source("oci-archive:/x.tar") and is_image_source("oci:dir:tag")
+    assert not is_image_source("/srv/root") and not is_image_source("C:/x")
+
+
+def secret_layer(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return out.getvalue()
+
+
+KEY = b"-----BEGIN OPENSSH PRIVATE KEY-----\nxyz\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def test_bake_of_a_layout_names_it_and_warns_of_secrets(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "layout")
+    layers = [
+        (secret_layer({"root/.ssh/id_ed25519": KEY, "etc/gone.pem": KEY}), "gzip"),
+        (secret_layer({"etc/.wh.gone.pem": b""}), "zstd"),
+    ]
+    manifest = layout.image(layers, ref="registry.example/team/app:2.1")
+    result = bake(f"oci:{layout.root}", str(tmp_path / "out"), policy=Policy())
+    assert result.image["name"] == "app" and result.image["version"] == "2.1"
+    assert result.image["image_ref"] == f"registry.example/team/app@{manifest}"
+    assert [w.path for w in result.warnings] == [b"/root/.ssh/id_ed25519"]
+    with pytest.raises(SecretsFoundError):
+        bake(f"oci:{layout.root}", str(tmp_path / "strict"), policy=Policy(), strict=True)
+    assert not (tmp_path / "strict").exists()
+
+
+def test_cli_refuses_an_unsafe_archive_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = Layout(tmp_path / "layout")
+    layout.image([(secret_layer({"../../etc/cron.d/x": b"evil"}), "none")])
+    code = main(["bake", f"oci:{layout.root}", "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1
+    assert "unsafe member name" in error[0] and "layer 1" in error[0]
+    assert not (tmp_path / "out").exists()
