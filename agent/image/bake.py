@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import AgentError
-from agent.image.oci.layers import MAX_MEMBERS, ROOT_MODE, ImageTree, LayerError
-from agent.image.oci.source import ImageInfo, SourceError, is_image_source, open_image
+from agent.image.oci.blobs import SourceError
+from agent.image.oci.layers import MAX_MEMBERS, ROOT_MODE, ImageTree
+from agent.image.oci.source import ImageInfo, is_image_source, open_image
+from agent.image.oci.tarheader import LayerError
 from agent.image.secrets import SecretsFoundError, SecretWarning, find_secrets
 from agent.manifest.format import FORMAT_VERSION, Manifest, digest_of
 from agent.manifest.policy import Policy

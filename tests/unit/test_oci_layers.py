@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from agent.image.oci.layers import MAX_HEADER, ImageTree, LayerError, _BoundedInfo, member_path
+from agent.image.oci.layers import ImageTree, member_path
+from agent.image.oci.tarheader import MAX_HEADER, BoundedInfo, LayerError
 from agent.manifest.format import Entry, EntryType
 from agent.manifest.policy import Policy
 
@@ -259,10 +260,10 @@ def test_fast_header_parsing_equals_tarfile() -> None:
     fields = ("name", "mode", "uid", "gid", "size", "mtime", "chksum", "type", "linkname",
               "uname", "gname", "devmajor", "devminor")  # fmt: skip
     for block in _headers():
-        fast = _BoundedInfo.frombuf(block, "utf-8", "surrogateescape")
+        fast = BoundedInfo.frombuf(block, "utf-8", "surrogateescape")
         slow = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         assert [getattr(fast, f) for f in fields] == [getattr(slow, f) for f in fields]
     corrupt = bytearray(_headers()[0])
     corrupt[0] ^= 1
     with pytest.raises(tarfile.InvalidHeaderError):
-        _BoundedInfo.frombuf(bytes(corrupt), "utf-8", "surrogateescape")
+        BoundedInfo.frombuf(bytes(corrupt), "utf-8", "surrogateescape")

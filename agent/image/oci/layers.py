@@ -42,14 +42,13 @@ import dataclasses
 import hashlib
 import os
 import queue
-import struct
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Self
+from typing import IO
 
-from agent.errors import AgentError
+from agent.image.oci.tarheader import BoundedInfo, LayerError
 from agent.image.secrets import PEEK_BYTES, SecretWarning, check_file, is_candidate
 from agent.manifest.format import Entry, EntryType
 from agent.manifest.policy import Policy
@@ -57,8 +56,6 @@ from agent.scan.rules import Exclusions, ignoring, include_roots
 
 MAX_PATH = 4096
 """Longest member path accepted, in bytes (Linux's PATH_MAX)."""
-MAX_HEADER = 1 << 20
-"""Largest pax or GNU long-name header accepted, in bytes."""
 MAX_MEMBERS = 5_000_000
 """Default bound on the members of all layers of one image together."""
 
@@ -71,89 +68,6 @@ _QUEUED_FILES = 256
 _WHITEOUT = b".wh."
 _OPAQUE = b".wh..wh..opq"
 _AUFS_META = b".wh..wh."
-
-
-class LayerError(AgentError):
-    """A layer cannot be applied: unsafe, malformed or too large."""
-
-
-_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
-_USTAR_MAGICS = (b"ustar\x00", b"ustar ")
-_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
-_CHECKSUM_SPACES = 8 * 0x20
-
-
-def _octal(field: bytes) -> int:
-    """An octal number field, as :mod:`tarfile` reads it (ValueError: not plain octal)."""
-    if field[0] in (0o200, 0o377):
-        raise ValueError("base-256 number")
-    try:
-        return int(field.rstrip(b"\0 "), 8)  # the usual "0000644\0"
-    except ValueError:
-        text = field.split(b"\0", 1)[0].strip()
-        return int(text, 8) if text else 0
-
-
-def _text(field: bytes, encoding: str, errors: str) -> str:
-    return field.split(b"\0", 1)[0].decode(encoding, errors)
-
-
-class _BoundedInfo(tarfile.TarInfo):
-    """A TarInfo that refuses extended headers too large to hold in memory, and parses fast.
-
-    :mod:`tarfile` reads a pax or GNU long-name header whole before it hands
-    out the member; these checks run first. :meth:`frombuf` decodes the
-    common header (ustar magic, octal numbers, valid unsigned checksum) in
-    one struct unpack, and leaves every other case to :mod:`tarfile`; the two
-    give equal members (tests/unit/test_oci_layers.py).
-    """
-
-    @classmethod
-    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
-        if len(buf) != tarfile.BLOCKSIZE or buf == _ZERO_BLOCK:
-            return super().frombuf(buf, encoding, errors)
-        (name, mode, uid, gid, size, mtime, checksum, kind, linkname, magic, _version,
-         uname, gname, major, minor, prefix) = _HEADER.unpack(buf)  # fmt: skip
-        if magic not in _USTAR_MAGICS or kind == tarfile.GNUTYPE_SPARSE:
-            return super().frombuf(buf, encoding, errors)
-        try:
-            numbers = [_octal(f) for f in (mode, uid, gid, size, mtime, checksum, major, minor)]
-        except ValueError:
-            return super().frombuf(buf, encoding, errors)
-        if sum(buf) - sum(buf[148:156]) + _CHECKSUM_SPACES != numbers[5]:
-            return super().frombuf(buf, encoding, errors)  # signed sums, or a bad header
-        info = cls()
-        info.name = _text(name, encoding, errors)
-        info.mode, info.uid, info.gid, info.size, info.mtime = numbers[:5]
-        info.chksum = numbers[5]
-        info.type = kind
-        info.linkname = _text(linkname, encoding, errors)
-        info.uname = _text(uname, encoding, errors)
-        info.gname = _text(gname, encoding, errors)
-        info.devmajor, info.devminor = numbers[6], numbers[7]
-        if kind == tarfile.AREGTYPE and info.name.endswith("/"):
-            info.type = tarfile.DIRTYPE
-        if info.type == tarfile.DIRTYPE:
-            info.name = info.name.rstrip("/")
-        text_prefix = _text(prefix, encoding, errors)
-        if text_prefix and kind not in tarfile.GNU_TYPES:
-            info.name = text_prefix + "/" + info.name
-        return info
-
-    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
-        self._check_header_size()
-        return super()._proc_pax(tarfile)  # type: ignore[misc, no-any-return]
-
-    def _proc_gnulong(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
-        self._check_header_size()
-        return super()._proc_gnulong(tarfile)  # type: ignore[misc, no-any-return]
-
-    def _check_header_size(self) -> None:
-        if self.size > MAX_HEADER:
-            raise LayerError(
-                f"extended tar header of {self.size} bytes (more than {MAX_HEADER}): "
-                "not a sane image layer"
-            )
 
 
 class _ContentHasher:
@@ -259,7 +173,7 @@ class ImageTree:
             with tarfile.open(
                 fileobj=stream,
                 mode="r|",
-                tarinfo=_BoundedInfo,
+                tarinfo=BoundedInfo,
                 encoding="utf-8",
                 errors="surrogateescape",
                 bufsize=1 << 14,  # tarfile copies what is left of its buffer on every read

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
-import io
 import json
 import os
 import platform
@@ -36,11 +35,11 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Protocol, cast
+from typing import IO, Any, cast
 
 import zstandard
 
-from agent.errors import AgentError
+from agent.image.oci.blobs import ArchiveBlobs, Blobs, DirectoryBlobs, SourceError
 
 SCHEMES = ("oci-archive", "oci", "docker-archive")
 MAX_DOCUMENT = 4 << 20
@@ -61,10 +60,6 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
 _QUEUED = 8
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
-
-
-class SourceError(AgentError):
-    """The image source cannot be read: missing, malformed, or failing its digests."""
 
 
 def is_image_source(text: str) -> bool:
@@ -119,93 +114,7 @@ class ImageInfo:
     layers: tuple[Layer, ...]
 
 
-class _Blobs(Protocol):
-    def open(self, path: str) -> IO[bytes]: ...
-
-    def exists(self, path: str) -> bool: ...
-
-
-class _DirectoryBlobs:
-    def __init__(self, root: str) -> None:
-        self._root = root
-
-    def open(self, path: str) -> IO[bytes]:
-        try:
-            return open(os.path.join(self._root, path), "rb")
-        except OSError as exc:
-            raise SourceError(f"cannot read {path} in {self._root}: {exc.strerror}") from exc
-
-    def exists(self, path: str) -> bool:
-        return os.path.isfile(os.path.join(self._root, path))
-
-
-class _Slice(io.RawIOBase):
-    """``size`` bytes of a file from ``offset``, read through a buffer of its own.
-
-    Reading a blob through :meth:`tarfile.TarFile.extractfile` seeks the shared
-    file object before every read, which throws its buffer away: 100,000
-    small reads of a layer become 100,000 seeks and unbuffered reads.
-    """
-
-    def __init__(self, path: str, offset: int, size: int) -> None:
-        super().__init__()
-        self._file = open(path, "rb", buffering=_CHUNK)  # noqa: SIM115 - closed in close()
-        self._file.seek(offset)
-        self._left = size
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        wanted = self._left if size is None or size < 0 else min(size, self._left)
-        data = self._file.read(wanted)
-        self._left -= len(data)
-        return data
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
-
-
-class _ArchiveBlobs:
-    """Regular members of a plain (seekable) tar, read in place."""
-
-    def __init__(self, archive: tarfile.TarFile, path: str, label: str) -> None:
-        self._path = path
-        self._label = label
-        self._members: dict[str, tarfile.TarInfo] = {}
-        for member in archive.getmembers():
-            name = os.path.normpath(member.name).lstrip("/")
-            self._members[name] = member
-
-    def _member(self, path: str) -> tarfile.TarInfo:
-        name = os.path.normpath(path)
-        for _ in range(8):  # a docker archive's layer.tar may link to the blob
-            member = self._members.get(name)
-            if member is None:
-                break
-            if member.issym():
-                name = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname))
-            elif member.islnk():
-                name = os.path.normpath(member.linkname)
-            elif member.isreg() and not member.issparse():
-                return member
-            else:
-                raise SourceError(f"{self._label}: {path} is not a file")
-        raise SourceError(f"{self._label} has no {path}")
-
-    def open(self, path: str) -> IO[bytes]:
-        member = self._member(path)
-        try:
-            return cast(IO[bytes], _Slice(self._path, member.offset_data, member.size))
-        except OSError as exc:
-            raise SourceError(f"{self._label}: cannot read {path}: {exc.strerror}") from exc
-
-    def exists(self, path: str) -> bool:
-        return os.path.normpath(path) in self._members
-
-
-def _read_document(blobs: _Blobs, path: str, label: str, digest: str | None = None) -> Any:
+def _read_document(blobs: Blobs, path: str, label: str, digest: str | None = None) -> Any:
     with blobs.open(path) as handle:
         data = handle.read(MAX_DOCUMENT + 1)
     if len(data) > MAX_DOCUMENT:
@@ -263,7 +172,7 @@ def _pick(descriptors: list[Any], reference: str | None, label: str) -> dict[str
     return picked
 
 
-def _resolve_index(blobs: _Blobs, descriptor: dict[str, Any], label: str) -> dict[str, Any]:
+def _resolve_index(blobs: Blobs, descriptor: dict[str, Any], label: str) -> dict[str, Any]:
     """Follow image indexes down to the manifest for this machine's platform."""
     for _ in range(4):
         if descriptor.get("mediaType") not in _INDEX_TYPES:
@@ -287,7 +196,7 @@ def _resolve_index(blobs: _Blobs, descriptor: dict[str, Any], label: str) -> dic
     raise SourceError(f"{label}: image indexes nested too deeply")
 
 
-def _oci_image(blobs: _Blobs, scheme: str, reference: str | None, label: str) -> ImageInfo:
+def _oci_image(blobs: Blobs, scheme: str, reference: str | None, label: str) -> ImageInfo:
     if not blobs.exists("index.json"):
         raise SourceError(f"{label} is not an OCI image layout (no index.json)")
     index = _read_document(blobs, "index.json", label)
@@ -331,7 +240,7 @@ def _oci_image(blobs: _Blobs, scheme: str, reference: str | None, label: str) ->
     )
 
 
-def _diff_ids(blobs: _Blobs, path: str, label: str, digest: str | None) -> list[str]:
+def _diff_ids(blobs: Blobs, path: str, label: str, digest: str | None) -> list[str]:
     config = _read_document(blobs, path, label, digest)
     rootfs = _field(config, "rootfs", dict, f"{label}: image config")
     return [
@@ -340,7 +249,7 @@ def _diff_ids(blobs: _Blobs, path: str, label: str, digest: str | None) -> list[
     ]
 
 
-def _docker_image(blobs: _Blobs, label: str) -> ImageInfo:
+def _docker_image(blobs: Blobs, label: str) -> ImageInfo:
     if not blobs.exists("manifest.json"):
         raise SourceError(f"{label} is not a docker archive (no manifest.json)")
     listing = _read_document(blobs, "manifest.json", label)
@@ -451,7 +360,7 @@ class _Peeked:
 class OpenImage:
     """An opened image source: its :class:`ImageInfo` and a way to stream each layer."""
 
-    def __init__(self, info: ImageInfo, blobs: _Blobs, label: str) -> None:
+    def __init__(self, info: ImageInfo, blobs: Blobs, label: str) -> None:
         self.info = info
         self.label = label
         self._blobs = blobs
@@ -527,7 +436,7 @@ def open_image(spec: str) -> Iterator[OpenImage]:
     if scheme == "oci":
         if not os.path.isdir(path):
             raise SourceError(f"{label}: not a directory")
-        blobs: _Blobs = _DirectoryBlobs(path)
+        blobs: Blobs = DirectoryBlobs(path)
         yield OpenImage(_oci_image(blobs, scheme, reference, label), blobs, label)
         return
     if not os.path.isfile(path):
@@ -537,7 +446,7 @@ def open_image(spec: str) -> Iterator[OpenImage]:
     except (tarfile.TarError, OSError) as exc:
         raise SourceError(f"{label}: not a tar archive: {exc}") from exc
     with archive:
-        blobs = _ArchiveBlobs(archive, path, label)
+        blobs = ArchiveBlobs(archive, path, label)
         if scheme == "oci-archive":
             info = _oci_image(blobs, scheme, reference, label)
         else:
