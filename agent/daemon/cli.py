@@ -64,7 +64,7 @@ _EXIT_CODES = """exit codes:
   2   bad settings, identity or image
   69  --once: the controller stayed unreachable for every attempt
       (a refused TLS handshake looks like this too), or kept failing
-      (INTERNAL, UNKNOWN...); the report is kept in STATE_DIR/outbox.json
+      (INTERNAL, UNKNOWN...); the report is kept in DATA_DIR/outbox.json
       and delivered by the next run"""
 _FLAGS = (
     ("--controller", str, "HOST:PORT", "the controller's AgentService address"),
@@ -75,7 +75,7 @@ _FLAGS = (
     ("--group", str, "G", "the group this instance belongs to"),
     ("--interval", float, "SECONDS", "seconds between scans (default 30)"),
     ("--jitter", float, "SECONDS", "random extra delay per scan (default interval/10)"),
-    ("--state-dir", str, "DIR", "the agent's own state (default /var/lib/corral-agent)"),
+    ("--data-dir", str, "DIR", "the agent's own state (default /var/lib/corral-agent)"),
     ("--metrics-listen", str, "HOST:PORT", "serve Prometheus metrics here"),
     ("--nice", int, "N", "CPU nice level (default 10)"),
     ("--read-budget", int, "BYTES_PER_S", "most bytes per second a scan reads (0: no limit)"),
@@ -168,13 +168,13 @@ def footprint_of(process: psutil.Process) -> Footprint:
     return Footprint(rss_bytes=process.memory_info().rss, cpu_millis=int(cpu * 1000))
 
 
-def _state_dir(config: AgentConfig, runner_policy_excludes: bool) -> str:
-    state = os.path.realpath(config.state_dir)
+def _data_dir(config: AgentConfig, runner_policy_excludes: bool) -> str:
+    state = os.path.realpath(config.data_dir)
     root = os.path.realpath(config.root)
     inside = state == root or state.startswith(root.rstrip("/") + "/")
     if inside and not runner_policy_excludes:
         raise AgentError(
-            f"state dir {config.state_dir} is inside the watched root {config.root} and not "
+            f"data dir {config.data_dir} is inside the watched root {config.root} and not "
             "excluded by the image's policy: the agent's own writes would be drift"
         )
     os.makedirs(state, mode=0o700, exist_ok=True)
@@ -196,9 +196,9 @@ def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
     check_manifest_digest(config.manifest_path, image.manifest_digest)
     instance_id = resolve_instance_id(config.instance_id, root=config.root)
     boot_id = read_boot_id()
-    state = os.path.realpath(config.state_dir)
+    state = os.path.realpath(config.data_dir)
     relative = "/" + os.path.relpath(state, os.path.realpath(config.root))
-    state_dir = _state_dir(config, image.policy.excludes(os.fsencode(relative)))
+    data_dir = _data_dir(config, image.policy.excludes(os.fsencode(relative)))
     version = corral_version()
     tls = None
     if config.tls_ca_file:
@@ -236,18 +236,18 @@ def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
             read_budget=config.read_budget,
             workers=config.workers,
         ),
-        scanner=_scanner(config, storage, state_dir, image.policy, metrics),
+        scanner=_scanner(config, storage, data_dir, image.policy, metrics),
         transport=transport,
         outbox=Outbox(
             capacity=config.outbox_capacity,
             file=OutboxFile(
-                state_dir,
+                data_dir,
                 on_damaged=lambda: metrics.errors.labels(reason="outbox_damaged").inc(),
             ),
             on_write_error=state_write_failed,
         ),
         sequence=SequenceNumbers(
-            boot_id=boot_id, state_dir=state_dir, clock=time.time, on_write_error=state_write_failed
+            boot_id=boot_id, data_dir=data_dir, clock=time.time, on_write_error=state_write_failed
         ),
         backoff=Backoff(base=1.0, cap=retry_cap),
         metrics=metrics,
@@ -258,11 +258,11 @@ def build_runner(config: AgentConfig, *, metrics: AgentMetrics) -> Runner:
 def _scanner(
     config: AgentConfig,
     storage: ContainerStorage | None,
-    state_dir: str,
+    data_dir: str,
     policy: Policy,
     metrics: AgentMetrics,
 ) -> Scanner:
-    scanner = SubprocessScanner(cache_path=os.path.join(state_dir, "statcache"))
+    scanner = SubprocessScanner(cache_path=os.path.join(data_dir, "statcache"))
     if storage is None:
         return scanner
     return ContainerScanner(

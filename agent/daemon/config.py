@@ -19,7 +19,7 @@ CORRAL_AGENT_INTERVAL                   seconds between incremental scans
 CORRAL_AGENT_JITTER                     random extra delay per scan, seconds
 CORRAL_AGENT_FULL_REHASH_EVERY          a full rehash every N scans, or
 CORRAL_AGENT_FULL_REHASH_INTERVAL       a full rehash every N seconds
-CORRAL_AGENT_STATE_DIR                  where the agent keeps its own state
+CORRAL_AGENT_DATA_DIR                  where the agent keeps its own state
 CORRAL_AGENT_METRICS_LISTEN             HOST:PORT for /metrics (off when empty)
 CORRAL_AGENT_NICE                       CPU nice level to run at
 CORRAL_AGENT_READ_BUDGET                bytes per second the scan may read (0: no limit)
@@ -80,7 +80,7 @@ class AgentConfig:
     """Defaults to a tenth of the interval."""
     full_rehash_every: int | None = None
     full_rehash_interval: float | None = 86400.0
-    state_dir: str = "/var/lib/corral-agent"
+    data_dir: str = "/var/lib/corral-agent"
     metrics_listen: str | None = None
     nice: int = 10
     read_budget: int = 0
@@ -218,7 +218,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "jitter": _optional_number,
     "full_rehash_every": _optional_integer,
     "full_rehash_interval": _optional_number,
-    "state_dir": _text,
+    "data_dir": _text,
     "metrics_listen": _optional_text,
     "nice": _integer,
     "read_budget": _integer,

@@ -1,6 +1,6 @@
 """The outbox on disk: reports that must survive SIGTERM, SIGKILL and a reboot.
 
-One file, ``STATE_DIR/outbox.json``, holds every report the outbox keeps when
+One file, ``DATA_DIR/outbox.json``, holds every report the outbox keeps when
 it must not lose them (see :mod:`agent.daemon.outbox` for when). It is replaced
 atomically: written to a temporary file in the same directory, fsynced,
 renamed over the old one, and the directory fsynced, so a crash at any point
@@ -226,17 +226,17 @@ def decode(data: bytes) -> list[PendingReport]:
 
 
 class OutboxFile:
-    """``STATE_DIR/outbox.json``: load it once at start, then replace it atomically."""
+    """``DATA_DIR/outbox.json``: load it once at start, then replace it atomically."""
 
     def __init__(
         self,
-        state_dir: str,
+        data_dir: str,
         *,
         on_damaged: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._dir = state_dir
-        self.path = os.path.join(state_dir, FILE_NAME)
+        self._dir = data_dir
+        self.path = os.path.join(data_dir, FILE_NAME)
         self._on_damaged = on_damaged
         self._clock = clock
 

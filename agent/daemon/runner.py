@@ -17,7 +17,7 @@ has passed. A report the controller refused definitively is dropped (logged
 once, counted by code). Reports kept on disk by an earlier run are queued
 ahead of anything new when the runner is built. When the controller answers a
 plain report with ``evidence_wanted``, a drift report for the same root follows.
-The watched root is only ever read; the agent writes to its state dir only.
+The watched root is only ever read; the agent writes to its data dir only.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A scan of a large root builds every entry, the leaf hashes and the stat cache
 in memory: for 100,000 files that is over 100 MB of Python objects, and
 Python's allocator keeps much of it after the scan. So the agent's long-lived
 process does not scan. Each round, :class:`SubprocessScanner` starts a
-child Python running :func:`main`, which loads the stat cache from the state dir,
+child Python running :func:`main`, which loads the stat cache from the data dir,
 scans, computes the root, diffs against the baked manifest only when the root
 differs, saves the cache and hands back a small :class:`ScanOutcome` (the root,
 counters and bounded evidence). Between scans the agent is back at its import

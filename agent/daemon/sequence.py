@@ -5,14 +5,14 @@ The controller refuses a duplicate or stale report by its ``seq`` within
 upgrade, a container restart) must therefore continue above every number it
 has used. Decision: the next number is ``max(last + 1, now in Unix ms)``.
 
-- ``last`` is persisted in ``STATE_DIR/seq.json`` with the boot id, written
+- ``last`` is persisted in ``DATA_DIR/seq.json`` with the boot id, written
   atomically (temporary file, fsync, rename) before the number is used, so a
   restart continues above it even when the clock stepped back.
-- the clock floor keeps numbers increasing when the state directory was lost
+- the clock floor keeps numbers increasing when the data directory was lost
   or is unwritable (a failed write is logged and counted, never fatal).
 
 Numbers are therefore not dense; the controller must only rely on order.
-The state directory is the agent's own, never inside the watched root.
+The data directory is the agent's own, never inside the watched root.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ class SequenceNumbers:
         self,
         *,
         boot_id: str,
-        state_dir: str | None,
+        data_dir: str | None,
         clock: Callable[[], float],
         on_write_error: Callable[[OSError], None] | None = None,
     ) -> None:
         self._boot_id = boot_id
-        self._path = os.path.join(state_dir, FILE_NAME) if state_dir else None
+        self._path = os.path.join(data_dir, FILE_NAME) if data_dir else None
         self._clock = clock
         self._on_write_error = on_write_error
         self._last = self._load()

@@ -16,7 +16,7 @@ Rules (documented for operators in docs/policy.md):
 - ``one_filesystem``: do not descend into other filesystems (mount points).
 
 The default excludes the kernel's virtual filesystems, runtime state, temporary
-directories, logs, caches and the agent's own state directory.
+directories, logs, caches and the agent's own data directory.
 """
 
 from __future__ import annotations

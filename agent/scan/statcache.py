@@ -14,7 +14,7 @@ root: the root over exactly the leaves it holds. A rescan that finds every
 object unchanged (and nothing added or removed) reuses it instead of
 recomputing the root.
 
-The agent keeps the cache in its state directory between runs. The file format
+The agent keeps the cache in its data directory between runs. The file format
 (version 2, little-endian) is::
 
     magic "corral-statcache" | u32 version | u32 file count | u32 other count

@@ -137,7 +137,7 @@ def create_provider(
             _check_keys(
                 name,
                 config,
-                {"base_url", "command", "agent_command", "state_dir", "artifacts_dir", "interval"}
+                {"base_url", "command", "agent_command", "data_dir", "artifacts_dir", "interval"}
                 | {"full_scan_interval"}
                 | AGENT_CERT_KEYS,
             )
@@ -147,7 +147,7 @@ def create_provider(
                     command=_strings(config, "command"),
                     agent_prefix=_strings(config, "agent_command"),
                     agent_interval=float(config.get("interval", 1.0)),
-                    state_dir=config.get("state_dir"),
+                    data_dir=config.get("data_dir"),
                     artifacts_dir=config.get("artifacts_dir"),
                     agent_certificates=_agent_certificates(config, trust_domain=trust_domain),
                     agent_full_scan_interval=float(config.get("full_scan_interval", 3600.0)),

@@ -5,7 +5,7 @@ certificate naming its instance. An agent the controller starts on this host
 has no provisioning system to hand it one, so the provider issues it: from the
 CA directory ``corral certs init`` created (``agent_ca_dir``), one short-lived
 certificate per instance for ``spiffe://<trust-domain>/agent/<instance-id>``,
-written into the instance's state directory (``STATE/tls/``, key mode 0600)
+written into the instance's data directory (``STATE/tls/``, key mode 0600)
 and given to the agent as ``CORRAL_AGENT_TLS_CA_FILE``/``CERT_FILE``/``KEY_FILE``.
 
 Idempotent: a retried launch or an agent restart reuses the certificate while
@@ -82,9 +82,9 @@ class AgentCertificates:
                 )
 
     def ensure(
-        self, instance_id: str, state_dir: str, *, now: datetime.datetime | None = None
+        self, instance_id: str, data_dir: str, *, now: datetime.datetime | None = None
     ) -> AgentTlsFiles:
-        """The instance's certificate files in ``state_dir/tls``, issued if needed.
+        """The instance's certificate files in ``data_dir/tls``, issued if needed.
 
         Raises PermanentProviderError when the CA cannot sign (missing, unreadable).
         """
@@ -92,7 +92,7 @@ class AgentCertificates:
         from controller.security.certs import issue  # noqa: PLC0415
 
         moment = now or datetime.datetime.now(datetime.UTC)
-        target = os.path.abspath(os.path.join(state_dir, TLS_DIR))
+        target = os.path.abspath(os.path.join(data_dir, TLS_DIR))
         files = _files(target, instance_id)
         if self._reusable(files, instance_id, moment):
             return files
@@ -142,9 +142,9 @@ class AgentCertificates:
         return info.uris == (wanted,) and info.not_before <= now < info.not_after - margin
 
 
-def discard(state_dir: str) -> None:
+def discard(data_dir: str) -> None:
     """Remove an instance's issued certificate and key (the instance is gone)."""
-    shutil.rmtree(os.path.join(state_dir, TLS_DIR), ignore_errors=True)
+    shutil.rmtree(os.path.join(data_dir, TLS_DIR), ignore_errors=True)
 
 
 def _files(directory: str, instance_id: str) -> AgentTlsFiles:

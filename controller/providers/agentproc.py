@@ -48,7 +48,7 @@ class AgentCommand:
         instance_id: str,
         image_json: str,
         group: str,
-        state_dir: str,
+        data_dir: str,
     ) -> list[str]:
         return [
             *self.prefix,
@@ -65,8 +65,8 @@ class AgentCommand:
             group,
             "--interval",
             f"{self.interval:g}",
-            "--state-dir",
-            state_dir,
+            "--data-dir",
+            data_dir,
             *self.extra_args,
         ]
 

@@ -16,9 +16,9 @@ does, and stops it on terminate. When the engine is a local socket, the agent
 also gets ``--container ID --engine unix:///...``: it then checks the
 container's overlay upper directory each interval and scans the merged root
 every ``full_scan_interval`` seconds (see :mod:`agent.daemon.container`); its PID is kept in
-``STATE_DIR/<instance>.json``, and it reads the image's baked identity from
+``DATA_DIR/<instance>.json``, and it reads the image's baked identity from
 ``ARTIFACTS_DIR/sha256-<hex>/image.json``. With ``agent_certificates`` each
-host agent gets its own certificate in ``STATE_DIR/<instance>/tls`` (removed
+host agent gets its own certificate in ``DATA_DIR/<instance>/tls`` (removed
 on terminate). Without it, run the agent some other way (a
 sidecar with the container's root mounted read-only, or a host service).
 
@@ -74,7 +74,7 @@ class DockerConfig:
     agent_prefix: tuple[str, ...] = ()
     """Start a host agent per container with this argv prefix (empty: no host agent)."""
     agent_interval: float = 1.0
-    state_dir: str | None = None
+    data_dir: str | None = None
     """Where host agents' PIDs and state live (required with ``agent_prefix``)."""
     artifacts_dir: str | None = None
     """Baked images for host agents: ``sha256-<hex>/image.json`` + ``manifest.pb`` per digest."""
@@ -97,8 +97,8 @@ class DockerProvider(Provider):
     replacement_strategy = ReplacementStrategy.SURGE
 
     def __init__(self, config: DockerConfig, *, client: Any | None = None) -> None:
-        if config.agent_prefix and not config.state_dir:
-            raise PermanentProviderError("docker provider: agent_prefix needs a state_dir")
+        if config.agent_prefix and not config.data_dir:
+            raise PermanentProviderError("docker provider: agent_prefix needs a data_dir")
         self._config = config
         self._client = client or self._connect(config)
         self._agents = AgentProcesses()
@@ -220,28 +220,28 @@ class DockerProvider(Provider):
         return str(image.id)
 
     def _agent_file(self, instance_id: str) -> str:
-        assert self._config.state_dir is not None
-        return os.path.join(self._config.state_dir, f"{instance_id}.json")
+        assert self._config.data_dir is not None
+        return os.path.join(self._config.data_dir, f"{instance_id}.json")
 
     def _ensure_agent(self, spec: LaunchSpec, root: str, container_id: str) -> None:
-        state_dir = os.path.join(str(self._config.state_dir), spec.instance_id)
-        os.makedirs(state_dir, exist_ok=True)
+        data_dir = os.path.join(str(self._config.data_dir), spec.instance_id)
+        os.makedirs(data_dir, exist_ok=True)
         record = self._agent_record(spec.instance_id)
         if record and self._agents.is_running(int(record["pid"]), root):
             return
         certificates = self._config.agent_certificates
-        env = certificates.ensure(spec.instance_id, state_dir).env() if certificates else None
+        env = certificates.ensure(spec.instance_id, data_dir).env() if certificates else None
         argv = self._agent.argv(
             controller=spec.controller,
             root=root,
             instance_id=spec.instance_id,
             image_json=os.path.join(
-                str(self._config.artifacts_dir or self._config.state_dir),
+                str(self._config.artifacts_dir or self._config.data_dir),
                 "sha256-" + spec.image_digest.removeprefix("sha256:"),
                 "image.json",
             ),
             group=spec.group,
-            state_dir=state_dir,
+            data_dir=data_dir,
         )
         engine = self._config.engine_socket()
         if engine is not None:  # container mode: upper-directory checks, see agent.daemon.container
@@ -253,14 +253,14 @@ class DockerProvider(Provider):
                 "--container-full-scan-interval",
                 f"{self._config.agent_full_scan_interval:g}",
             ]
-        pid = self._agents.start(argv, log_path=os.path.join(state_dir, "agent.log"), env=env)
+        pid = self._agents.start(argv, log_path=os.path.join(data_dir, "agent.log"), env=env)
         partial = self._agent_file(spec.instance_id) + ".tmp"
         with open(partial, "w", encoding="utf-8") as handle:
             json.dump({"pid": pid, "root": root}, handle)
         os.replace(partial, self._agent_file(spec.instance_id))
 
     def _agent_record(self, instance_id: str) -> dict[str, Any] | None:
-        if not self._config.state_dir:
+        if not self._config.data_dir:
             return None
         try:
             with open(self._agent_file(instance_id), encoding="utf-8") as handle:
@@ -276,8 +276,8 @@ class DockerProvider(Provider):
             self._agents.stop(int(record["pid"]), str(record["root"]))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._agent_file(instance_id))
-        if self._config.state_dir:
-            discard(os.path.join(self._config.state_dir, instance_id))
+        if self._config.data_dir:
+            discard(os.path.join(self._config.data_dir, instance_id))
         for container in self._containers(LABEL_INSTANCE, instance_id):
             try:
                 container.remove(force=True)

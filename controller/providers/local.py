@@ -310,9 +310,9 @@ class LocalProvider(Provider):
             return
         found = self._processes.find(marker)  # started before a crash, PID never recorded
         if found is None:
-            state_dir = os.path.join(self._dir(instance_id), "state")
+            data_dir = os.path.join(self._dir(instance_id), "state")
             certificates = self._config.agent_certificates
-            env = certificates.ensure(instance_id, state_dir).env() if certificates else None
+            env = certificates.ensure(instance_id, data_dir).env() if certificates else None
             argv = self._agent.argv(
                 controller=str(document["controller"]),
                 root=marker,
@@ -321,7 +321,7 @@ class LocalProvider(Provider):
                     self.artifact_dir(str(document["image_digest"])), IMAGE_JSON_NAME
                 ),
                 group=str(document["group"]),
-                state_dir=state_dir,
+                data_dir=data_dir,
             )
             log_path = os.path.join(self._dir(instance_id), "agent.log")
             try:

@@ -24,7 +24,7 @@ COPY --from=build /opt/corral /opt/corral
 ENV PATH=/opt/corral/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    CORRAL_AGENT_STATE_DIR=/var/lib/corral-agent
+    CORRAL_AGENT_DATA_DIR=/var/lib/corral-agent
 # Non-root by default. To watch a host, the agent must read files of every
 # owner: run it as UID 0 with every capability dropped except DAC_READ_SEARCH
 # and the host root mounted read-only, e.g.

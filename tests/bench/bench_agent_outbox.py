@@ -2,7 +2,7 @@
 
 The steady state (a header-only report queued, delivered, removed) must cost
 no file I/O: this compares, per report, the durable outbox (with its file in
-a temporary state dir) against a memory-only outbox, both delivering through
+a temporary data dir) against a memory-only outbox, both delivering through
 the real gRPC transport to an accepting ``AgentService`` on loopback. Rounds
 alternate between the two and the medians are compared (ratio 1.00 means no
 cost). It then times what *is* written when something must not be lost: one

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "--controller", f"127.0.0.1:{port}",
         "--root", str(root),
         "--image-json", str(image_dir / "image.json"),
-        "--state-dir", str(state),
+        "--data-dir", str(state),
         "--interval", str(args.interval), "--jitter", "0",
         "--full-rehash-every", "1000",
         "--workers", str(args.workers),

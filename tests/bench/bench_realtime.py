@@ -149,7 +149,7 @@ class Controller:
 
 
 class Agents:
-    """``corral-agent run`` processes on the shared tree, each with its own state dir."""
+    """``corral-agent run`` processes on the shared tree, each with its own data dir."""
 
     def __init__(
         self, work: Path, root: Path, bake_dir: Path, address: str, *, interval: float
@@ -175,7 +175,7 @@ class Agents:
             "--image-json", str(self.bake_dir / "image.json"),
             "--instance-id", instance_id,
             "--group", GROUP,
-            "--state-dir", str(state),
+            "--data-dir", str(state),
             "--metrics-listen", f"127.0.0.1:{port}",
             "--log-level", "WARNING",
             "--interval", str(self.interval),

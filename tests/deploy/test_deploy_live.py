@@ -224,7 +224,7 @@ def _start_fleet(
                 f"--group={GROUP}",
                 "--interval=1",
                 f"--metrics-listen=127.0.0.1:{port}",
-                f"--state-dir={tmp_path / f'state-{number}'}",
+                f"--data-dir={tmp_path / f'state-{number}'}",
             ],
             env,
         )

@@ -87,10 +87,10 @@ def build_and_bake(engine: PodmanEngine, work: Path, *, artifacts: Path) -> Bake
     return BakedImage(ref=ref, digest=digest, bake_dir=bake_dir)
 
 
-def stop_host_agents(state_dir: Path) -> None:
-    """Stop, by PID, every host agent the docker provider recorded in ``state_dir``."""
+def stop_host_agents(data_dir: Path) -> None:
+    """Stop, by PID, every host agent the docker provider recorded in ``data_dir``."""
     processes = AgentProcesses()
-    for record_path in sorted(state_dir.glob("*.json")):
+    for record_path in sorted(data_dir.glob("*.json")):
         with contextlib.suppress(OSError, ValueError, KeyError):
             record = json.loads(record_path.read_text())
             processes.stop(int(record["pid"]), str(record["root"]))
@@ -99,14 +99,14 @@ def stop_host_agents(state_dir: Path) -> None:
 @pytest.fixture
 def docker_fleet(podman_engine: PodmanEngine, tmp_path: Path) -> Iterator[tuple[Fleet, Path]]:
     data = tmp_path / "fleet"
-    state_dir, artifacts = data / "docker-agents", data / "docker-artifacts"
+    data_dir, artifacts = data / "docker-agents", data / "docker-artifacts"
     artifacts.mkdir(parents=True)
     table = "\n".join(
         (
             "[providers.docker]",
             f"base_url = {json.dumps(podman_engine.base_url)}",
             f"agent_command = {json.dumps(list(default_agent_prefix()))}",
-            f"state_dir = {json.dumps(str(state_dir))}",
+            f"data_dir = {json.dumps(str(data_dir))}",
             f"artifacts_dir = {json.dumps(str(artifacts))}",
             f"interval = {support.DemoSettings().scan_interval}",
             "",
@@ -119,7 +119,7 @@ def docker_fleet(podman_engine: PodmanEngine, tmp_path: Path) -> Iterator[tuple[
         yield fleet, artifacts
     finally:
         fleet.stop()
-        stop_host_agents(state_dir)
+        stop_host_agents(data_dir)
         for container in provider.list("web"):
             provider.terminate(container.instance_id)
         provider.close()

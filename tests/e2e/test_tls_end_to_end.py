@@ -137,11 +137,11 @@ def test_the_documented_tls_path_runs_end_to_end(controller: tuple[str, Path]) -
     image_json = str(image / "image.json")
     agent = [_program("corral-agent"), "run", "--once", "--controller", address,
              "--root", str(root), "--image-json", image_json, "--group", "web"]  # fmt: skip
-    ran = _run([*agent, "--instance-id", "i-1", "--state-dir", str(home / "s1")], agent_env)
+    ran = _run([*agent, "--instance-id", "i-1", "--data-dir", str(home / "s1")], agent_env)
     assert ran.returncode == 0, ran.stderr[-2000:]
     # The same certificate cannot speak for another instance (the agent logs the
     # refusal and drops the report: resending it cannot help).
-    other = _run([*agent, "--instance-id", "i-2", "--state-dir", str(home / "s2")], agent_env)
+    other = _run([*agent, "--instance-id", "i-2", "--data-dir", str(home / "s2")], agent_env)
     assert "PERMISSION_DENIED" in other.stdout + other.stderr
     assert other.returncode == 1  # --once says the report was refused
 

@@ -3,7 +3,7 @@
 :class:`AgentProcess` runs ``corral-agent run`` (the real CLI, its own
 session) against a controller address, with its log in a file and its
 metrics on a free port, and can be stopped with SIGTERM or SIGKILL by PID and
-started again on the same state directory. :class:`ScriptedController` is a
+started again on the same data directory. :class:`ScriptedController` is a
 small in-test ``AgentService`` that answers chosen status codes, for the
 answers a real controller gives only under faults. Everything waits on
 conditions (:func:`wait_until`), never on fixed sleeps.
@@ -42,16 +42,16 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str, log:
         raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{log[-4000:]}")
 
 
-def outbox_on_disk(state_dir: Path) -> list[PendingReport] | None:
+def outbox_on_disk(data_dir: Path) -> list[PendingReport] | None:
     """The reports in the agent's outbox file (None: no file, or caught mid-replace)."""
     try:
-        return decode((state_dir / FILE_NAME).read_bytes())
+        return decode((data_dir / FILE_NAME).read_bytes())
     except (FileNotFoundError, DamagedOutboxError):
         return None
 
 
-def holds_drift(state_dir: Path, path: bytes) -> bool:
-    reports = outbox_on_disk(state_dir) or []
+def holds_drift(data_dir: Path, path: bytes) -> bool:
+    reports = outbox_on_disk(data_dir) or []
     return any(
         report.evidence is not None and any(c.path == path for c in report.evidence.changes)
         for report in reports
@@ -60,12 +60,12 @@ def holds_drift(state_dir: Path, path: bytes) -> bool:
 
 @dataclass
 class AgentProcess:
-    """``corral-agent run`` as a process, restartable on the same state directory."""
+    """``corral-agent run`` as a process, restartable on the same data directory."""
 
     controller: str
     root: Path
     image_json: Path
-    state_dir: Path
+    data_dir: Path
     instance_id: str
     interval: float = 1.0
     log_path: Path = field(init=False)
@@ -73,7 +73,7 @@ class AgentProcess:
     process: subprocess.Popen[bytes] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.log_path = self.state_dir.parent / f"{self.instance_id}.agent.log"
+        self.log_path = self.data_dir.parent / f"{self.instance_id}.agent.log"
 
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None
@@ -86,7 +86,7 @@ class AgentProcess:
                  "--image-json", str(self.image_json),
                  "--instance-id", self.instance_id,
                  "--group", "faults",
-                 "--state-dir", str(self.state_dir),
+                 "--data-dir", str(self.data_dir),
                  "--interval", str(self.interval),
                  "--jitter", "0",
                  "--deadline", "2",

@@ -52,7 +52,7 @@ def make_agent(tmp_path: Path) -> Iterator[object]:
                 handle.write("patched = true\n")
         agent = AgentProcess(
             controller=address, root=root, image_json=image_json,
-            state_dir=tmp_path / "agent-state", instance_id="agent-answers-1",
+            data_dir=tmp_path / "agent-state", instance_id="agent-answers-1",
         )  # fmt: skip
         started.append(agent)
         return agent
@@ -80,7 +80,7 @@ def test_a_failing_controller_keeps_the_drift_and_gets_it_later(
         timeout=60, what=f"the agent to count a failed delivery as {codes}", log=agent.log(),
     )  # fmt: skip
     first_seq = next(s for m, s, _c in servicer.calls() if m == "ReportDrift")
-    assert holds_drift(agent.state_dir, CHANGED)
+    assert holds_drift(agent.data_dir, CHANGED)
     outage["on"] = False
     wait_until(
         lambda: bool(servicer.drifts_accepted()), timeout=60, what="a drift report accepted",
@@ -128,15 +128,15 @@ def test_a_damaged_outbox_file_at_start_is_set_aside_in_one_line(
 ) -> None:
     servicer, address = scripted
     agent = make_agent(address, drifted=False)  # type: ignore[operator]
-    agent.state_dir.mkdir(parents=True)
+    agent.data_dir.mkdir(parents=True)
     damaged = b'corral-agent-outbox 1 0000 4096\n{"reports": [{"instance_id": "agent-ans'
-    (agent.state_dir / FILE_NAME).write_bytes(damaged)
+    (agent.data_dir / FILE_NAME).write_bytes(damaged)
     agent.start()
     wait_until(
         lambda: any(c == "OK" for _m, _s, c in servicer.calls()), timeout=60,
         what="a report delivered after the damaged file", log=agent.log(),
     )  # fmt: skip
-    [aside] = [p for p in agent.state_dir.iterdir() if p.name.startswith(FILE_NAME + ".damaged-")]
+    [aside] = [p for p in agent.data_dir.iterdir() if p.name.startswith(FILE_NAME + ".damaged-")]
     assert aside.read_bytes() == damaged  # renamed, not deleted
     assert agent.metric("corral_agent_errors_total", reason="outbox_damaged") == 1
     assert agent.terminate() == 0

@@ -48,7 +48,7 @@ def agent(fleet: Fleet, tmp_path: Path) -> Iterator[AgentProcess]:
         controller=f"127.0.0.1:{fleet.port}",
         root=root,
         image_json=fleet.data / "images" / "1" / "image.json",
-        state_dir=tmp_path / "agent-state",
+        data_dir=tmp_path / "agent-state",
         instance_id=INSTANCE,
     )
     process.start()
@@ -75,7 +75,7 @@ def _queue_a_reverted_drift(fleet: Fleet, agent: AgentProcess) -> None:
     original = conf.read_bytes()
     conf.write_bytes(original + b"patched = true\n")
     wait_until(
-        lambda: holds_drift(agent.state_dir, CHANGED),
+        lambda: holds_drift(agent.data_dir, CHANGED),
         timeout=60,
         what="the drift report in the agent's outbox file",
         log=agent.log(),
@@ -101,19 +101,19 @@ def _assert_tainted_with_the_path(fleet: Fleet, agent: AgentProcess) -> None:
         what="the outbox to empty",
         log=agent.log(),
     )
-    assert not (agent.state_dir / "outbox.json").exists()
+    assert not (agent.data_dir / "outbox.json").exists()
     assert "Traceback" not in agent.log()
 
 
 def test_sigterm_with_queued_drift_then_restart_taints(fleet: Fleet, agent: AgentProcess) -> None:
     _queue_a_reverted_drift(fleet, agent)
     assert agent.terminate() == 0
-    assert holds_drift(agent.state_dir, CHANGED)  # still there after a clean stop
+    assert holds_drift(agent.data_dir, CHANGED)  # still there after a clean stop
     _assert_tainted_with_the_path(fleet, agent)
 
 
 def test_sigkill_with_queued_drift_then_restart_taints(fleet: Fleet, agent: AgentProcess) -> None:
     _queue_a_reverted_drift(fleet, agent)
     agent.kill()
-    assert holds_drift(agent.state_dir, CHANGED)
+    assert holds_drift(agent.data_dir, CHANGED)
     _assert_tainted_with_the_path(fleet, agent)

@@ -61,7 +61,7 @@ def test_the_agent_reports_within_the_staleness_limit_after_an_outage(
         controller=f"127.0.0.1:{fleet.port}",
         root=instance_root(fleet.data / "root-1", tmp_path / "instance"),
         image_json=fleet.data / "images" / "1" / "image.json",
-        state_dir=tmp_path / "agent-state",
+        data_dir=tmp_path / "agent-state",
         instance_id=INSTANCE,
         interval=INTERVAL,
     )

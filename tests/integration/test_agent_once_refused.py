@@ -73,7 +73,7 @@ def test_a_refused_report_exits_1(
     done = _run(
         "agent.daemon.cli", "run", "--once", "--controller", address, "--root", str(root),
         "--image-json", str(tmp_path / "image" / "image.json"), "--instance-id", "i-2",
-        "--state-dir", str(tmp_path / "state"), "--nice", str(os.nice(0)),
+        "--data-dir", str(tmp_path / "state"), "--nice", str(os.nice(0)),
     )  # fmt: skip
     assert done.returncode == 1, done.stderr[-2000:]
     assert servicer.calls == 1  # a refusal is an answer: it is not resent

@@ -58,7 +58,7 @@ class WatchingAgents:
             "--interval", "3600",
             "--deadline", "2",
             "--nice", "0",
-            "--state-dir", str(home / "state"),
+            "--data-dir", str(home / "state"),
         ]  # fmt: skip
         with open(home / "agent.log", "ab") as log:
             self.processes[instance_id] = subprocess.Popen(
@@ -150,7 +150,7 @@ def test_a_change_made_while_the_agent_was_stopped_is_caught_at_start(
     _wait_state(fleet, agents, "i-r", "conformant")
     agents.stop("i-r")
     (agents.root("i-r") / "etc" / "hostname").write_text("changed while down\n")
-    agents.start("i-r")  # same state dir and stat cache: its start-up scan must notice
+    agents.start("i-r")  # same data dir and stat cache: its start-up scan must notice
     _wait_state(fleet, agents, "i-r", "tainted")
     document = _shown(fleet, "i-r")
     assert document is not None

@@ -74,7 +74,7 @@ class Agents:
             "--jitter", "0",
             "--deadline", "2",
             "--nice", "0",
-            "--state-dir", str(home / "state"),
+            "--data-dir", str(home / "state"),
         ]  # fmt: skip
         with open(home / "agent.log", "ab") as log:
             self.processes[instance_id] = subprocess.Popen(

@@ -50,7 +50,7 @@ def test_host_agent_watches_the_merged_root(podman_engine: PodmanEngine, tmp_pat
         DockerConfig(
             base_url=podman_engine.base_url,
             agent_prefix=STAND_IN_AGENT,
-            state_dir=str(tmp_path / "agents"),
+            data_dir=str(tmp_path / "agents"),
             artifacts_dir=str(tmp_path / "artifacts"),
         )
     )

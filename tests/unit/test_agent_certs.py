@@ -36,7 +36,7 @@ ENV_RECORDING_AGENT = (
     sys.executable,
     "-c",
     "import json, os, sys, time\n"
-    "state = sys.argv[sys.argv.index('--state-dir') + 1]\n"
+    "state = sys.argv[sys.argv.index('--data-dir') + 1]\n"
     "tls = {k: v for k, v in os.environ.items() if k.startswith('CORRAL_AGENT_TLS_')}\n"
     "json.dump(tls, open(os.path.join(state, 'env.json'), 'w'))\n"
     "time.sleep(3600)\n",

@@ -61,7 +61,7 @@ def test_a_missing_image_json_exits_2(tmp_path: Path) -> None:
             "127.0.0.1:1",
             "--image-json",
             str(tmp_path / "absent.json"),
-            "--state-dir",
+            "--data-dir",
             str(tmp_path / "state"),
         ]
     )
@@ -69,7 +69,7 @@ def test_a_missing_image_json_exits_2(tmp_path: Path) -> None:
     assert not (tmp_path / "state").exists()
 
 
-def test_a_state_dir_inside_the_watched_root_must_be_excluded(
+def test_a_data_dir_inside_the_watched_root_must_be_excluded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     harness = Harness(tmp_path)
@@ -77,7 +77,7 @@ def test_a_state_dir_inside_the_watched_root_must_be_excluded(
     image_json = tmp_path / "image" / "image.json"
     monkeypatch.setenv("CORRAL_AGENT_CONTROLLER", "127.0.0.1:1")
     args = ["run", "--root", str(harness.root), "--image-json", str(image_json)]
-    assert main([*args, "--state-dir", str(harness.root / "etc" / "corral")]) == 2
+    assert main([*args, "--data-dir", str(harness.root / "etc" / "corral")]) == 2
     assert not (harness.root / "etc" / "corral").exists()
     assert "inside the watched root" in capsys.readouterr().err
 

@@ -160,7 +160,7 @@ class Harness:
             transport=self.transport,
             outbox=Outbox(capacity=8, file=self.outbox_file),
             sequence=SequenceNumbers(
-                boot_id="8a7c0f64", state_dir=str(self.state), clock=self.clock.time
+                boot_id="8a7c0f64", data_dir=str(self.state), clock=self.clock.time
             ),
             backoff=Backoff(base=1, cap=60, random=lambda: 1.0, clock=self.clock.monotonic),
             metrics=AgentMetrics(self.registry),
@@ -309,7 +309,7 @@ def test_a_restarted_runner_trusts_its_saved_stat_cache(tmp_path: Path) -> None:
     first = Harness(tmp_path / "a")
     first.runner.tick()
     assert (first.state / "statcache").exists()
-    # A second runner over the same state dir starts incremental: nothing re-hashed.
+    # A second runner over the same data dir starts incremental: nothing re-hashed.
     registry = CollectorRegistry()
     rebuilt = Harness(tmp_path / "b")
     runner = Runner(
@@ -322,7 +322,7 @@ def test_a_restarted_runner_trusts_its_saved_stat_cache(tmp_path: Path) -> None:
         ),
         transport=rebuilt.transport,
         outbox=Outbox(capacity=4),
-        sequence=SequenceNumbers(boot_id="b", state_dir=None, clock=rebuilt.clock.time),
+        sequence=SequenceNumbers(boot_id="b", data_dir=None, clock=rebuilt.clock.time),
         backoff=Backoff(),
         metrics=AgentMetrics(registry),
         footprint=lambda: Footprint(0, 0),

@@ -1,6 +1,6 @@
 """The runner and its outbox file: what is kept, when it is written, what a restart sends.
 
-A real state directory and the in-process scanner; the transport is the fake
+A real data directory and the in-process scanner; the transport is the fake
 from test_agent_runner.py (which codes are retryable is the transport's
 business, tested in test_agent_transport_codes.py).
 """
@@ -166,7 +166,7 @@ def test_a_damaged_outbox_file_is_set_aside_and_the_agent_starts_empty(
     assert len(harness.transport.sent) == 1
 
 
-def test_an_unwritable_state_dir_is_counted_and_the_reports_stay_in_memory(
+def test_an_unwritable_data_dir_is_counted_and_the_reports_stay_in_memory(
     harness_durable: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     harness = harness_durable

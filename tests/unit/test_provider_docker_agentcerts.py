@@ -82,7 +82,7 @@ def provider(tmp_path: Path) -> Iterator[DockerProvider]:
     made = DockerProvider(
         DockerConfig(
             agent_prefix=ENV_RECORDING_AGENT,
-            state_dir=str(tmp_path / "state"),
+            data_dir=str(tmp_path / "state"),
             artifacts_dir=str(tmp_path / "artifacts"),
             agent_certificates=AgentCertificates(str(tmp_path / "ca")),
         ),

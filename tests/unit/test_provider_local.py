@@ -69,7 +69,7 @@ def test_instance_is_the_unpacked_image_watched_by_an_agent(
     assert argv[argv.index("--instance-id") + 1] == "i-1"
     assert argv[argv.index("--group") + 1] == "web"
     assert argv[argv.index("--controller") + 1] == "127.0.0.1:7000"
-    assert argv[argv.index("--state-dir") + 1] == str(instance_dir / "state")
+    assert argv[argv.index("--data-dir") + 1] == str(instance_dir / "state")
     image_json = Path(argv[argv.index("--image-json") + 1])
     assert json.loads(image_json.read_text())["image_digest"] == image[1]
     assert (image_json.parent / "manifest.pb").is_file()

@@ -136,8 +136,8 @@ def test_the_cache_round_trips_through_a_file(
 ) -> None:
     cache = fresh_cache()
     scan(tree, OPEN, cache=cache)
-    state_dir = tmp_path_factory.mktemp("state")
-    path = state_dir / "statcache"
+    data_dir = tmp_path_factory.mktemp("state")
+    path = data_dir / "statcache"
     cache.save(path)
 
     loaded = StatCache.load(path, racy_window_ns=0)
@@ -145,7 +145,7 @@ def test_the_cache_round_trips_through_a_file(
     assert loaded == cache
     result = scan(tree, OPEN, cache=loaded)
     assert (result.files_hashed, result.files_cached) == (0, 20)
-    assert not (state_dir / "statcache.tmp").exists()
+    assert not (data_dir / "statcache.tmp").exists()
 
 
 @pytest.mark.parametrize(

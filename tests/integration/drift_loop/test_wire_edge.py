@@ -464,7 +464,7 @@ def test_the_evidence_wanted_follow_up_from_the_real_agent_is_accepted(
         "--group", "web",
         "--deadline", "5",
         "--nice", "0",
-        "--state-dir", str(tmp_path / "state"),
+        "--data-dir", str(tmp_path / "state"),
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
