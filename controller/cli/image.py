@@ -18,6 +18,7 @@ import time
 from agent.errors import AgentError
 from agent.image.artifact import ArtifactResult, build_artifact
 from agent.manifest.policy import Policy, load_policy
+from controller.cli.image_registry import add_commands
 from controller.errors import ControllerError
 from controller.providers.local import LocalConfig, LocalProvider
 
@@ -35,9 +36,9 @@ def _owner(text: str) -> tuple[int, int] | None:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``image build`` and ``image import``."""
+    """Add ``image build``, ``image import``, ``image register`` and ``image list``."""
     image = subparsers.add_parser(
-        "image", help="build image artifacts for the local provider", description=__doc__
+        "image", help="build, import, register and list images", description=__doc__
     )
     commands = image.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
     build = commands.add_parser(
@@ -72,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     importer.add_argument("dir", metavar="DIR", help="the build output directory")
     importer.add_argument("--data-dir", metavar="DATA", required=True, help="provider data dir")
     importer.set_defaults(handler=run_import)
+    add_commands(commands)
 
 
 def run_build(args: argparse.Namespace) -> int:

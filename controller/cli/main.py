@@ -20,7 +20,6 @@ COMMANDS: dict[str, str] = {
     "bake": "controller.cli.bake",
     "verify": "controller.cli.bake",
     "image": "controller.cli.image",
-    "images": "controller.cli.images",
     "group": "controller.cli.group",
     "fleet": "controller.cli.fleet",
     "taint": "controller.cli.taint",

@@ -30,7 +30,7 @@ from agent.image.artifact import build_artifact
 from agent.manifest.policy import Policy
 from controller.cli.client import ClientError, FleetClient, print_table
 from controller.cli.fleet import instance_json
-from controller.cli.images import register_bake
+from controller.cli.image_registry import register_bake
 from controller.demo import fleet as support
 from controller.providers.local import LocalConfig, LocalProvider
 from protos.corral.v1 import agent_pb2, fleet_pb2

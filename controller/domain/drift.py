@@ -103,7 +103,7 @@ def decide(
     if desired is None:
         raise FailedPreconditionError(
             f"group {group.name!r} wants image {group.desired_image_ref!r}, which is not "
-            "registered: run `corral images register DIR` with its bake output",
+            "registered: run `corral image register DIR` with its bake output",
             reason="desired_unregistered",
         )
     base = instance or Instance(

@@ -30,7 +30,7 @@ from controller.errors import InvalidArgumentError
 
 MAX_REPOSITORY_LENGTH = 255
 DIGEST_PLACEHOLDER = "sha256:<64 hex>"
-FIND_HINT = "(find it with `corral images list`)"
+FIND_HINT = "(find it with `corral image list`)"
 
 # The grammar, piece by piece (distribution/reference's reference.go).
 _ALNUM = r"[a-z0-9]+"

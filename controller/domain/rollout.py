@@ -153,7 +153,7 @@ def _registered(pinned: PinnedRef, registered_images: Iterable[str]) -> str:
     hint = f" It is registered as {', '.join(sorted(others))}." if others else ""
     raise ImageNotRegisteredError(
         f"image {str(pinned)!r} is not registered.{hint} Register an image with "
-        "`corral images register DIR` before rolling it out; registered images are "
-        f"listed by `corral images list`",
+        "`corral image register DIR` before rolling it out; registered images are "
+        f"listed by `corral image list`",
         reason="unregistered_image",
     )

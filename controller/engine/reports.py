@@ -240,7 +240,7 @@ class ControllerService:
         if image is None:
             raise FailedPreconditionError(
                 f"image {group.desired_image_ref!r} is not registered: run "
-                "`corral images register DIR` first"
+                "`corral image register DIR` first"
             )
         group = replace(group, desired_image_digest=image.digest)
         audit = trail.group_events(

@@ -129,6 +129,6 @@ build {
   # second, different manifest for the same reference.
   post-processor "shell-local" {
     environment_vars = ["CORRAL_CONTROLLER=${var.controller}"]
-    inline           = ["corral images register ${local.output_dir}"]
+    inline           = ["corral image register ${local.output_dir}"]
   }
 }

@@ -56,7 +56,7 @@ from agent.manifest.policy import Policy
 from agent.scan.scanner import scan
 from agent.scan.statcache import StatCache
 from controller.cli.client import FleetClient
-from controller.cli.images import register_bake
+from controller.cli.image_registry import register_bake
 from controller.demo import fleet as support
 from protos.corral.v1 import agent_pb2, fleet_pb2
 

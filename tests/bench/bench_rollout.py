@@ -14,7 +14,7 @@ Targets (issue 4), so nobody is tempted to patch an instance in place:
 For (b) a real controller runs (``corral-controller serve``, SQLite, the demo's
 short intervals, 127.0.0.1 on free ports); both images are built with
 ``corral image build``, imported with ``corral image import``, registered with
-``corral images register``; the group is created with ``corral group create
+``corral image register``; the group is created with ``corral group create
 --size 10 --mode enforce``. The fleet and the replacement rows are sampled
 every 50 ms to print the timeline and the most replacements seen in flight at
 once, which must not exceed the budget.
@@ -235,7 +235,7 @@ def _build_image(fleet: Fleet, version: str) -> str:
          "--data-dir", str(fleet.data)],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
-    _corral(fleet, "images", "register", str(out))
+    _corral(fleet, "image", "register", str(out))
     return ref
 
 

@@ -200,7 +200,7 @@ def _start_fleet(
     )
     _wait(lambda: _reachable(grpc_port), "the controller's gRPC port", processes)
     for argv in (
-        ["images", "register", str(image)],
+        ["image", "register", str(image)],
         ["group", "create", GROUP, "--image", image_ref, "--mode", "observe"],
     ):
         done = _cli(argv, env)

@@ -96,7 +96,7 @@ def test_build_installs_bakes_last_and_registers() -> None:
     assert "image_version" in post["manifest"]["custom_data"]
     assert _unquote(post["manifest"]["output"]).endswith("packer-manifest.json")
     register = " ".join(_unquote(line) for line in post["shell-local"]["inline"])
-    assert "corral images register" in register
+    assert "corral image register" in register
 
 
 def test_unit_installed_is_the_repository_unit() -> None:

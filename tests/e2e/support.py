@@ -21,7 +21,7 @@ from pathlib import Path
 from agent.image.artifact import build_artifact
 from agent.manifest.policy import Policy
 from controller.cli.client import FleetClient
-from controller.cli.images import register_bake
+from controller.cli.image_registry import register_bake
 from controller.demo import fleet as support
 from controller.providers.local import LocalConfig, LocalProvider
 from controller.security.tls import TlsFiles

@@ -1,7 +1,7 @@
 """The documented TLS path, as a user runs it: certificates, controller, operator CLI, agent.
 
 ``corral certs init`` and ``issue``; ``corral-controller serve`` with the three
-TLS flags on 127.0.0.1; ``corral images register`` and ``corral group create``
+TLS flags on 127.0.0.1; ``corral image register`` and ``corral group create``
 over mutual TLS with an operator certificate; ``corral-agent run --once`` with
 the instance's certificate reports conformant. A CLI without a certificate, and
 an agent reporting under another instance's name, get nowhere. Every command
@@ -97,7 +97,7 @@ def _operator(home: Path) -> dict[str, str]:
 def _wait_until_serving(corral: str, address: str, env: dict[str, str]) -> None:
     deadline = time.monotonic() + 20
     while True:
-        result = _run([corral, "images", "list", "--controller", address, "--timeout", "2"], env)
+        result = _run([corral, "image", "list", "--controller", address, "--timeout", "2"], env)
         if result.returncode == 0:
             return
         assert time.monotonic() < deadline, result.stderr
@@ -122,7 +122,7 @@ def test_the_documented_tls_path_runs_end_to_end(controller: tuple[str, Path]) -
     operator = _operator(home)
     _wait_until_serving(corral, address, operator)
     for argv in (
-        [corral, "images", "register", str(image), "--controller", address],
+        [corral, "image", "register", str(image), "--controller", address],
         [corral, "group", "create", "web", "--image", ref, "--controller", address],
     ):
         result = _run(argv, operator)

@@ -1,4 +1,4 @@
-"""``corral images register`` refuses an image.json whose reference and digests disagree."""
+"""``corral image register`` refuses an image.json whose reference and digests disagree."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from controller.cli.client import ClientError
-from controller.cli.images import _read_bake
+from controller.cli.image_registry import _read_bake
 
 OCI = "sha256:" + "a" * 64
 OTHER = "sha256:" + "b" * 64

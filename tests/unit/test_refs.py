@@ -82,7 +82,7 @@ def test_latest_is_refused_with_how_to_pin_it() -> None:
         require_pinned("web:latest")
     assert str(caught.value) == (
         "image reference 'web:latest' is not pinned: 'latest' moves. "
-        "Pin it by digest: web@sha256:<64 hex> (find it with `corral images list`)"
+        "Pin it by digest: web@sha256:<64 hex> (find it with `corral image list`)"
     )
     assert isinstance(caught.value, ValueError)
 

@@ -67,7 +67,7 @@ def test_rollout_refuses_an_invalid_reference() -> None:
 
 def test_rollout_refuses_an_unregistered_image() -> None:
     unknown = "web@sha256:" + "9" * 64
-    with pytest.raises(ImageNotRegisteredError, match="corral images register") as caught:
+    with pytest.raises(ImageNotRegisteredError, match="corral image register") as caught:
         rollout(at(V1), unknown, REGISTERED)
     assert isinstance(caught.value, NotFoundError)
 

@@ -1,4 +1,4 @@
-"""The operator CLI (``corral images/group/fleet/taint``) against a live controller.
+"""The operator CLI (``corral image/group/fleet/taint``) against a live controller.
 
 Each test calls ``controller.cli.main.main([...])`` exactly as a shell would, against
 a controller on 127.0.0.1 (port 0), with an image baked by ``corral bake`` from a
@@ -75,7 +75,7 @@ def header_for(bake: Bake, *, root: bytes, seq: int) -> agent_pb2.ReportHeader:
 
 
 def setup_fleet(capsys: pytest.CaptureFixture[str], bake: Bake, ctl: tuple[str, str]) -> None:
-    assert run(capsys, "images", "register", str(bake.out), *ctl)[0] == 0
+    assert run(capsys, "image", "register", str(bake.out), *ctl)[0] == 0
     assert run(capsys, "group", "create", "web", "--image", bake.ref, *ctl)[0] == 0
 
 
@@ -83,22 +83,22 @@ class TestImages:
     def test_register_then_again_then_list(
         self, capsys: pytest.CaptureFixture[str], bake: Bake, ctl: tuple[str, str]
     ) -> None:
-        code, out, _ = run(capsys, "images", "register", str(bake.out), *ctl)
+        code, out, _ = run(capsys, "image", "register", str(bake.out), *ctl)
         assert code == 0 and bake.ref in out and "already" not in out
-        code, out, _ = run(capsys, "images", "register", str(bake.out), *ctl)
+        code, out, _ = run(capsys, "image", "register", str(bake.out), *ctl)
         assert code == 0 and "already registered" in out
-        code, out, _ = run(capsys, "images", "list", "--json", *ctl)
+        code, out, _ = run(capsys, "image", "list", "--json", *ctl)
         images = json.loads(out)
         assert code == 0 and [i["image_ref"] for i in images] == [bake.ref]
         assert images[0]["root"] == bake.image["root"]
         assert images[0]["entry_count"] == bake.image["entry_count"]
-        code, out, _ = run(capsys, "images", "list", *ctl)
+        code, out, _ = run(capsys, "image", "list", *ctl)
         assert code == 0 and bake.ref in out and "REF" in out
 
     def test_a_directory_that_is_not_a_bake_is_invalid(
         self, capsys: pytest.CaptureFixture[str], tmp_path: Path, ctl: tuple[str, str]
     ) -> None:
-        code, _, err = run(capsys, "images", "register", str(tmp_path), *ctl)
+        code, _, err = run(capsys, "image", "register", str(tmp_path), *ctl)
         assert code == 2 and "image.json" in err
 
     def test_a_tampered_manifest_is_refused_as_invalid(
@@ -106,7 +106,7 @@ class TestImages:
     ) -> None:
         manifest = bake.out / "manifest.pb"
         manifest.write_bytes(manifest.read_bytes() + b"\x00")
-        code, _, err = run(capsys, "images", "register", str(bake.out), *ctl)
+        code, _, err = run(capsys, "image", "register", str(bake.out), *ctl)
         assert code == 2 and "invalid_argument" in err
 
 
@@ -114,7 +114,7 @@ class TestGroups:
     def test_create_and_list(
         self, capsys: pytest.CaptureFixture[str], bake: Bake, ctl: tuple[str, str]
     ) -> None:
-        assert run(capsys, "images", "register", str(bake.out), *ctl)[0] == 0
+        assert run(capsys, "image", "register", str(bake.out), *ctl)[0] == 0
         code, out, _ = run(
             capsys, "group", "create", "web", "--image", bake.ref, "--mode", "enforce", *ctl
         )
@@ -149,7 +149,7 @@ class TestGroups:
     def test_bad_group_name_is_invalid(
         self, capsys: pytest.CaptureFixture[str], bake: Bake, ctl: tuple[str, str]
     ) -> None:
-        assert run(capsys, "images", "register", str(bake.out), *ctl)[0] == 0
+        assert run(capsys, "image", "register", str(bake.out), *ctl)[0] == 0
         code, _, err = run(capsys, "group", "create", "no spaces", "--image", bake.ref, *ctl)
         assert code == 2 and "group.name" in err
 
@@ -289,7 +289,7 @@ def test_controller_address_from_the_environment(
     running: RunningController,
 ) -> None:
     monkeypatch.setenv("CORRAL_CONTROLLER", running.address)
-    code, out, _ = run(capsys, "images", "list", "--json")
+    code, out, _ = run(capsys, "image", "list", "--json")
     assert code == 0 and json.loads(out) == []
     monkeypatch.setenv("CORRAL_CONTROLLER", closed_port())
-    assert run(capsys, "images", "list", "--timeout", "2")[0] == 69
+    assert run(capsys, "image", "list", "--timeout", "2")[0] == 69

@@ -1,4 +1,4 @@
-"""``corral images register DIR`` and ``corral images list``: the image registry.
+"""``corral image register DIR`` and ``corral image list``: the image registry.
 
 ``register`` reads a bake output (DIR/image.json + DIR/manifest.pb) and streams
 the manifest to the controller in 1 MiB chunks. The image is registered under
@@ -30,9 +30,8 @@ from protos.corral.v1 import fleet_pb2
 CHUNK = 1024 * 1024
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    images = subparsers.add_parser("images", help="register and list images")
-    commands = images.add_subparsers(dest="images_command", required=True, metavar="ACTION")
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``image register`` and ``image list`` (the controller's image registry)."""
     reg = commands.add_parser("register", help="register a bake output with the controller")
     reg.add_argument("dir", metavar="DIR", help="directory holding image.json and manifest.pb")
     reg.add_argument("--json", action="store_true", help="print the registered image as JSON")
