@@ -218,7 +218,7 @@ def _corral(fleet: Fleet, *args: str) -> str:
 
 
 def _build_image(fleet: Fleet, version: str) -> str:
-    """``corral image build`` + ``image import`` + ``images register``; returns the ref."""
+    """``corral image build`` + ``image import`` + ``image register``; returns the ref."""
     root = fleet.data / f"root-{version}"
     support.write_sample_root(root)
     (root / support.APP_CONF).write_text(f"version = {version}\n")
