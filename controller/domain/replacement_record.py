@@ -9,7 +9,7 @@ replacement twice (a replayed start after a crash) finds the row already there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from controller.domain.replacement_actions import Kind, Phase, Strategy
 from controller.domain.views import LaunchLookup, ReplacementView
@@ -49,19 +49,16 @@ class ReplacementRecord:
         return self.replacement_id
 
     def view(self, lookup: LaunchLookup | None = None) -> ReplacementView:
-        """The engine's view of this row, with the shell's latest provider lookup."""
-        return ReplacementView(
-            replacement_id=self.replacement_id,
-            instance_id=self.instance_id,
-            kind=self.kind,
-            idempotency_key=self.replacement_id,
-            strategy=self.strategy,
-            phase=self.phase,
-            attempt=self.attempt,
-            launch_issued_at=self.launch_issued_at,
-            new_instance_id=self.new_instance_id,
-            old_terminated=self.old_terminated,
-            launch_error=self.launch_error,
-            retry_at=self.retry_at,
-            lookup=lookup,
-        )
+        """The engine's view of this row, with the shell's latest provider lookup.
+
+        Every field the view shares with the row is copied by name, so a field
+        added to both is carried without a second list to keep in step.
+        """
+        shared = {name: getattr(self, name) for name in _SHARED}
+        return ReplacementView(**shared, idempotency_key=self.replacement_id, lookup=lookup)
+
+
+_SHARED = tuple(
+    f.name for f in fields(ReplacementView) if f.name not in ("idempotency_key", "lookup")
+)
+"""The view's fields that are the row's own (all but the key and the lookup)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,25 +25,8 @@ from controller.domain.replacement_record import ReplacementRecord
 from controller.errors import AlreadyExistsError, NotFoundError
 from controller.ports import Store
 from controller.store.codec import INSTANCE_COLUMNS, instance_from_row
-from controller.store.memory import MemoryStore
 from controller.store.sqlite import SqliteStore
-from tests.fixtures.postgres import fresh_schema, postgres_dsn
 from tests.fixtures.records import GROUP, IMAGE
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "postgres":
-        from controller.store.postgres import PostgresStore  # noqa: PLC0415
-
-        with fresh_schema() as schema:
-            adapter: Store = PostgresStore(postgres_dsn(), schema=schema)
-            yield adapter
-            adapter.close()
-        return
-    adapter = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path)
-    yield adapter
-    adapter.close()
 
 
 def _instance(**changes: object) -> Instance:

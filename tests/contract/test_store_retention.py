@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from controller.domain.model import Instance, InstanceState
 from controller.engine.reports import ControllerService
 from controller.metrics import ControllerMetrics
 from controller.ports import Store
-from controller.store.memory import MemoryStore
-from controller.store.sqlite import SqliteStore
 from tests.fixtures.clock import FakeClock
-from tests.fixtures.postgres import fresh_schema, postgres_dsn
 from tests.fixtures.records import GROUP, IMAGE
 
 DAY = 86400.0
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "postgres":
-        from controller.store.postgres import PostgresStore  # noqa: PLC0415
-
-        with fresh_schema() as schema:
-            adapter: Store = PostgresStore(postgres_dsn(), schema=schema)
-            yield adapter
-            adapter.close()
-        return
-    adapter = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path)
-    yield adapter
-    adapter.close()
 
 
 def _stored(store: Store, instance_id: str, state: InstanceState, heard: float) -> Instance:
