@@ -6,14 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.daemon.backoff import Backoff
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fixtures.clock import FakeClock
 
 
 def test_the_ceiling_doubles_up_to_the_cap() -> None:
@@ -56,12 +49,12 @@ def test_a_server_floor_is_honoured_but_never_past_the_cap() -> None:
 
 
 def test_ready_after_the_delay_on_the_injected_clock() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     backoff = Backoff(base=2, cap=60, random=lambda: 1.0, clock=clock)
     assert backoff.ready()
     backoff.failure()
     assert not backoff.ready() and backoff.remaining() == 2.0
-    clock.now = 1.999
+    clock.set(1.999)
     assert not backoff.ready()
-    clock.now = 2.0
+    clock.set(2.0)
     assert backoff.ready() and backoff.remaining() == 0.0

@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 from agent.daemon.metrics import AgentMetrics, new_registry
 from agent.logs import configure_logging
 from agent.scan.pacing import ScanPacer, ScanStoppedError
+from tests.fixtures.clock import FakeClock
 
 CONTEXT = {"instance_id": "i-1", "group": "web", "image": "web@sha256:" + "a" * 64}
 
@@ -89,33 +90,22 @@ def test_promtool_accepts_the_exposition() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def test_the_pacer_holds_the_average_read_rate_to_the_budget() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     pacer = ScanPacer(budget=1000, should_stop=lambda: False, clock=clock, sleep=clock.sleep)
     pacer(1000, 5000)  # 5 s of budget read at t=0: wait until t=5
-    assert clock.now == 5.0
-    clock.now = 20.0
+    assert clock() == 5.0
+    clock.set(20.0)
     pacer(2000, 6000)  # behind budget: no wait
-    assert clock.now == 20.0 and pacer.slept == 5.0
+    assert clock() == 20.0 and pacer.slept == 5.0
 
 
 def test_the_pacer_without_a_budget_never_sleeps_and_stops_on_request() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     stopping = [False]
     pacer = ScanPacer(budget=0, should_stop=lambda: stopping[0], clock=clock, sleep=clock.sleep)
     pacer(1000, 10**12)
-    assert clock.now == 0.0
+    assert clock() == 0.0
     stopping[0] = True
     try:
         pacer(2000, 10**12)

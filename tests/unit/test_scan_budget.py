@@ -9,23 +9,11 @@ import pytest
 from agent.manifest.policy import Policy
 from agent.scan.scanner import scan
 from agent.tokenbucket import TokenBucket
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests.fixtures.clock import FakeClock
 
 
 def test_the_bucket_allows_a_burst_then_paces_to_the_rate() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     bucket = TokenBucket(1000, clock=clock, sleep=clock.sleep)
     bucket.take(1000)  # the initial burst is free
     assert clock.sleeps == []
@@ -35,19 +23,19 @@ def test_the_bucket_allows_a_burst_then_paces_to_the_rate() -> None:
 
 
 def test_a_request_larger_than_the_burst_leaves_a_debt() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     bucket = TokenBucket(100, clock=clock, sleep=clock.sleep)
     bucket.take(1000)  # the bucket is full: granted, 900 in debt
     assert clock.sleeps == []
     bucket.take(10)  # repay 900, then wait for 10
-    assert clock.now - 100.0 == pytest.approx(9.1)
+    assert clock() - 100.0 == pytest.approx(9.1)
 
 
 def test_idle_time_refills_the_bucket_up_to_the_burst() -> None:
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     bucket = TokenBucket(100, burst=200, clock=clock, sleep=clock.sleep)
     bucket.take(200)
-    clock.now += 60  # a long pause refills at most `burst`
+    clock.advance(60)  # a long pause refills at most `burst`
     bucket.take(200)
     assert clock.sleeps == []
     bucket.take(1)
@@ -63,14 +51,14 @@ def test_a_rate_must_be_positive() -> None:
 def test_a_scan_reads_no_faster_than_its_budget(tmp_path: Path, workers: int) -> None:
     for index in range(40):
         (tmp_path / f"f{index}").write_bytes(b"x" * 1000)
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     bucket = TokenBucket(4000, clock=clock, sleep=clock.sleep)
 
     result = scan(tmp_path, Policy(exclude=()), workers=workers, read_budget=bucket)
 
     assert result.bytes_hashed == 40_000
     # 40 kB at 4 kB/s, the first 4 kB (the burst) free: 9 s of virtual time.
-    assert clock.now - 100.0 == pytest.approx(9.0)
+    assert clock() - 100.0 == pytest.approx(9.0)
 
 
 def test_without_a_budget_a_scan_never_sleeps(tmp_path: Path) -> None:

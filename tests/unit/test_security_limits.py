@@ -8,30 +8,23 @@ from controller.errors import ConfigError
 from controller.security.errors import RateLimitedError
 from controller.security.listen import check_listen, host_of, is_loopback
 from controller.security.ratelimit import Rate, RateLimiter
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fixtures.clock import FakeClock
 
 
 def test_a_burst_then_the_refill_rate() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     limiter = RateLimiter(Rate(per_second=2.0, burst=3.0), clock=clock)
     assert [limiter.try_acquire("agent:i-1") for _ in range(3)] == [0.0, 0.0, 0.0]
     assert limiter.try_acquire("agent:i-1") == pytest.approx(0.5)
-    clock.now += 0.5
+    clock.advance(0.5)
     assert limiter.try_acquire("agent:i-1") == 0.0
     assert limiter.try_acquire("agent:i-1") > 0
-    clock.now += 100  # refills to the burst, no further
+    clock.advance(100)  # refills to the burst, no further
     assert [limiter.try_acquire("agent:i-1") for _ in range(4)][-1] > 0
 
 
 def test_one_identity_flooding_does_not_spend_anothers_tokens() -> None:
-    limiter = RateLimiter(Rate(per_second=1.0, burst=2.0), clock=FakeClock())
+    limiter = RateLimiter(Rate(per_second=1.0, burst=2.0), clock=FakeClock(1000.0))
     for _ in range(100):
         limiter.try_acquire("agent:flood")
     assert limiter.try_acquire("agent:quiet") == 0.0
@@ -39,7 +32,7 @@ def test_one_identity_flooding_does_not_spend_anothers_tokens() -> None:
 
 
 def test_refusal_carries_a_retry_hint() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     limiter = RateLimiter(Rate(per_second=4.0, burst=1.0), clock=clock)
     limiter.acquire("operator:alice")
     with pytest.raises(RateLimitedError, match=r"retry in 0\.25 s") as caught:
@@ -49,7 +42,7 @@ def test_refusal_carries_a_retry_hint() -> None:
 
 
 def test_memory_is_bounded_by_least_recently_used_identity() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     limiter = RateLimiter(Rate(per_second=0.001, burst=1.0), clock=clock, max_identities=3)
     limiter.try_acquire("a")
     for key in ("b", "c", "d"):
@@ -60,10 +53,10 @@ def test_memory_is_bounded_by_least_recently_used_identity() -> None:
 
 
 def test_a_clock_going_backwards_grants_nothing_extra() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     limiter = RateLimiter(Rate(per_second=1.0, burst=1.0), clock=clock)
     limiter.try_acquire("a")
-    clock.now -= 50
+    clock.advance(-50)
     assert limiter.try_acquire("a") > 0
 
 
