@@ -131,7 +131,13 @@ class Liveness:
         now = self._now()
         down: list[str] = []
         for loop in self._loops.values():
-            running = loop.running_since is not None and now - loop.running_since <= loop.run_limit
+            # A run in progress excuses lateness only while the loop is not failing: a
+            # loop that fails on every run is always "running" when the watchdog looks.
+            running = (
+                loop.running_since is not None
+                and not loop.failing
+                and now - loop.running_since <= loop.run_limit
+            )
             alive = running or now - loop.last_success <= loop.deadline
             if alive != loop.up:
                 if alive:

@@ -45,6 +45,7 @@ def backup(data_dir: Path, out: Path) -> Backup:
         raise StoreRefusedError(problem or f"{source_path} does not exist: nothing to back up")
     tmp = out.with_name(f".{out.name}.partial")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
         try:
             tmp.unlink(missing_ok=True)

@@ -8,7 +8,12 @@ report and the ratios, for several rounds run alternately (the machine may be
 shared), and the medians.
 
     python tests/bench/bench_ingest.py [--agents 2000] [--seconds 10] [--inflight 64]
-                                       [--rounds 3]
+                                       [--rounds 3] [--tree NAME=DIR ...]
+
+``--tree NAME=DIR`` also runs, in every round, the controller of another source
+tree (e.g. an earlier commit unpacked with ``git archive REV | tar -x -C DIR``)
+and prints its controller/bare ratio and how much lower this tree's is: the
+cost of a change measured in the same run, against the same bare baseline.
 
 ``CORRAL_*`` variables in the environment reach the controller, e.g.
 ``CORRAL_REPLACER_INTERVAL=3600`` leaves the replacement engine's periodic pass idle
@@ -179,10 +184,10 @@ def _prepare_controller(port: int) -> None:
 
 
 def _measure(
-    command: list[str], port: int, args: argparse.Namespace, *, prepare: bool
+    command: list[str], port: int, args: argparse.Namespace, *, prepare: bool, root: Path = ROOT
 ) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    server = subprocess.Popen(command, cwd=root, env=env, stderr=subprocess.DEVNULL)
     try:
         _wait_ready(port)
         if prepare:
@@ -209,6 +214,10 @@ def _print(name: str, result: dict[str, float]) -> None:
     )
 
 
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--agents", type=int, default=2000)
@@ -217,8 +226,17 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=3, help="bare/controller pairs, run alternately"
     )
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="also measure the controller of the source tree DIR in every round",
+    )
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    trees = [(name, Path(directory).resolve()) for name, _, directory in
+             (item.partition("=") for item in args.tree)]  # fmt: skip
     if args.echo_server:
         asyncio.run(_echo_server(args.echo_server))
         return 0
@@ -230,6 +248,8 @@ def main() -> int:
     cpu_ratios: list[float] = []
     p99s: list[float] = []
     rates: list[float] = []
+    tree_ratios: dict[str, list[float]] = {name: [] for name, _ in trees}
+    costs: dict[str, list[float]] = {name: [] for name, _ in trees}
     for round_number in range(1, args.rounds + 1):
         port = _free_port()
         bare = _measure(
@@ -246,6 +266,20 @@ def main() -> int:
         )
         _print("bare grpc.aio", bare)
         _print("controller+sqlite", controller)
+        for name, root in trees:
+            with tempfile.TemporaryDirectory() as data:
+                port = _free_port()
+                other = _measure(
+                    _controller_command(port, data), port, args, prepare=True, root=root
+                )
+            other_ratio = bare["cpu_per_report"] / other["cpu_per_report"]
+            tree_ratios[name].append(other_ratio)
+            costs[name].append(other_ratio - cpu_ratio)
+            _print(name[:18], other)
+            print(
+                f"  {name}: controller/bare = {other_ratio:.2f}x by server CPU per report; "
+                f"this tree is {other_ratio - cpu_ratio:+.2f} lower"
+            )
         ratios.append(ratio)
         cpu_ratios.append(cpu_ratio)
         p99s.append(controller["p99"])
@@ -257,6 +291,11 @@ def main() -> int:
         f"report; controller p99 median "
         f"{sorted(p99s)[len(p99s) // 2] * 1000:.1f} ms  (target >= 0.80x, p99 <= 50 ms)"
     )
+    for name, _ in trees:
+        print(
+            f"median {name}/bare = {_median(tree_ratios[name]):.2f}x by server CPU per report; "
+            f"this tree lower by {_median(costs[name]):+.2f} (median of the rounds' differences)"
+        )
     rate = sorted(rates)[len(rates) // 2]
     print(f"agents reporting every 30 s one controller carries: {rate * 30:,.0f}")
     return 0
