@@ -27,15 +27,15 @@ from pathlib import Path
 
 import grpc
 import pytest
+from controller.cli.images import register_bake
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.artifact import build_artifact
-from agent.manifest import Entry, EntryType, Manifest, digest_of, entry_to_proto
-from agent.policy import Policy
-from controller.cli import demo_support as support
+from agent.image.artifact import build_artifact
+from agent.manifest.format import Entry, EntryType, Manifest, digest_of, entry_to_proto
+from agent.manifest.policy import Policy
 from controller.cli.client import FleetClient
-from controller.cli.images import register_bake
+from controller.demo import fleet as support
 from controller.providers.local import LocalConfig, LocalProvider
 from protos.corral.v1 import agent_pb2, fleet_pb2, manifest_pb2
 from tests.faults.faults_agent_support import AgentProcess, instance_root
@@ -327,7 +327,7 @@ class Controller:
             controller=f"127.0.0.1:{self.port}",
             root=instance_root(self.home / f"root-{version}", work / "root"),
             image_json=self.home / "images" / version / "image.json",
-            state_dir=work / "state",
+            data_dir=work / "state",
             instance_id=instance_id,
         )
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli.demo_support import APP_CONF
+from controller.demo.fleet import APP_CONF
 from tests.faults.faults_agent_support import AgentProcess, holds_drift
 from tests.faults.faults_controller_support import (
     SERVING,
@@ -77,7 +77,7 @@ def _drift_while_full(controller: Controller, small_disk: Path, agent: AgentProc
     filler = fill(small_disk)
     conf = agent.root / APP_CONF
     original = conf.read_bytes()
-    state_dir = agent.state_dir
+    data_dir = agent.data_dir
     conf.write_bytes(original + b"patched = true\n")
     try:
         wait_until(
@@ -86,7 +86,7 @@ def _drift_while_full(controller: Controller, small_disk: Path, agent: AgentProc
             timeout=60, what="a drift report answered UNAVAILABLE", log=controller.log,
         )  # fmt: skip
         wait_until(
-            lambda: holds_drift(state_dir, CHANGED),
+            lambda: holds_drift(data_dir, CHANGED),
             timeout=30, what="the drift kept in the agent's outbox", log=controller.log,
         )  # fmt: skip
         wait_until(
@@ -97,7 +97,7 @@ def _drift_while_full(controller: Controller, small_disk: Path, agent: AgentProc
     finally:
         conf.write_bytes(original)
     # The file is conformant again; the agent still holds the drift.
-    assert holds_drift(state_dir, CHANGED)
+    assert holds_drift(data_dir, CHANGED)
 
     filler.unlink()
     wait_until(

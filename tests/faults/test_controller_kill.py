@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli.demo_support import APP_CONF
+from controller.demo.fleet import APP_CONF
 from tests.faults.faults_controller_support import Controller, wait_until
 
 GROUP = "kill"

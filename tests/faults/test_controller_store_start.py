@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli.demo_support import APP_CONF
+from controller.demo.fleet import APP_CONF
 from tests.faults.faults_controller_support import Controller, corral, wait_until
 
 GROUP = "faults"
