@@ -18,12 +18,13 @@ at import time. Groups may be declared in the file::
 
 from __future__ import annotations
 
-import tomllib
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from agent import settings
 from controller.domain.model import GroupMode
 from controller.errors import ConfigError
 
@@ -114,11 +115,6 @@ class ControllerConfig:
         return self.stale_after or 3 * self.report_interval
 
 
-_SCALARS = {
-    f.name: f.type for f in fields(ControllerConfig) if f.name not in ("groups", "providers")
-}
-
-
 def load_config(
     path: Path | None = None,
     *,
@@ -129,139 +125,85 @@ def load_config(
 
     Raises ConfigError naming the offending key and source.
     """
-    config = ControllerConfig()
-    if path is not None:
-        config = _apply(config, _read_toml(path), source=str(path))
-    environment = {
-        key.removeprefix("CORRAL_").lower(): value
-        for key, value in (env or {}).items()
-        if key.startswith("CORRAL_") and key.removeprefix("CORRAL_").lower() in _SCALARS
-    }
-    config = _apply(config, environment, source="environment")
-    given = {key: value for key, value in (overrides or {}).items() if value is not None}
-    return _apply(config, given, source="command line")
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-
-
-def _apply(config: ControllerConfig, values: Mapping[str, Any], *, source: str) -> ControllerConfig:
-    changes: dict[str, Any] = {}
-    for key, value in values.items():
-        if key == "groups":
-            changes["groups"] = tuple(_group(item, source=source) for item in value)
-            continue
-        if key == "providers":
-            changes["providers"] = _providers(value, source=source)
-            continue
-        if key not in _SCALARS:
-            raise ConfigError(f"{source}: unknown setting {key!r}")
-        changes[key] = _coerce(key, value, source=source)
-    return replace(config, **changes)
-
-
-# Settings that are HOST:PORT addresses (empty allowed where it means "off"/"default").
-_ADDRESSES = {"listen": False, "metrics_listen": True, "advertise": True}
-_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-_STORES = ("sqlite", "postgres")
-# Integer settings where 0 has a meaning ("derive it"); the others must be positive.
-_ZERO_ALLOWED = {"max_concurrent_replacements"}
-
-
-def _coerce(key: str, value: Any, *, source: str) -> Any:
-    kind = _SCALARS[key]
-    try:
-        if kind == "bool":
-            return _boolean(value)
-        if isinstance(value, bool):
-            raise ValueError("expected a number or text, not true/false")
-        if kind == "float":
-            number = float(value)
-            if not number >= 0 or number == float("inf"):
-                raise ValueError("must be a finite number, not negative")
-            return number
-        if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError("must be a whole number")
-            integer = int(value)
-            if integer < 0 or (integer == 0 and key not in _ZERO_ALLOWED):
-                raise ValueError("must be positive")
-            return integer
-        text = str(value)
-        if key in _ADDRESSES:
-            _check_address(text, empty_ok=_ADDRESSES[key])
-        elif key == "log_level" and text.lower() not in _LOG_LEVELS:
-            raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
-        elif key == "store" and text not in _STORES:
-            raise ValueError(f"must be one of {', '.join(_STORES)}")
-        return text
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: {key} = {value!r} is not valid: {exc}") from exc
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def _boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE | _FALSE:
-        return text in _TRUE
-    raise ValueError("must be true or false (1/0, yes/no, on/off)")
-
-
-def _check_address(text: str, *, empty_ok: bool) -> None:
-    if not text and empty_ok:
-        return
-    host, colon, port = text.rpartition(":")
-    if not colon or not port.isdigit() or int(port) > 65535:
-        raise ValueError("must be HOST:PORT with a port from 0 to 65535")
-    if host.startswith("[") != host.endswith("]"):
-        raise ValueError("an IPv6 host goes in brackets: [::1]:7070")
-
-
-def _group(item: Any, *, source: str) -> GroupConfig:
-    if not isinstance(item, dict) or "name" not in item or "image" not in item:
-        raise ConfigError(f"{source}: each [[groups]] entry needs a name and an image")
-    unknown = set(item) - {
-        "name",
-        "image",
-        "mode",
-        "provider",
-        "size",
-        "max_concurrent_replacements",
-    }
-    if unknown:
-        raise ConfigError(f"{source}: group {item['name']!r}: unknown keys {sorted(unknown)}")
-    try:
-        mode = GroupMode(item.get("mode", "observe"))
-    except ValueError:
-        raise ConfigError(
-            f"{source}: group {item['name']!r}: mode must be 'observe' or 'enforce'"
-        ) from None
-    return GroupConfig(
-        name=str(item["name"]),
-        image=str(item["image"]),
-        mode=mode,
-        provider=str(item.get("provider", "local")),
-        size=int(item.get("size", 0)),
-        max_concurrent_replacements=int(item.get("max_concurrent_replacements", 0)),
+    return LOADER.load(
+        path=None if path is None else str(path), env=env or {}, flags=overrides or {}
     )
 
 
-def _providers(value: Any, *, source: str) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+def _group(item: Any) -> GroupConfig:
+    if not isinstance(item, dict) or "name" not in item or "image" not in item:
+        raise ValueError("each [[groups]] entry needs a name and an image")
+    name = item["name"]
+    unknown = set(item) - set(_GROUP_FIELDS) - {"mode"}
+    if unknown:
+        raise ValueError(f"group {name!r}: unknown keys {sorted(unknown)}")
+    values: dict[str, Any] = {}
+    for key, raw in item.items():
+        if key == "mode":
+            if raw not in {mode.value for mode in GroupMode}:
+                raise ValueError(f"group {name!r}: mode must be 'observe' or 'enforce'")
+            values[key] = GroupMode(raw)
+            continue
+        try:
+            values[key] = _GROUP_FIELDS[key](raw)
+            if key in ("size", "max_concurrent_replacements"):
+                settings.not_negative(values[key])
+        except ValueError as exc:
+            raise ValueError(f"group {name!r}: {key} {exc}") from None
+    return GroupConfig(**values)
+
+
+def _groups(value: Any) -> tuple[GroupConfig, ...]:
+    if not isinstance(value, list):
+        raise ValueError("groups must be a list of [[groups]] tables")
+    return tuple(_group(item) for item in value)
+
+
+def _providers(value: Any) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-        raise ConfigError(f"{source}: [providers.NAME] must be tables of settings")
+        raise ValueError("[providers.NAME] must be tables of settings")
     return tuple(
         (str(name), tuple(sorted((str(k), v) for k, v in table.items())))
         for name, table in sorted(value.items())
     )
+
+
+_GROUP_FIELDS = {
+    f.name: settings.converter(typing.get_type_hints(GroupConfig)[f.name])
+    for f in fields(GroupConfig)
+    if f.name != "mode"
+}
+
+
+def _rules() -> dict[str, settings.Check]:
+    """The controller's rules: every number positive (durations may be 0), plus a few formats."""
+    rules: dict[str, settings.Check] = {}
+    for name, kind in typing.get_type_hints(ControllerConfig).items():
+        if kind is float:
+            rules[name] = settings.not_negative
+        elif kind is int:
+            rules[name] = settings.positive
+    rules.update(
+        {
+            "listen": settings.host_port(host_required=False, empty_ok=False),
+            "metrics_listen": settings.host_port(host_required=False, empty_ok=True),
+            "advertise": settings.host_port(host_required=False, empty_ok=True),
+            "log_level": settings.one_of(*_LOG_LEVELS, ignore_case=True),
+            "store": settings.one_of(*_STORES),
+        }
+    )
+    return rules
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_STORES = ("sqlite", "postgres")
+
+LOADER = settings.Loader(
+    cls=ControllerConfig,
+    error=ConfigError,
+    env_prefix="CORRAL_",
+    # CORRAL_* is shared with the client and the agent: only this program's names count.
+    env_strict=False,
+    checks=_rules(),
+    tables={"groups": _groups, "providers": _providers},
+)

@@ -74,12 +74,15 @@ def test_env_values_are_parsed_by_type() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"CORRAL_AGENT_INTERVAL": "soon"}, "environment: interval = 'soon'"),
+        (
+            {"CORRAL_AGENT_INTERVAL": "soon"},
+            r"environment \(CORRAL_AGENT_INTERVAL\): interval must be a number \(got 'soon'\)",
+        ),
         ({"CORRAL_AGENT_INTERVAL": "0"}, "interval must be positive"),
         ({"CORRAL_AGENT_COLOUR": "blue"}, "unknown setting 'colour'"),
         ({"CORRAL_AGENT_CONTROLLER": "no-port"}, "controller must be HOST:PORT"),
         ({"CORRAL_AGENT_NICE": "40"}, "nice must be between"),
-        ({"CORRAL_AGENT_ONCE": "maybe"}, "expected true or false"),
+        ({"CORRAL_AGENT_ONCE": "maybe"}, "must be true or false"),
         ({"CORRAL_AGENT_TLS_CERT_FILE": "/c.pem"}, "go together"),
         ({"CORRAL_AGENT_GROUP": "web tier"}, "not a group name"),
     ],
