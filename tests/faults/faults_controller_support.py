@@ -27,7 +27,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from controller.cli.images import register_bake
+from controller.cli.image_registry import register_bake
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
