@@ -106,6 +106,12 @@ def _kind(value: Any) -> str:
         return "a list"
     if isinstance(value, bool):
         return "true/false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
     return f"a {type(value).__name__}"
 
 

@@ -140,7 +140,7 @@ def _group(item: Any) -> GroupConfig:
     values: dict[str, Any] = {}
     for key, raw in item.items():
         if key == "mode":
-            if raw not in {mode.value for mode in GroupMode}:
+            if not isinstance(raw, str) or raw not in {mode.value for mode in GroupMode}:
                 raise ValueError(f"group {name!r}: mode must be 'observe' or 'enforce'")
             values[key] = GroupMode(raw)
             continue

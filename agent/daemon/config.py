@@ -106,7 +106,10 @@ class AgentConfig:
         if self.full_rehash_every is not None and self.full_rehash_interval is not None:
             raise ConfigError("set only one of full_rehash_every and full_rehash_interval")
         if self.container is not None and not self.engine.startswith("unix:///"):
-            raise ConfigError(f"engine must be a unix:///PATH socket URL (got {self.engine!r})")
+            raise ConfigError(
+                "engine must be a unix:///PATH socket URL to watch a container "
+                f"(got {self.engine!r})"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError("tls_cert_file and tls_key_file go together")
         if self.tls_cert_file is not None and self.tls_ca_file is None:

@@ -93,6 +93,38 @@ def test_bad_settings_say_which_and_where(env: dict[str, str], message: str) -> 
         load_config(flags={}, env=env)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("interval = {every = 5}", "interval must be a number, not a table"),
+        ("interval = [5, 6]", "interval must be a number, not a list"),
+        ("interval = nan", "interval must be a finite number"),
+        ("deadline = -inf", "deadline must be a finite number"),
+        ("outbox_capacity = 123456789012345678901234", "outbox_capacity does not fit in 64 bits"),
+        ("workers = -2", "workers must not be negative"),
+        ('once = "maybe"', "once must be true or false"),
+        ("once = 1", "once must be true or false"),
+        ("root = 5", "root must be text, not an integer"),
+        ("nice = 2.5", "nice must be a whole number"),
+    ],
+)
+def test_bad_toml_values_name_the_key_and_the_file(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, f'controller = "c:1"\n{text}\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(flags={}, env={}, config_file=path)
+    assert str(raised.value).startswith(f"config file {path}: ")
+    assert message in str(raised.value)
+
+
+def test_a_rule_across_settings_says_where_each_came_from(tmp_path: Path) -> None:
+    path = write(tmp_path, 'controller = "c:1"\ntls_ca_file = "/ca.pem"\n')
+    env = {"CORRAL_AGENT_TLS_CERT_FILE": "/agent.pem"}
+    with pytest.raises(ConfigError) as raised:
+        load_config(flags={}, env=env, config_file=path)
+    assert "tls_cert_file and tls_key_file go together" in str(raised.value)
+    assert "tls_cert_file from environment (CORRAL_AGENT_TLS_CERT_FILE)" in str(raised.value)
+
+
 def test_a_missing_controller_says_how_to_set_it() -> None:
     with pytest.raises(ConfigError, match="--controller HOST:PORT or set CORRAL_AGENT_CONTROLLER"):
         load_config(flags={}, env={})

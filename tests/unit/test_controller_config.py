@@ -83,6 +83,18 @@ def test_groups_from_the_file(tmp_path: Path) -> None:
         ('listen = "host:99999"', "HOST:PORT"),
         ('log_level = "loud"', "log_level"),
         ("listne = 1", "unknown setting 'listne'"),
+        ("sweep_interval = {seconds = 5}", "sweep_interval must be a number, not a table"),
+        ("sweep_interval = [5]", "sweep_interval must be a number, not a list"),
+        ("sweep_interval = nan", "sweep_interval must be a finite number"),
+        ("sweep_interval = inf", "sweep_interval must be a finite number"),
+        ("max_attempts = 99999999999999999999", "max_attempts does not fit in 64 bits"),
+        ("max_attempts = -3", "max_attempts must be positive"),
+        ('insecure = "sure"', "insecure must be true or false"),
+        ("data_dir = 5", "data_dir must be text, not an integer"),
+        ('store = "mysql"', "store must be one of sqlite or postgres"),
+        ("groups = 5", "groups must be a list"),
+        ('[[groups]]\nname = "web"\nimage = "x"\nsize = "big"\n', "size must be a whole number"),
+        ('[[groups]]\nname = "web"\nimage = "x"\nmode = ["enforce"]\n', "observe"),
         ("listen = ", "not valid TOML"),
         ('[[groups]]\nname = "web"\n', "needs a name and an image"),
         ('[[groups]]\nname = "web"\nimage = "x"\nmode = "fix"\n', "observe"),
@@ -100,7 +112,14 @@ def test_bad_file_values_name_the_key_and_the_file(tmp_path: Path, text: str, wo
 def test_bad_environment_value_names_the_environment() -> None:
     with pytest.raises(ConfigError) as raised:
         load_config(env={"CORRAL_SWEEP_INTERVAL": "often"})
-    assert "environment" in str(raised.value) and "sweep_interval" in str(raised.value)
+    assert "environment (CORRAL_SWEEP_INTERVAL)" in str(raised.value)
+    assert "sweep_interval" in str(raised.value)
+
+
+def test_a_secret_is_not_shown_in_a_refusal() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(env={}, overrides={"postgres_dsn": 5})
+    assert "postgres_dsn" in str(raised.value) and "<secret>" in str(raised.value)
 
 
 def test_bad_flag_names_the_command_line() -> None:
