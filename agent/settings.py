@@ -227,6 +227,9 @@ class Loader(Generic[T]):
     #: The message for a required setting nobody gave.
     missing: Mapping[str, str] = field(default_factory=dict)
 
+    #: Each scalar setting's conversion, from the class's resolved annotations.
+    converters: Mapping[str, Callable[[Any], Any]] = field(init=False, repr=False)
+
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(self.cls)
         converters = {
@@ -234,11 +237,7 @@ class Loader(Generic[T]):
             for f in dataclasses.fields(self.cls)  # type: ignore[arg-type]
             if f.name not in self.tables
         }
-        object.__setattr__(self, "_converters", converters)
-
-    @property
-    def converters(self) -> Mapping[str, Callable[[Any], Any]]:
-        return typing.cast(Mapping[str, Callable[[Any], Any]], self.__dict__["_converters"])
+        object.__setattr__(self, "converters", converters)
 
     def env_name(self, key: str) -> str:
         return self.env_prefix + key.upper()
