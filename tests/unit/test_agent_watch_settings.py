@@ -40,7 +40,7 @@ def test_the_file_and_the_environment_can_turn_it_off(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"CORRAL_AGENT_WATCH": "maybe"}, "watch = 'maybe': expected true or false"),
+        ({"CORRAL_AGENT_WATCH": "maybe"}, "watch must be true or false"),
         ({"CORRAL_AGENT_WATCH_SCAN_INTERVAL": "0"}, "watch_scan_interval must be positive"),
     ],
 )

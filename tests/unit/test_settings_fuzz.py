@@ -79,7 +79,9 @@ def assert_refusal_is_explained(
     message = str(error)
     assert any(key in message.replace(path, "") for key in keys), message
     sources = (f"config file {path}", f"environment ({env_prefix}", "command line")
-    assert any(source in message for source in sources), message
+    # A required setting nobody gave has no source: its message names the variable instead.
+    missing = [f"set {env_prefix}{key.upper()}" for key in keys]
+    assert any(source in message for source in (*sources, *missing)), message
 
 
 def run(
