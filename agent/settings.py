@@ -183,9 +183,12 @@ def matches(pattern: str, description: str) -> Check:
 
 
 def show(cls: type, key: str, value: Any) -> str:
-    """``repr`` of a value, or ``<secret>`` for a field declared ``repr=False``."""
+    """``repr`` of a value (cut at 80 characters), or ``<secret>`` for a ``repr=False`` field."""
     declared = cls.__dataclass_fields__.get(key)  # type: ignore[attr-defined]
-    return "<secret>" if declared is not None and not declared.repr else repr(value)
+    if declared is not None and not declared.repr:
+        return "<secret>"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def check_fields(obj: Any, checks: Mapping[str, Check], error: Callable[[str], Exception]) -> None:

@@ -116,6 +116,13 @@ def test_bad_toml_values_name_the_key_and_the_file(tmp_path: Path, text: str, me
     assert message in str(raised.value)
 
 
+def test_a_long_bad_value_is_shown_cut_short() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(flags={"controller": "c:1"}, env={"CORRAL_AGENT_GROUP": "g" * 500})
+    assert "group is not a group name" in str(raised.value)
+    assert "g" * 70 + "..." in str(raised.value) and "g" * 100 not in str(raised.value)
+
+
 def test_a_rule_across_settings_says_where_each_came_from(tmp_path: Path) -> None:
     path = write(tmp_path, 'controller = "c:1"\ntls_ca_file = "/ca.pem"\n')
     env = {"CORRAL_AGENT_TLS_CERT_FILE": "/agent.pem"}
