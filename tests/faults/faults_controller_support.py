@@ -27,7 +27,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from controller.cli.image_registry import register_bake
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,6 +34,7 @@ from agent.image.artifact import build_artifact
 from agent.manifest.format import Entry, EntryType, Manifest, digest_of, entry_to_proto
 from agent.manifest.policy import Policy
 from controller.cli.client import FleetClient
+from controller.cli.image_registry import register_bake
 from controller.demo import fleet as support
 from controller.providers.local import LocalConfig, LocalProvider
 from protos.corral.v1 import agent_pb2, fleet_pb2, manifest_pb2
