@@ -92,7 +92,7 @@ def _assert_tainted_with_the_path(fleet: Fleet, agent: AgentProcess) -> None:
         what="the instance to be tainted by the kept drift report",
         log=agent.log(),
     )
-    [instance] = [i for i in fleet.instances(GROUP) if i.id == INSTANCE]
+    instance = fleet.instance(INSTANCE)  # lists carry summaries; the evidence is here
     assert STATE[instance.state] == "tainted"
     assert CHANGED in [change.path for change in instance.taint.changes]
     wait_until(
