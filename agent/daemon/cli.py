@@ -39,7 +39,6 @@ from agent.daemon.metrics import AgentMetrics, new_registry, serve_metrics
 from agent.daemon.outbox import Outbox
 from agent.daemon.outbox_file import OutboxFile
 from agent.daemon.ports import Scanner
-from agent.daemon.report import Footprint
 from agent.daemon.runner import Limits, Runner, Schedule, Subject
 from agent.daemon.scanjob import SubprocessScanner
 from agent.daemon.schedule import install_signal_handlers, run_scheduled
@@ -49,6 +48,7 @@ from agent.daemon.watch.mode import start_watch_mode
 from agent.errors import AgentError
 from agent.logs import configure_logging
 from agent.manifest.policy import Policy
+from agent.manifest.report import Footprint
 from agent.version import corral_version
 
 log = logging.getLogger("agent")

@@ -29,9 +29,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from agent.daemon.report import Evidence, Footprint, PendingReport, ReportHeader
+from agent.daemon.report import PendingReport
 from agent.manifest.diff import Change, ChangeKind
 from agent.manifest.format import Entry, EntryError, EntryType
+from agent.manifest.report import Evidence, Footprint, Report
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def report_from_json(document: Any) -> PendingReport:
     if not isinstance(document, dict):
         raise DamagedOutboxError("a report must be an object")
     try:
-        header = ReportHeader(
+        header = Report(
             instance_id=_str(document["instance_id"]),
             group=_str(document["group"]),
             image_ref=_str(document["image_ref"]),

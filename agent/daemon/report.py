@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from agent.manifest.diff import Change
+from agent.manifest.report import Evidence, Report
 
 # Bytes a change costs on the wire beyond its path, target and attribute names:
 # tags, lengths, the 32-byte digest and the integer fields, rounded up.
@@ -21,43 +22,10 @@ _CHANGE_OVERHEAD = 96
 
 
 @dataclass(frozen=True, slots=True)
-class Footprint:
-    """The agent's own resource use when the report was made."""
-
-    rss_bytes: int
-    cpu_millis: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReportHeader:
-    """The constant-size part of every report."""
-
-    instance_id: str
-    group: str
-    image_ref: str
-    image_digest: str
-    root: bytes
-    seq: int
-    boot_id: str
-    scanned_at_ms: int
-    footprint: Footprint
-    agent_version: str
-
-
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    """The changes against the baseline manifest, possibly truncated."""
-
-    changes: tuple[Change, ...]
-    truncated: bool
-    total_changes: int
-
-
-@dataclass(frozen=True, slots=True)
 class PendingReport:
     """A report waiting for delivery: a header, and evidence when the root drifted."""
 
-    header: ReportHeader
+    header: Report
     evidence: Evidence | None = None
 
     @property

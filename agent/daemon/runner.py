@@ -33,10 +33,11 @@ from agent.daemon.identity import ImageIdentity
 from agent.daemon.metrics import AgentMetrics
 from agent.daemon.outbox import Outbox
 from agent.daemon.ports import Clock, Scanner, Transport
-from agent.daemon.report import Evidence, Footprint, PendingReport, ReportHeader
+from agent.daemon.report import PendingReport
 from agent.daemon.scanjob import ScanOutcome, ScanRequest
 from agent.daemon.sequence import SequenceNumbers
 from agent.errors import AgentError, ReportRejectedError, RetryableError
+from agent.manifest.report import Evidence, Footprint, Report
 from agent.scan.pacing import ScanStoppedError
 
 log = logging.getLogger(__name__)
@@ -233,9 +234,9 @@ class Runner:
         )
         return outcome
 
-    def _header(self, root: bytes, scanned_at_ms: int) -> ReportHeader:
+    def _header(self, root: bytes, scanned_at_ms: int) -> Report:
         image = self.subject.image
-        return ReportHeader(
+        return Report(
             instance_id=self.subject.instance_id,
             group=self.subject.group,
             image_ref=image.image_ref,

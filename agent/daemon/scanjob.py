@@ -25,11 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import agent
-from agent.daemon.report import Evidence, bound_evidence
+from agent.daemon.report import bound_evidence
 from agent.errors import AgentError
 from agent.manifest.diff import diff
 from agent.manifest.format import read_manifest
 from agent.manifest.policy import Policy
+from agent.manifest.report import Evidence
 from agent.scan.pacing import ScanPacer, ScanStoppedError
 from agent.scan.scanner import scan
 from agent.scan.statcache import StatCache

@@ -56,10 +56,11 @@ from dataclasses import dataclass
 
 import grpc
 
-from agent.daemon.report import Delivery, InstanceState, PendingReport, ReportHeader
+from agent.daemon.report import Delivery, InstanceState, PendingReport
 from agent.errors import AgentError, ReportRejectedError, RetryableError
 from agent.manifest.diff import Change, ChangeKind
 from agent.manifest.format import entry_to_proto
+from agent.manifest.report import Report
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc, manifest_pb2
 
 SERVICE = "corral.v1.AgentService"
@@ -175,7 +176,7 @@ def channel_options(
     ]
 
 
-def header_to_proto(header: ReportHeader) -> agent_pb2.ReportHeader:
+def header_to_proto(header: Report) -> agent_pb2.ReportHeader:
     return agent_pb2.ReportHeader(
         instance_id=header.instance_id,
         group=header.group,

@@ -18,6 +18,7 @@ import logging
 
 import grpc
 
+from agent.manifest.report import Evidence, Report
 from controller.api.convert import (
     evidence_from_proto,
     report_from_proto,
@@ -25,7 +26,7 @@ from controller.api.convert import (
 )
 from controller.api.counting import MethodCounter, method_counters
 from controller.api.edge import Undecodable, internal, refuse, served, undecodable
-from controller.domain.model import Evidence, InstanceState, Report
+from controller.domain.model import InstanceState
 from controller.engine.reports import ControllerService
 from controller.errors import ControllerError
 from controller.security.authz import require_instance

@@ -19,6 +19,7 @@ import grpc
 from agent.errors import ManifestError
 from agent.manifest.diff import Change, ChangeKind
 from agent.manifest.format import entry_from_proto, entry_to_proto
+from agent.manifest.report import Evidence, Footprint, Report
 from agent.paths import display_path
 from controller.api.limits import (
     AGENT_VERSION_CHARS,
@@ -52,14 +53,11 @@ from controller.audit.errors import (
 )
 from controller.domain.model import (
     DriftKind,
-    Evidence,
-    Footprint,
     Group,
     GroupMode,
     ImageRecord,
     Instance,
     InstanceState,
-    Report,
     Taint,
 )
 from controller.domain.rollout import ImageNotRegisteredError

@@ -19,16 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from controller.domain.model import (
-    DriftKind,
-    Evidence,
-    Group,
-    ImageRecord,
-    Instance,
-    InstanceState,
-    Report,
-    Taint,
-)
+from agent.manifest.report import Evidence, Report
+from controller.domain.model import DriftKind, Group, ImageRecord, Instance, InstanceState, Taint
 from controller.domain.refs import image_identity
 from controller.domain.states import transition
 from controller.errors import AlreadyExistsError, FailedPreconditionError

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from agent.manifest.diff import ChangeKind
 from agent.manifest.format import Entry, leaf_hash
 from agent.manifest.merkle import RootIndex
+from agent.manifest.report import Evidence
 from agent.paths import display_path
-from controller.domain.model import Evidence
 from controller.errors import InvalidArgumentError
 
 

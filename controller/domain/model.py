@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from agent.manifest.diff import Change
+from agent.manifest.report import Footprint
 
 
 class InstanceState(Enum):
@@ -123,14 +124,6 @@ class Taint:
 
 
 @dataclass(frozen=True)
-class Footprint:
-    """What watching costs on the instance: the agent's RSS and CPU time."""
-
-    rss_bytes: int = 0
-    cpu_millis: int = 0
-
-
-@dataclass(frozen=True)
 class Instance:
     """One instance as the controller last saw it."""
 
@@ -153,28 +146,3 @@ class Instance:
     # The version of the stored row this value was read from (0: not stored yet).
     # Every store write is a compare-and-set on it (see controller.ports.Store).
     version: int = field(default=0, compare=False)
-
-
-@dataclass(frozen=True)
-class Report:
-    """What an agent said in one report (the domain form of ``ReportHeader``)."""
-
-    instance_id: str
-    group: str
-    image_ref: str
-    image_digest: str
-    root: bytes
-    seq: int
-    boot_id: str
-    scanned_at_ms: int
-    footprint: Footprint = field(default_factory=Footprint)
-    agent_version: str = ""
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """The changed entries an agent sent with a drifted report."""
-
-    changes: tuple[Change, ...]
-    truncated: bool = False
-    total_changes: int = 0

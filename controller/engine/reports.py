@@ -20,20 +20,12 @@ from dataclasses import replace
 
 from agent.errors import ManifestError
 from agent.manifest.format import decode, digest_of
+from agent.manifest.report import Evidence, Report
 from controller.audit import trail
 from controller.audit.record import Event
 from controller.domain.drift import Decision, Outcome, attach_evidence, decide, mark_suspicious
 from controller.domain.evidence import check_evidence
-from controller.domain.model import (
-    DriftKind,
-    Evidence,
-    Group,
-    ImageRecord,
-    Instance,
-    InstanceState,
-    Report,
-    Taint,
-)
+from controller.domain.model import DriftKind, Group, ImageRecord, Instance, InstanceState, Taint
 from controller.domain.states import on_silence, transition
 from controller.engine.manifest_cache import ManifestCache
 from controller.errors import (

@@ -13,10 +13,10 @@ from typing import Any
 
 from agent.manifest.diff import Change, ChangeKind
 from agent.manifest.format import Entry, EntryError, EntryType
+from agent.manifest.report import Footprint
 from agent.paths import display_path, parse_display_path
 from controller.domain.model import (
     DriftKind,
-    Footprint,
     Group,
     GroupMode,
     ImageRecord,

@@ -28,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent.daemon.outbox import Outbox
 from agent.daemon.outbox_file import OutboxFile
-from agent.daemon.report import Footprint, PendingReport, ReportHeader, bound_evidence
+from agent.daemon.report import PendingReport, bound_evidence
 from agent.daemon.transport import GrpcTransport
 from agent.manifest.diff import Change, ChangeKind
 from agent.manifest.format import Entry, EntryType
+from agent.manifest.report import Footprint, Report
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc
 
 
@@ -40,8 +41,8 @@ class Accepting(agent_pb2_grpc.AgentServiceServicer):
         return agent_pb2.ReportResponse(state=agent_pb2.INSTANCE_STATE_CONFORMANT)
 
 
-def header(seq: int) -> ReportHeader:
-    return ReportHeader(
+def header(seq: int) -> Report:
+    return Report(
         instance_id="i-0123456789abcdef0", group="web", image_ref="web@sha256:" + "a" * 64,
         image_digest="sha256:" + "a" * 64, root=bytes(32), seq=seq, boot_id="b" * 36,
         scanned_at_ms=1_800_000_000_000 + seq, footprint=Footprint(40 << 20, 1234),

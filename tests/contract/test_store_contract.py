@@ -10,16 +10,9 @@ import pytest
 
 from agent.manifest.diff import Change, ChangeKind
 from agent.manifest.format import Entry, EntryType
+from agent.manifest.report import Footprint
 from controller.audit import install_schema
-from controller.domain.model import (
-    DriftKind,
-    Footprint,
-    Group,
-    GroupMode,
-    Instance,
-    InstanceState,
-    Taint,
-)
+from controller.domain.model import DriftKind, Group, GroupMode, Instance, InstanceState, Taint
 from controller.domain.replacement_actions import Kind, Phase, Strategy
 from controller.domain.replacement_record import ReplacementRecord
 from controller.errors import AlreadyExistsError, NotFoundError

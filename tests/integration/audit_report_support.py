@@ -20,9 +20,10 @@ import pytest
 
 from agent.manifest.diff import diff
 from agent.manifest.format import Entry, EntryType, root_of
+from agent.manifest.report import Evidence, Report
 from controller.cli.main import main
 from controller.domain.breaker import BreakerState
-from controller.domain.model import Evidence, Group, GroupMode, ImageRecord, Report
+from controller.domain.model import Group, GroupMode, ImageRecord
 from controller.domain.replacement_actions import (
     Complete,
     Kind,

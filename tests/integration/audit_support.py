@@ -9,8 +9,9 @@ from prometheus_client import CollectorRegistry
 
 from agent.manifest.format import Entry, EntryType, Manifest, digest_of, root_of
 from agent.manifest.policy import Policy
+from agent.manifest.report import Report
 from controller.audit.record import Record
-from controller.domain.model import Group, ImageRecord, Report
+from controller.domain.model import Group, ImageRecord
 from controller.engine.reports import ControllerService
 from controller.metrics import ControllerMetrics
 from controller.ports import Store

@@ -22,12 +22,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.daemon.report import Evidence, Footprint, InstanceState, PendingReport, ReportHeader
+from agent.daemon.report import InstanceState, PendingReport
 from agent.daemon.transport import GrpcTransport
 from agent.errors import ReportRejectedError, RetryableError
 from agent.manifest.diff import Change, ChangeKind
 from agent.manifest.format import Entry, EntryType, Manifest, digest_of
 from agent.manifest.policy import Policy
+from agent.manifest.report import Evidence, Footprint, Report
 from agent.scan.scanner import scan
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc
 
@@ -98,8 +99,8 @@ def serve() -> Iterator[object]:
         server.stop(grace=None)
 
 
-def header(seq: int = 1) -> ReportHeader:
-    return ReportHeader(
+def header(seq: int = 1) -> Report:
+    return Report(
         instance_id="i-0123456789abcdef0",
         group="web",
         image_ref="registry.example.com/web@sha256:" + "a" * 64,

@@ -9,11 +9,12 @@ from __future__ import annotations
 import pytest
 
 from agent.daemon.outbox import Outbox
-from agent.daemon.report import Evidence, Footprint, PendingReport, ReportHeader
+from agent.daemon.report import PendingReport
+from agent.manifest.report import Evidence, Footprint, Report
 
 
 def report(seq: int, *, drift: bool = False) -> PendingReport:
-    header = ReportHeader(
+    header = Report(
         instance_id="i-1",
         group="g",
         image_ref="r",

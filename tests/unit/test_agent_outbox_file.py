@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from agent.daemon.outbox_file import FILE_NAME, DamagedOutboxError, OutboxFile, decode, encode
-from agent.daemon.report import Evidence, Footprint, PendingReport, ReportHeader
+from agent.daemon.report import PendingReport
 from agent.manifest.diff import Change, ChangeKind
 from agent.manifest.format import Entry, EntryError, EntryType
+from agent.manifest.report import Evidence, Footprint, Report
 
 
-def header(seq: int) -> ReportHeader:
-    return ReportHeader(
+def header(seq: int) -> Report:
+    return Report(
         instance_id="i-0123456789abcdef0",
         group="web",
         image_ref="demo@sha256:" + "a" * 64,

@@ -15,7 +15,7 @@ from agent.daemon.identity import read_image_json
 from agent.daemon.metrics import AgentMetrics
 from agent.daemon.outbox import Outbox
 from agent.daemon.outbox_file import OutboxFile
-from agent.daemon.report import Delivery, Footprint, InstanceState, PendingReport
+from agent.daemon.report import Delivery, InstanceState, PendingReport
 from agent.daemon.runner import Limits, Runner, Schedule, Subject, full_rehash_due
 from agent.daemon.scanjob import InProcessScanner, ScanOutcome, ScanRequest
 from agent.daemon.sequence import SequenceNumbers
@@ -23,6 +23,7 @@ from agent.errors import ReportRejectedError, RetryableError
 from agent.manifest.diff import ChangeKind
 from agent.manifest.format import Manifest, digest_of
 from agent.manifest.policy import Policy
+from agent.manifest.report import Footprint
 from agent.scan.scanner import scan
 from agent.scan.statcache import StatCache
 

@@ -15,9 +15,10 @@ from concurrent import futures
 import grpc
 import pytest
 
-from agent.daemon.report import Footprint, PendingReport, ReportHeader
+from agent.daemon.report import PendingReport
 from agent.daemon.transport import DEFINITIVE, GrpcTransport, channel_options, is_definitive
 from agent.errors import ReportRejectedError, RetryableError
+from agent.manifest.report import Footprint, Report
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc
 
 REFUSALS = {"INVALID_ARGUMENT", "OUT_OF_RANGE", "FAILED_PRECONDITION", "ALREADY_EXISTS",
@@ -52,7 +53,7 @@ def answering() -> Iterator[tuple[OneAnswer, GrpcTransport]]:
 
 
 REPORT = PendingReport(
-    ReportHeader(
+    Report(
         instance_id="i-1", group="web", image_ref="web@sha256:" + "a" * 64,
         image_digest="sha256:" + "a" * 64, root=bytes(32), seq=1, boot_id="b",
         scanned_at_ms=1_800_000_000_000, footprint=Footprint(0, 0), agent_version="t",

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import json
 
-from agent.daemon.report import (
-    Evidence,
-    Footprint,
-    PendingReport,
-    ReportHeader,
-    bound_evidence,
-    change_size,
-)
+from agent.daemon.report import PendingReport, bound_evidence, change_size
 from agent.daemon.transport import change_to_proto, drift_request, report_request, service_config
 from agent.manifest.diff import Change, ChangeKind
 from agent.manifest.format import Entry, EntryType
+from agent.manifest.report import Evidence, Footprint, Report
 
 # Realistic, long identities: an EC2-style id would be 19 characters; allow far more.
-LONG_HEADER = ReportHeader(
+LONG_HEADER = Report(
     instance_id="i-" + "0123456789abcdef" * 4,  # 66 characters
     group="payments-api-production-eu-west-1-blue",
     image_ref="123456789012.dkr.ecr.eu-west-1.amazonaws.com/platform/payments-api@sha256:"
@@ -44,7 +38,7 @@ def test_the_steady_state_report_does_not_grow_with_the_tree() -> None:
     assert report_request(PendingReport(other)).ByteSize() == small
 
 
-def _fields(header: ReportHeader) -> dict[str, object]:
+def _fields(header: Report) -> dict[str, object]:
     return {name: getattr(header, name) for name in header.__dataclass_fields__}
 
 

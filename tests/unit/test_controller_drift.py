@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from agent.manifest.diff import Change, ChangeKind
 from agent.manifest.format import Entry, EntryType
+from agent.manifest.report import Evidence, Report
 from controller.domain.drift import (
     Decision,
     Outcome,
@@ -17,16 +18,7 @@ from controller.domain.drift import (
     decide,
     mark_suspicious,
 )
-from controller.domain.model import (
-    DriftKind,
-    Evidence,
-    Group,
-    ImageRecord,
-    Instance,
-    InstanceState,
-    Report,
-    Taint,
-)
+from controller.domain.model import DriftKind, Group, ImageRecord, Instance, InstanceState, Taint
 from controller.errors import AlreadyExistsError, ControllerError, FailedPreconditionError
 
 S = InstanceState

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from agent.manifest.diff import Change, ChangeKind, diff
 from agent.manifest.format import Entry, EntryType, root_of
+from agent.manifest.report import Evidence
 from controller.domain.evidence import ManifestIndex, check_evidence
-from controller.domain.model import Evidence
 from controller.errors import InvalidArgumentError
 
 

@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 from agent.logs import JsonFormatter, configure_logging
 from agent.manifest.format import Entry, EntryType, Manifest, digest_of
 from agent.manifest.policy import Policy
-from controller.domain.model import Group, ImageRecord, Report
+from agent.manifest.report import Report
+from controller.domain.model import Group, ImageRecord
 from controller.engine.reports import ControllerService
 from controller.errors import ControllerError
 from controller.metrics import ControllerMetrics

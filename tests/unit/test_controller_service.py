@@ -11,19 +11,10 @@ from prometheus_client import CollectorRegistry
 from agent.manifest.diff import Change, ChangeKind, diff
 from agent.manifest.format import Entry, EntryType, Manifest, digest_of, root_of
 from agent.manifest.policy import Policy
+from agent.manifest.report import Evidence, Footprint, Report
 from controller.audit.record import Event
 from controller.domain.drift import heard
-from controller.domain.model import (
-    DriftKind,
-    Evidence,
-    Footprint,
-    Group,
-    ImageRecord,
-    Instance,
-    InstanceState,
-    Report,
-    Taint,
-)
+from controller.domain.model import DriftKind, Group, ImageRecord, Instance, InstanceState, Taint
 from controller.engine.reports import ControllerService
 from controller.errors import InvalidArgumentError
 from controller.metrics import ControllerMetrics

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from agent.manifest.report import Report
 from controller.domain.drift import Outcome, decide
-from controller.domain.model import DriftKind, Group, ImageRecord, InstanceState, Report
+from controller.domain.model import DriftKind, Group, ImageRecord, InstanceState
 
 V1 = ImageRecord(
     name="web",

@@ -13,14 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.domain.model import (
-    DriftKind,
-    Footprint,
-    Group,
-    Instance,
-    InstanceState,
-    Taint,
-)
+from agent.manifest.report import Footprint
+from controller.domain.model import DriftKind, Group, Instance, InstanceState, Taint
 from controller.errors import ControllerError
 from controller.store.sqlite import SqliteStore
 

@@ -21,12 +21,13 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.daemon.report import Evidence, bound_evidence
+from agent.daemon.report import bound_evidence
 from agent.errors import AgentError
 from agent.manifest.baseline import BaselineIndex
 from agent.manifest.diff import Change, ChangeKind, changed_attributes
 from agent.manifest.format import Entry, leaf_hash
 from agent.manifest.merkle import bucket_hash, bucket_of, root_of_buckets
+from agent.manifest.report import Evidence
 
 MAX_TRACKED = 20_000
 

@@ -29,7 +29,6 @@ from collections.abc import Callable
 
 from agent.daemon.config import AgentConfig
 from agent.daemon.metrics import AgentMetrics
-from agent.daemon.report import Evidence
 from agent.daemon.runner import Runner
 from agent.daemon.scanjob import ScanOutcome
 from agent.daemon.watch.inotify import Touch, TreeWatcher, WatchUnavailableError
@@ -37,6 +36,7 @@ from agent.daemon.watch.liveroot import MAX_TRACKED, LiveRoot, TooManyChangesErr
 from agent.daemon.watch.touched import rescan_touched
 from agent.errors import AgentError
 from agent.manifest.baseline import BaselineIndex
+from agent.manifest.report import Evidence
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,13 @@ import pytest
 from conftest import Baked, RunningController, header
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from agent.daemon.report import Evidence, Footprint, PendingReport, ReportHeader
+from agent.daemon.report import PendingReport
 from agent.daemon.transport import drift_request
 from agent.image.bake import bake
 from agent.manifest.diff import Change, ChangeKind
 from agent.manifest.format import Entry, EntryType
 from agent.manifest.policy import Policy
+from agent.manifest.report import Evidence, Footprint, Report
 from controller.api.edge import INTERNAL_DETAILS, MAX_DETAILS, RETRY_AFTER_METADATA
 from controller.api.limits import INT64_MAX
 from controller.cli.client import FleetClient
@@ -252,7 +253,7 @@ def test_a_bug_is_internal_with_a_generic_message_logged_once(
 
 def _agent_report(baked: Baked, instance_id: str, evidence: Evidence) -> PendingReport:
     """A report as the agent's own code queues it, for the root ``\\x09...``."""
-    agent_header = ReportHeader(
+    agent_header = Report(
         instance_id=instance_id,
         group="web",
         image_ref=baked.ref,
