@@ -8,6 +8,7 @@ import logging
 import shutil
 import subprocess
 
+import pytest
 from prometheus_client import generate_latest
 
 from agent.daemon.metrics import AgentMetrics, new_registry
@@ -75,7 +76,8 @@ def test_the_agreed_metrics_exist_with_bounded_labels_only() -> None:
 
 def test_promtool_accepts_the_exposition() -> None:
     promtool = shutil.which("promtool")
-    assert promtool, "promtool is installed by .ci/setup-system (apt prometheus)"
+    if promtool is None:  # CI installs it (.ci/setup-system) and fails on any skip
+        pytest.skip("promtool is not installed (apt install prometheus, or .ci/setup-system)")
     registry = new_registry()
     metrics = AgentMetrics(registry)
     metrics.reports.labels(result="delivered").inc()
