@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
 
+from agent.clock import Clock
 from controller.api.server import ControllerServer
 from controller.config import ControllerConfig
 from controller.domain.model import Group
@@ -22,7 +23,7 @@ from controller.engine.reports import ControllerService
 from controller.engine.scheduler import start_background
 from controller.engine.wiring import build_replacer
 from controller.metrics import ControllerMetrics, FleetCollector
-from controller.ports import Clock, Leadership, SoleController, Store
+from controller.ports import Leadership, SoleController, Store
 from controller.security.serving import security_from_config
 from controller.store.wiring import open_store
 

@@ -16,10 +16,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from agent.clock import Clock
 from agent.version import corral_version
 from controller.domain.model import InstanceState
 from controller.domain.replacement import ACTIVE_PHASES
-from controller.ports import Clock, Store
+from controller.ports import Store
 
 # Report age buckets (seconds): agents report every 30 s by default.
 AGE_BUCKETS = (5.0, 15.0, 30.0, 60.0, 90.0, 180.0, 300.0, 900.0, 3600.0)
@@ -126,7 +127,7 @@ class FleetCollector(Collector):
         self._clock = clock
 
     def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
-        now = self._clock.now()
+        now = self._clock()
         counts: dict[tuple[str, str], int] = {}
         ages: dict[str, list[float]] = {}
         for declared in self._store.list_groups():

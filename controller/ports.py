@@ -1,8 +1,8 @@
 """The controller's ports: what the engine needs from time, storage and leadership.
 
 Adapters: :mod:`controller.store` (memory, SQLite, PostgreSQL stores; the
-PostgreSQL advisory-lock leadership), :class:`SystemClock` and
-:class:`SoleController` here, and the tests' fake clock (``tests/fixtures/clock.py``).
+PostgreSQL advisory-lock leadership), :class:`SoleController` here (the clock is ``time.time``:
+:class:`agent.clock.Clock`), and the tests' fake clock (``tests/fixtures/clock.py``).
 Two ports live with the code that owns their contract: the audit log's
 (:class:`controller.audit.ports.AuditLog`, which the audit package implements
 without depending on the rest of the controller) and the providers'
@@ -13,7 +13,6 @@ adapter (``tests/contract/``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -21,19 +20,6 @@ from controller.audit.ports import AuditLog
 from controller.audit.record import Event
 from controller.domain.model import Group, ImageRecord, Instance
 from controller.domain.replacement_record import ReplacementRecord
-
-
-class Clock(Protocol):
-    """Where the controller gets the time (Unix seconds)."""
-
-    def now(self) -> float: ...
-
-
-class SystemClock:
-    """The real wall clock."""
-
-    def now(self) -> float:
-        return time.time()
 
 
 class Store(Protocol):

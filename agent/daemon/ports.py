@@ -45,9 +45,3 @@ class Scanner(Protocol):
     def stop(self) -> None:
         """Abandon a scan in progress; later scans are refused."""
         ...
-
-
-class Clock(Protocol):
-    """Wall-clock time in seconds since the epoch (``time.time``)."""
-
-    def __call__(self) -> float: ...

@@ -28,11 +28,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.clock import Clock
 from agent.daemon.backoff import Backoff
 from agent.daemon.identity import ImageIdentity
 from agent.daemon.metrics import AgentMetrics
 from agent.daemon.outbox import Outbox
-from agent.daemon.ports import Clock, Scanner, Transport
+from agent.daemon.ports import Scanner, Transport
 from agent.daemon.report import PendingReport
 from agent.daemon.scanjob import ScanOutcome, ScanRequest
 from agent.daemon.sequence import SequenceNumbers

@@ -60,7 +60,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     async def AuditConformance(
         self, request: audit_pb2.AuditConformanceRequest, context: Context
     ) -> audit_pb2.AuditConformanceResponse:
-        at_ms = check_int("at_ms", request.at_ms, high=MAX_TIME_MS) or int(self._clock.now() * 1000)
+        at_ms = check_int("at_ms", request.at_ms, high=MAX_TIME_MS) or int(self._clock() * 1000)
         group = name_of("group", request.group) if request.group else None
         result = await self._run(lambda log: log.conformance_at(at_ms, group=group))
         return convert.conformance_to_proto(result)

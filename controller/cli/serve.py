@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,7 +39,6 @@ from controller.app import start_controller
 from controller.config import ControllerConfig, load_config
 from controller.errors import ControllerError, StoreRefusedError
 from controller.metrics import serve_metrics
-from controller.ports import SystemClock
 from controller.security.listen import check_listen
 from controller.security.serving import security_from_config
 
@@ -119,7 +119,7 @@ async def serve(
     config: ControllerConfig, *, registry: CollectorRegistry, init: bool = False
 ) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
-    controller = await start_controller(config, clock=SystemClock(), registry=registry, init=init)
+    controller = await start_controller(config, clock=time.time, registry=registry, init=init)
     if config.metrics_listen:
         serve_metrics(registry, config.metrics_listen)
     stopping = asyncio.Event()

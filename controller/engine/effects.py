@@ -16,6 +16,7 @@ import hashlib
 import logging
 from dataclasses import replace
 
+from agent.clock import Clock
 from controller.audit import events as ev
 from controller.audit import trail
 from controller.domain.model import Group, Instance, InstanceState
@@ -41,7 +42,7 @@ from controller.domain.states import transition
 from controller.domain.views import LaunchLookup
 from controller.errors import ControllerError, NotFoundError
 from controller.metrics import ControllerMetrics
-from controller.ports import Clock, Store
+from controller.ports import Store
 from controller.providers import LaunchSpec, Provider, ProviderError
 
 log = logging.getLogger("corral.replacer")
@@ -88,9 +89,7 @@ class Effects:
             self._abandon(action)
         elif isinstance(action, Cancel):
             row = self._row(action.replacement_id)
-            self._update(
-                row, phase=Phase.CANCELLED, finished_at=self.clock.now(), reason=action.reason
-            )
+            self._update(row, phase=Phase.CANCELLED, finished_at=self.clock(), reason=action.reason)
             log.info("replacement cancelled: %s", action.reason, extra=_extra(row))
         elif isinstance(action, Complete):
             self._complete(action)
@@ -104,7 +103,7 @@ class Effects:
     # Actions ------------------------------------------------------------------
 
     def _start(self, action: StartReplacement) -> None:
-        now = self.clock.now()
+        now = self.clock()
         old = self.store.get_instance(action.instance_id) if action.instance_id else None
         started = now
         if action.kind is Kind.TAINT and old is not None and old.taint is not None:
@@ -138,7 +137,7 @@ class Effects:
             phase=Phase.LAUNCHING,
             attempt=action.attempt,
             image_ref=action.image_ref,
-            launch_issued_at=self.clock.now(),
+            launch_issued_at=self.clock(),
             launch_error=None,
             new_instance_id=None,
         )
@@ -192,7 +191,7 @@ class Effects:
         found = next((i for i in held if i.idempotency_key == action.launch_key), None)
         self.lookups[action.replacement_id] = LaunchLookup(
             launch_key=action.launch_key,
-            checked_at=self.clock.now(),
+            checked_at=self.clock(),
             instance_id=found.instance_id if found is not None and found.instance_id else None,
         )
 
@@ -217,7 +216,7 @@ class Effects:
         row = self._update(
             self._row(action.replacement_id),
             phase=Phase.ABANDONED,
-            finished_at=self.clock.now(),
+            finished_at=self.clock(),
             reason=action.reason,
         )
         old = self.store.get_instance(action.instance_id) if action.instance_id else None
@@ -227,7 +226,7 @@ class Effects:
         log.error("replacement abandoned: %s", action.reason, extra=_extra(row))
 
     def _complete(self, action: Complete) -> None:
-        now = self.clock.now()
+        now = self.clock()
         row = self._update(self._row(action.replacement_id), phase=Phase.DONE, finished_at=now)
         self.metrics.replacements.labels(group=row.group, result="succeeded").inc()
         self.metrics.replacement_duration.labels(group=row.group).observe(
@@ -246,7 +245,7 @@ class Effects:
         live = [i for i in self.store.list_instances(group.name) if i.state is not _S.RETIRED]
         opened = ev.breaker_open(
             group.name,
-            at_ms=trail.ms(self.clock.now()),
+            at_ms=trail.ms(self.clock()),
             actor=trail.CONTROLLER,
             tainted=sum(1 for i in live if i.state in (_S.TAINTED, _S.REPLACING)),
             size=max(current.desired_size, len(live)),
@@ -279,7 +278,7 @@ class Effects:
 
     def _update(self, row: ReplacementRecord, **changes: object) -> ReplacementRecord:
         updated = replace(row, **changes)  # type: ignore[arg-type]
-        audit = trail.replacement_events(row, updated, at_ms=trail.ms(self.clock.now()))
+        audit = trail.replacement_events(row, updated, at_ms=trail.ms(self.clock()))
         return self.store.update_replacement(updated, audit=audit)
 
     def _save(self, before: Instance | None, after: Instance, *, reason: str) -> Instance:
@@ -287,7 +286,7 @@ class Effects:
         audit = trail.instance_events(
             before,
             after,
-            at_ms=trail.ms(self.clock.now()),
+            at_ms=trail.ms(self.clock()),
             actor=trail.CONTROLLER,
             source="controller",
             reason=reason,
@@ -305,7 +304,7 @@ class Effects:
                     group=row.group,
                     state=_S.PENDING,
                     image_ref=row.image_ref,
-                    first_seen=self.clock.now(),
+                    first_seen=self.clock(),
                     replaces=row.instance_id,
                 ),
                 reason=f"launched by replacement {row.replacement_id}",

@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
+from agent.clock import Clock
 from controller.audit import events as ev
 from controller.audit import trail
 from controller.audit.record import Event
@@ -28,7 +29,7 @@ from controller.domain.rollout import (
     rollout,
 )
 from controller.errors import NotFoundError
-from controller.ports import Clock, Store
+from controller.ports import Store
 
 log = logging.getLogger("corral.controller")
 
@@ -76,7 +77,7 @@ def resume_group(store: Store, name: str, *, clock: Clock, actor: str) -> Group:
             resumed_at=group.breaker_resumed_at,
             reason=group.breaker_reason,
         ),
-        clock.now(),
+        clock(),
     )
     resumed = replace(
         group,
@@ -88,7 +89,7 @@ def resume_group(store: Store, name: str, *, clock: Clock, actor: str) -> Group:
     audit: tuple[Event, ...] = ()
     if group.breaker_open:
         audit = (
-            ev.breaker_resume(name, at_ms=trail.ms(clock.now()), actor=trail.operator_actor(actor)),
+            ev.breaker_resume(name, at_ms=trail.ms(clock()), actor=trail.operator_actor(actor)),
         )
     store.update_group(resumed, audit=audit)
     log.warning("group resumed by %s", actor, extra={"group": name})
@@ -124,7 +125,7 @@ def _store(
     event = ev.rollback if update.change is Change.ROLLBACK else ev.rollout
     audit = event(
         group.name,
-        at_ms=trail.ms(clock.now() if clock is not None else time.time()),
+        at_ms=trail.ms(clock() if clock is not None else time.time()),
         actor=trail.operator_actor(actor),
         from_image=update.previous_image or None,
         to_image=update.desired_image,

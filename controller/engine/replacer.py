@@ -31,6 +31,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from agent.clock import Clock
 from controller.domain.breaker import BreakerState
 from controller.domain.model import Group
 from controller.domain.replacement import (
@@ -44,7 +45,7 @@ from controller.domain.views import GroupView
 from controller.engine.effects import Effects
 from controller.errors import ControllerError
 from controller.metrics import ControllerMetrics
-from controller.ports import Clock, Leadership, SoleController, Store
+from controller.ports import Leadership, SoleController, Store
 from controller.providers import Provider, ProviderError
 
 log = logging.getLogger("corral.replacer")
@@ -146,7 +147,7 @@ class Replacer:
     def _due_groups(self, *, include_active: bool) -> list[str]:
         """The groups to plan now; takes the nudges."""
         dirty, self._dirty = self._dirty, set()
-        now = self.clock.now()
+        now = self.clock()
         sweep = include_active and now - self._last_sweep >= self.settings.sweep_seconds
         if sweep or "" in dirty:
             if sweep:
@@ -193,7 +194,7 @@ class Replacer:
             r.view(self.effects.lookups.get(r.replacement_id))
             for r in self.store.list_replacements(group.name)
         ]
-        return plan(view, instances, rows, self.clock.now(), self.settings.engine)
+        return plan(view, instances, rows, self.clock(), self.settings.engine)
 
     def _provider(self, group: Group) -> Provider | None:
         provider = self.providers.get(group.provider)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from agent.clock import Clock
 from agent.errors import ManifestError
 from agent.manifest.format import decode, digest_of
 from agent.manifest.report import Evidence, Report
@@ -37,7 +38,7 @@ from controller.errors import (
     UnavailableError,
 )
 from controller.metrics import ControllerMetrics
-from controller.ports import Clock, Store
+from controller.ports import Store
 
 log = logging.getLogger("corral.controller")
 CONFLICT_RETRIES = 4
@@ -64,7 +65,7 @@ class ControllerService:
         self.max_clock_skew = max_clock_skew
         self.retired_retention = retired_retention
         # Silence is counted from here at the earliest (see states.is_stale).
-        self.listening_since = clock.now()
+        self.listening_since = clock()
         self.manifests = ManifestCache(store)
         # Label children made once: the report path must not look them up per call.
         self._outcomes = {
@@ -119,7 +120,7 @@ class ControllerService:
         self.metrics.reports_rejected.labels(reason=error.reason).inc()
 
     def _report(self, report: Report, evidence: Evidence | None) -> Decision:
-        now = self.clock.now()
+        now = self.clock()
         ahead = report.scanned_at_ms / 1000 - now
         if ahead > self.max_clock_skew:
             raise InvalidArgumentError(
@@ -188,7 +189,7 @@ class ControllerService:
         return trail.instance_events(
             before,
             after,
-            at_ms=trail.ms(self.clock.now()),
+            at_ms=trail.ms(self.clock()),
             actor=trail.agent_actor(after.id),
             source="agent",
         )
@@ -213,7 +214,7 @@ class ControllerService:
             raise InvalidArgumentError(
                 "image.json does not describe this manifest (root or entry count differ)"
             )
-        record = replace(image, registered_at=self.clock.now(), registered_by=actor)
+        record = replace(image, registered_at=self.clock(), registered_by=actor)
         audit = trail.image_events(record, actor=trail.operator_actor(actor))
         created = self.store.add_image(record, manifest, audit=audit)
         stored = self.store.get_image_by_ref(image.ref) or record
@@ -236,7 +237,7 @@ class ControllerService:
             )
         group = replace(group, desired_image_digest=image.digest)
         audit = trail.group_events(
-            group, at_ms=trail.ms(self.clock.now()), actor=trail.operator_actor(actor)
+            group, at_ms=trail.ms(self.clock()), actor=trail.operator_actor(actor)
         )
         created = self.store.add_group(group, audit=audit)
         if created:
@@ -254,7 +255,7 @@ class ControllerService:
                 group,
                 audit=trail.group_events(
                     group,
-                    at_ms=trail.ms(self.clock.now()),
+                    at_ms=trail.ms(self.clock()),
                     actor=trail.CONTROLLER,
                     reason="declared in the controller's config file",
                 ),
@@ -285,7 +286,7 @@ class ControllerService:
             raise NotFoundError(f"no instance {instance_id!r} has reported")
         if instance.state in (InstanceState.TAINTED, InstanceState.REPLACING):
             return instance
-        new_taint = Taint(kind=DriftKind.MANUAL, reason=reason, actor=actor, at=self.clock.now())
+        new_taint = Taint(kind=DriftKind.MANUAL, reason=reason, actor=actor, at=self.clock())
         updated = replace(transition(instance, InstanceState.TAINTED), taint=new_taint)
         audit = trail.instance_events(
             instance,
@@ -304,7 +305,7 @@ class ControllerService:
         Each mark is a compare-and-set on the row the sweep read: an instance that
         reported, was tainted or changed in any way since is left as it is.
         """
-        now = self.clock.now()
+        now = self.clock()
         marked = 0
         for instance in self.store.list_instances():
             silent = on_silence(
@@ -337,7 +338,7 @@ class ControllerService:
         Their rows (and evidence) leave the live store; the audit log keeps their
         history. Each removal is a compare-and-set on the row read.
         """
-        cutoff = self.clock.now() - self.retired_retention
+        cutoff = self.clock() - self.retired_retention
         removed = 0
         for instance in self.store.list_instances():
             heard = max(instance.last_report, instance.first_seen)

@@ -91,7 +91,7 @@ def _controller_registry() -> CollectorRegistry:
     clock = FakeClock()
     for number, state in enumerate(InstanceState):
         instance = Instance(
-            id=f"i-{number}", group="web", state=state, last_report=clock.now() - 10 * number
+            id=f"i-{number}", group="web", state=state, last_report=clock() - 10 * number
         )
         store.save_instance(instance)
     registry.register(metrics_module.FleetCollector(store, clock))

@@ -126,32 +126,32 @@ def play_history(data_dir: Path) -> Scripted:
     for instance, group in (("w-1", "web"), ("w-2", "web"), ("a-1", "api"), ("a-2", "api")):
         _report(fleet, instance, group, v1, seq=1)
     clock.advance(30)
-    out.moments["from"] = ms(clock.now())  # the report's period starts here
+    out.moments["from"] = ms(clock())  # the report's period starts here
     clock.advance(30)
     hostile = Entry(HOSTILE_PATH, EntryType.REGULAR, 0o644, 0, 0, 3, b"\x09" * 32)
     _report(fleet, "w-1", "web", v1, seq=2, live=[*ENTRIES, hostile])  # file drift at +60 s
-    out.moments["file taint"] = ms(clock.now())
+    out.moments["file taint"] = ms(clock())
     clock.advance(30)
     fleet.service.taint("a-1", reason=HOSTILE_REASON, actor=HOSTILE_ACTOR)  # +90 s
-    out.moments["manual taint"] = ms(clock.now())
+    out.moments["manual taint"] = ms(clock())
     clock.advance(30)
     out.replacement = _replace(fleet, "w-1", "web", v1, out)  # +120 .. +150 s
     clock.advance(50)
     rollout_group(fleet.store, "web", v2.ref, actor="carol", clock=clock)  # +200 s
-    out.moments["rollout"] = ms(clock.now())
+    out.moments["rollout"] = ms(clock())
     clock.advance(20)
     rogue_digest = "sha256:" + "e" * 64
     rogue = replace(v1, ref=f"web@{rogue_digest}", digest=rogue_digest)
     _report(fleet, "w-2", "web", rogue, seq=2)  # an unregistered image: image drift at +220 s
-    out.moments["image taint"] = ms(clock.now())
+    out.moments["image taint"] = ms(clock())
     clock.advance(40)
     rollback_group(fleet.store, "web", actor="carol", clock=clock)  # +260 s
-    out.moments["rollback"] = ms(clock.now())
+    out.moments["rollback"] = ms(clock())
     clock.advance(40)
     _open_breaker(fleet, "api")  # +300 s
-    out.moments["breaker"] = ms(clock.now())
+    out.moments["breaker"] = ms(clock())
     clock.advance(50)
-    out.moments["to"] = ms(clock.now())  # +350 s
+    out.moments["to"] = ms(clock())  # +350 s
     clock.advance(50)
     _report(fleet, "a-2", "api", v1, seq=2, live=[*ENTRIES[1:]])  # after the period: not in it
     store.close()
@@ -177,17 +177,17 @@ def _replace(fleet: Fleet, old: str, group: str, image: ImageRecord, out: Script
     row = fleet.store.get_replacement(key)
     assert row is not None and row.new_instance_id is not None
     new = row.new_instance_id
-    out.moments["replacement launched"] = ms(fleet.clock.now())
+    out.moments["replacement launched"] = ms(fleet.clock())
     fleet.clock.advance(30)
     _report(fleet, new, group, image, seq=1)
-    out.moments["replacement conformant"] = ms(fleet.clock.now())
+    out.moments["replacement conformant"] = ms(fleet.clock())
     _apply(fleet, group, Terminate(key, old))
     _apply(fleet, group, Complete(key, new))
     return new
 
 
 def _open_breaker(fleet: Fleet, group: str) -> None:
-    state = BreakerState(open=True, opened_at=fleet.clock.now(), reason="1 of 2 tainted")
+    state = BreakerState(open=True, opened_at=fleet.clock(), reason="1 of 2 tainted")
     _apply(fleet, group, OpenBreaker(group, state, "1 of 2 tainted"))
 
 

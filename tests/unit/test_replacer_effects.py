@@ -74,7 +74,7 @@ def test_a_launch_found_after_a_crash_is_launched_again_under_its_key() -> None:
     store, clock, provider = MemoryStore(), FakeClock(), _Provider()
     group = Group(name="web", desired_image_ref=IMAGE, mode=GroupMode.ENFORCE)
     store.add_group(group)
-    taint = Taint(kind=DriftKind.FILE, reason="drift", actor="agent", at=clock.now())
+    taint = Taint(kind=DriftKind.FILE, reason="drift", actor="agent", at=clock())
     store.save_instance(Instance(id="i-1", group="web", state=InstanceState.TAINTED, taint=taint))
 
     def effects() -> Effects:

@@ -35,14 +35,14 @@ def audit_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str,
 @pytest.fixture
 def history(running: RunningController, web: Baked, clock: FakeClock) -> dict[str, int]:
     """i-1 and i-2 conformant, then i-2 drifts; returns the moments (epoch ms) between."""
-    moments = {"before": int(clock.now() * 1000)}
+    moments = {"before": int(clock() * 1000)}
     clock.advance(10)
     running.report(header(web, instance_id="i-1"))
     running.report(header(web, instance_id="i-2"))
-    moments["conformant"] = int(clock.now() * 1000)
+    moments["conformant"] = int(clock() * 1000)
     clock.advance(10)
     running.report(header(web, instance_id="i-2", seq=2, root=DRIFTED_ROOT))
-    moments["drifted"] = int(clock.now() * 1000)
+    moments["drifted"] = int(clock() * 1000)
     return moments
 
 
