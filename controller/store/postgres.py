@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from psycopg import errors, sql
@@ -194,12 +194,13 @@ class PostgresStore:
             if db.execute(_UPDATE_GROUP, cas_params(group_to_row(saved), group.version)).rowcount:
                 _append(db, audit)
                 return saved
-            stored = db.execute("SELECT version FROM groups WHERE name = %s", (group.name,))
-            row = stored.fetchone()
-        if row is None:
-            raise NotFoundError(f"group {group.name!r} is not declared")
-        check_version("group", group.name, _Row(int(row[0])), group.version)
-        raise AssertionError("unreachable: the versions differ")
+            _lost_race(
+                db,
+                "group",
+                group.name,
+                group.version,
+                missing=f"group {group.name!r} is not declared",
+            )
 
     def get_group(self, name: str) -> Group | None:
         rows = self._query(f"SELECT {GROUP_COLUMNS} FROM groups WHERE name = %s", (name,))
@@ -229,9 +230,9 @@ class PostgresStore:
     ) -> Instance:
         saved = replace(instance, version=instance.version + 1)
         row = instance_to_row(saved)
-        found = None
+        heartbeat = not durable and not audit
         with self._transaction() as db:
-            if not durable and not audit:
+            if heartbeat:
                 db.execute("SET LOCAL synchronous_commit = off")
             try:
                 if instance.version == 0:
@@ -242,20 +243,14 @@ class PostgresStore:
                     )
             except errors.ForeignKeyViolation:
                 raise NotFoundError(f"group {instance.group!r} is not declared") from None
-            if written:
-                _append(db, audit)
-                if durable or audit:  # the leader replica plans the group at its next tick
-                    db.execute(_NOTIFY_GROUP, (instance.group,))
-            else:
-                stored = db.execute("SELECT version FROM instances WHERE id = %s", (instance.id,))
-                found = stored.fetchone()
-        if written:
-            if not durable and not audit:
-                self._heartbeats_pending = True
-            return saved
-        current = None if found is None else _Row(int(found[0]))
-        check_version("instance", instance.id, current, instance.version)
-        raise AssertionError("unreachable: the versions differ")
+            if not written:
+                _lost_race(db, "instance", instance.id, instance.version)
+            _append(db, audit)
+            if not heartbeat:  # the leader replica plans the group at its next tick
+                db.execute(_NOTIFY_GROUP, (instance.group,))
+        if heartbeat:
+            self._heartbeats_pending = True
+        return saved
 
     def delete_retired(self, instance: Instance) -> bool:
         with self._transaction() as db:
@@ -288,13 +283,13 @@ class PostgresStore:
             if db.execute(_pg(UPDATE_REPLACEMENT), update_params(record)).rowcount:
                 _append(db, audit)
                 return replace(record, version=record.version + 1)
-            found = db.execute(
-                "SELECT version FROM replacements WHERE id = %s", (record.replacement_id,)
-            ).fetchone()
-        if found is None:
-            raise NotFoundError(f"no replacement {record.replacement_id!r} is recorded")
-        check_version("replacement", record.replacement_id, _Row(int(found[0])), record.version)
-        raise AssertionError("unreachable: the versions differ")
+            _lost_race(
+                db,
+                "replacement",
+                record.replacement_id,
+                record.version,
+                missing=f"no replacement {record.replacement_id!r} is recorded",
+            )
 
     def get_replacement(self, replacement_id: str) -> ReplacementRecord | None:
         rows = self._query(f"{_SELECT_REPLACEMENTS} WHERE id = %s", (replacement_id,))
@@ -406,6 +401,25 @@ class _Row:
     """A stored row's version, for :func:`check_version`'s message."""
 
     version: int
+
+
+_VERSION_OF = {
+    "group": "SELECT version FROM groups WHERE name = %s",
+    "instance": "SELECT version FROM instances WHERE id = %s",
+    "replacement": "SELECT version FROM replacements WHERE id = %s",
+}
+
+
+def _lost_race(
+    db: Connection, kind: str, key: str, expected: int, *, missing: str | None = None
+) -> NoReturn:
+    """A compare-and-set wrote nothing: raise NotFoundError (``missing``, when the row is
+    gone and that is its own error) or ConflictError naming the stored version."""
+    row = db.execute(_VERSION_OF[kind], (key,)).fetchone()
+    if row is None and missing is not None:
+        raise NotFoundError(missing)
+    check_version(kind, key, None if row is None else _Row(int(row[0])), expected)
+    raise AssertionError("unreachable: check_version raises when the versions differ")
 
 
 def _marks(count: int) -> str:

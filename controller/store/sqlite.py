@@ -44,14 +44,14 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from controller.audit import AuditLog, Event, SqliteAuditLog, append_in, install_schema
 from controller.domain.model import Group, ImageRecord, Instance
 from controller.domain.replacement_record import ReplacementRecord
-from controller.errors import ControllerError, NotFoundError, UnavailableError
+from controller.errors import ControllerError, NotFoundError
 from controller.store.cached import CachedReads
 from controller.store.codec import (
     GROUP_COLUMNS,
@@ -83,7 +83,7 @@ from controller.store.schema import (
     cas_params,
     migrations,
 )
-from controller.store.sqlite_faults import is_storage_fault, storage_error, storage_faults
+from controller.store.sqlite_faults import storage_faults
 from controller.store.sqlite_open import claim
 
 log = logging.getLogger(__name__)
@@ -327,8 +327,8 @@ class SqliteStore(CachedReads):
 
     # Internals ----------------------------------------------------------------
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return _transaction(self._db)
 
     def _append(self, audit: Sequence[Event]) -> None:
         """Append ``audit`` inside the open write transaction (rolled back with it)."""
@@ -336,37 +336,23 @@ class SqliteStore(CachedReads):
             append_in(self._db, event)
 
 
-class _Transaction:
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
     """BEGIN … COMMIT, or ROLLBACK when the block raises (a failed write changes nothing).
 
-    Storage faults (disk full, I/O error, a locked or damaged file) leave as
-    UnavailableError; the transaction is rolled back first, whatever the fault.
+    Storage faults (disk full, I/O error, a locked or damaged file), in the block or
+    at the commit, leave as UnavailableError; the transaction is rolled back first.
     """
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        with storage_faults():
-            self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        if kind is None:
-            try:
-                with storage_faults():
-                    self._db.execute("COMMIT")
-                return
-            except UnavailableError:
-                self._rollback()
-                raise
-        self._rollback()
-        if isinstance(value, sqlite3.Error) and is_storage_fault(value):
-            raise storage_error(value) from value
-
-    def _rollback(self) -> None:
-        if self._db.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
+    with storage_faults():
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
 
 
 HEARTBEAT_UPDATE = (
@@ -439,7 +425,7 @@ def migrate(db: sqlite3.Connection) -> int:
     for version, statements in MIGRATIONS:
         if version in applied:
             continue
-        with _Transaction(db):
+        with _transaction(db):
             for statement in statements:
                 db.execute(statement)
             db.execute(RECORD_MIGRATION, (version, time.time()))
