@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from agent.clock import Clock
 from agent.errors import ManifestError
@@ -41,6 +42,7 @@ from controller.metrics import ControllerMetrics
 from controller.ports import Store
 
 log = logging.getLogger("corral.controller")
+_T = TypeVar("_T")
 CONFLICT_RETRIES = 4
 """How often a write that lost a compare-and-set race is decided again on the new row."""
 
@@ -103,14 +105,20 @@ class ControllerService:
         return decision
 
     def _decide_again_on_conflict(self, report: Report, evidence: Evidence | None) -> Decision:
+        return self._on_fresh_rows(
+            lambda: self._report(report, evidence), writer="report", instance_id=report.instance_id
+        )
+
+    def _on_fresh_rows(self, attempt: Callable[[], _T], *, writer: str, instance_id: str) -> _T:
+        """``attempt()``, read-decide-write, again while its write loses a compare-and-set
+        race; after CONFLICT_RETRIES losses, UnavailableError (the caller retries later)."""
         for _ in range(CONFLICT_RETRIES):
             try:
-                return self._report(report, evidence)
+                return attempt()
             except ConflictError:
-                self.metrics.write_conflicts.labels(writer="report").inc()
+                self.metrics.write_conflicts.labels(writer=writer).inc()
         raise UnavailableError(
-            f"instance {report.instance_id[:200]!r} is being changed by other writers; "
-            "retry the report",
+            f"instance {instance_id[:200]!r} is being changed by other writers; retry",
             reason="conflict",
         )
 
@@ -270,14 +278,10 @@ class ControllerService:
 
     def taint(self, instance_id: str, *, reason: str, actor: str) -> Instance:
         """Taint an instance by hand. Idempotent for an instance already tainted."""
-        for _ in range(CONFLICT_RETRIES):
-            try:
-                return self._taint(instance_id, reason=reason, actor=actor)
-            except ConflictError:
-                self.metrics.write_conflicts.labels(writer="operator").inc()
-        raise UnavailableError(
-            f"instance {instance_id[:200]!r} is being changed by other writers; retry",
-            reason="conflict",
+        return self._on_fresh_rows(
+            lambda: self._taint(instance_id, reason=reason, actor=actor),
+            writer="operator",
+            instance_id=instance_id,
         )
 
     def _taint(self, instance_id: str, *, reason: str, actor: str) -> Instance:
