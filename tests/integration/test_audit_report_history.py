@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.clock import FakeClock
+from tests.fixtures.running import RunningController
 from tests.integration.audit_report_support import (
     HOSTILE_ACTOR,
     HOSTILE_PATH_SHOWN,
@@ -29,7 +30,6 @@ from tests.integration.audit_report_support import (
     corral_json,
     play_history,
 )
-from tests.integration.drift_loop.conftest import RunningController
 
 
 @pytest.fixture(scope="module")

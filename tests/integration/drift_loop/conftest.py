@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.clock import FakeClock
-from tests.fixtures.running import ENTRIES, Baked, RunningController, header
-
-__all__ = ["ENTRIES", "Baked", "RunningController", "header"]
+from tests.fixtures.running import Baked, RunningController
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from controller.security.authz import allowed
 from controller.security.identity import Role
 from protos.corral.v1 import audit_pb2, audit_pb2_grpc
 from tests.fixtures.clock import FakeClock
-from tests.integration.drift_loop.conftest import Baked, RunningController, header
+from tests.fixtures.running import Baked, RunningController, header
 
 DRIFTED_ROOT = b"\x5a" * 32
 

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningController
 
 from agent.manifest.diff import diff
 from agent.manifest.format import entry_to_proto, read_manifest
 from agent.scan.scanner import scan
 from controller.cli.main import main
 from protos.corral.v1 import agent_pb2, manifest_pb2
+from tests.fixtures.running import RunningController
 
 _CHANGE_KINDS = {
     "added": manifest_pb2.CHANGE_KIND_ADDED,

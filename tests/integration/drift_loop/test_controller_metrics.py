@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from conftest import Baked, RunningController, header
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from protos.corral.v1 import fleet_pb2
+from tests.fixtures.running import Baked, RunningController, header
 
 AGREED = {
     "corral_build_info": "gauge",

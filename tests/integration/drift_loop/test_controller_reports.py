@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from conftest import Baked, RunningController, header
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.manifest.format import Entry, EntryType, entry_to_proto, root_of
 from protos.corral.v1 import agent_pb2, fleet_pb2, manifest_pb2
+from tests.fixtures.running import Baked, RunningController, header
 
 S = agent_pb2
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import Baked, RunningController, header
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from agent.daemon.report import PendingReport
@@ -35,6 +34,7 @@ from controller.demo import fleet as support
 from controller.errors import UnavailableError
 from protos.corral.v1 import agent_pb2, audit_pb2, audit_pb2_grpc, fleet_pb2
 from tests.fixtures.clock import FakeClock
+from tests.fixtures.running import Baked, RunningController, header
 
 U64_MAX = 2**64 - 1
 
