@@ -6,8 +6,9 @@ APScheduler 3.x on the server's event loop, one instance per process:
   ``flush_interval`` (in a worker thread: one SQL statement for every row);
 - ``staleness`` marks instances silent for too long ``unknown`` (on the loop, so
   it runs between reports; silence never taints, see
-  :mod:`controller.domain.states`; every mark is a compare-and-set), and removes
-  retired instances past ``retired_retention`` from the live store;
+  :mod:`controller.domain.states`; every mark is a compare-and-set);
+- ``retention`` removes retired instances past ``retired_retention`` from the
+  live store, every ten minutes;
 - ``replacer`` ticks the replacement engine (leader only; it plans nudged groups
   between ticks too);
 - ``watchdog`` checks every second that each of the above succeeded recently
@@ -34,6 +35,8 @@ AGENTS = "corral.v1.AgentService"
 FLEET = "corral.v1.FleetService"
 WATCHDOG_SECONDS = 1.0
 REPLACER_RUN_LIMIT = 900.0
+RETENTION_SWEEP_SECONDS = 600.0
+"""Retention is counted in days: looking every ten minutes is plenty."""
 
 
 def start_background(
@@ -63,11 +66,11 @@ def start_background(
         marked = service.sweep_stale()
         if marked:
             log.info("staleness sweep marked %d instance(s) unknown", marked)
-        service.sweep_retired()
 
     jobs: list[tuple[str, Callable[[], object], float, tuple[str, ...], float | None]] = [
         ("flush", flush, flush_interval, (AGENTS,), None),
         ("staleness", sweep_stale, sweep_interval, (FLEET,), None),
+        ("retention", service.sweep_retired, RETENTION_SWEEP_SECONDS, (FLEET,), None),
     ]
     if replacer is not None:
         # A tick waits on provider calls (a launch may take minutes): a run in
