@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -12,11 +11,10 @@ import pytest
 from agent.daemon.identity import read_image_json
 from agent.daemon.scanjob import ScanRequest, SubprocessScanner
 from agent.errors import AgentError
+from agent.image.bake import bake
 from agent.manifest.diff import ChangeKind
-from agent.manifest.format import Manifest, digest_of
 from agent.manifest.policy import Policy
 from agent.scan.pacing import ScanStoppedError
-from agent.scan.scanner import scan
 from agent.scan.statcache import StatCache
 
 POLICY = Policy(include=("/",), exclude=())
@@ -27,25 +25,14 @@ def baked(tmp_path: Path) -> tuple[Path, ScanRequest]:
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "motd").write_text("hello\n")
     (root / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
-    manifest = Manifest.build(POLICY, scan(str(root), POLICY, workers=0).entries)
-    encoded = manifest.encode()
-    (tmp_path / "manifest.pb").write_bytes(encoded)
-    digest = digest_of(encoded)
-    image = {
-        "image_ref": f"x@{digest}",
-        "image_digest": digest,
-        "manifest_digest": digest,
-        "root": manifest.root.hex(),
-        "policy": POLICY.to_json(),
-    }
-    (tmp_path / "image.json").write_text(json.dumps(image))
-    identity = read_image_json(str(tmp_path / "image.json"))
+    baked = bake(str(root), str(tmp_path / "image"), policy=POLICY, name="x")
+    identity = read_image_json(baked.image_path)
     request = ScanRequest(
         root=str(root),
         policy=identity.policy,
         full_rehash=False,
         baseline_root=identity.root,
-        manifest_path=str(tmp_path / "manifest.pb"),
+        manifest_path=baked.manifest_path,
         max_changes=100,
         max_evidence_bytes=1 << 20,
     )

@@ -25,11 +25,11 @@ import pytest
 from agent.daemon.report import InstanceState, PendingReport
 from agent.daemon.transport import GrpcTransport
 from agent.errors import ReportRejectedError, RetryableError
+from agent.image.bake import bake
 from agent.manifest.diff import Change, ChangeKind
-from agent.manifest.format import Entry, EntryType, Manifest, digest_of
+from agent.manifest.format import Entry, EntryType
 from agent.manifest.policy import Policy
 from agent.manifest.report import Evidence, Footprint, Report
-from agent.scan.scanner import scan
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -207,27 +207,6 @@ def test_drift_evidence_reaches_the_controller(serve) -> None:  # type: ignore[n
     assert request.truncated and request.total_changes == 7
 
 
-def _bake(root: Path, out: Path) -> None:
-    policy = Policy(include=("/",), exclude=())
-    manifest = Manifest.build(policy, scan(str(root), policy, workers=0).entries)
-    encoded = manifest.encode()
-    digest = digest_of(encoded)
-    out.mkdir()
-    (out / "manifest.pb").write_bytes(encoded)
-    image = {
-        "name": "demo",
-        "version": "1",
-        "image_ref": f"demo@{digest}",
-        "image_digest": digest,
-        "manifest_digest": digest,
-        "root": manifest.root.hex(),
-        "entry_count": len(manifest.entries),
-        "byte_count": manifest.byte_count,
-        "policy": policy.to_json(),
-    }
-    (out / "image.json").write_text(json.dumps(image))
-
-
 def test_the_agent_process_delivers_once_the_controller_recovers(
     serve,  # type: ignore[no-untyped-def]
     tmp_path: Path,
@@ -236,7 +215,7 @@ def test_the_agent_process_delivers_once_the_controller_recovers(
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
     (root / "etc" / "motd").write_text("hello\n")
-    _bake(root, tmp_path / "image")
+    bake(str(root), str(tmp_path / "image"), policy=Policy(), name="demo")
     servicer = FakeAgentService(fail_first=5)  # more than one call's channel retries
     address = serve(servicer)
     command = [
@@ -277,7 +256,7 @@ def _agent_command(address: str, tmp_path: Path, *extra: str) -> list[str]:
         (root / "etc").mkdir(parents=True)
         (root / "etc" / "machine-id").write_text("fedcba9876543210fedcba9876543210\n")
         (root / "etc" / "motd").write_text("hello\n")
-        _bake(root, tmp_path / "image")
+        bake(str(root), str(tmp_path / "image"), policy=Policy(), name="demo")
     return [
         sys.executable, "-m", "agent.daemon.cli", "run",
         "--controller", address,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,37 +19,14 @@ from agent.daemon.runner import Limits, Runner, Schedule, Subject, full_rehash_d
 from agent.daemon.scanjob import InProcessScanner, ScanOutcome, ScanRequest
 from agent.daemon.sequence import SequenceNumbers
 from agent.errors import ReportRejectedError, RetryableError
+from agent.image.bake import bake
 from agent.manifest.diff import ChangeKind
-from agent.manifest.format import Manifest, digest_of
 from agent.manifest.policy import Policy
 from agent.manifest.report import Footprint
-from agent.scan.scanner import scan
 from agent.scan.statcache import StatCache
+from tests.fixtures.clock import FakeClock
 
 POLICY = Policy(include=("/",), exclude=("/var/log",))
-
-
-def bake(root: Path, out: Path) -> Path:
-    """A manifest.pb + image.json for ``root`` (what `corral bake` writes)."""
-    result = scan(str(root), POLICY, workers=0)
-    manifest = Manifest.build(POLICY, result.entries)
-    encoded = manifest.encode()
-    digest = digest_of(encoded)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.pb").write_bytes(encoded)
-    image = {
-        "name": "demo",
-        "version": "1",
-        "image_ref": f"demo@{digest}",
-        "image_digest": digest,
-        "manifest_digest": digest,
-        "root": manifest.root.hex(),
-        "entry_count": len(manifest.entries),
-        "byte_count": manifest.byte_count,
-        "policy": POLICY.to_json(),
-    }
-    (out / "image.json").write_text(json.dumps(image))
-    return out / "image.json"
 
 
 def make_tree(root: Path) -> None:
@@ -60,25 +36,6 @@ def make_tree(root: Path) -> None:
     (root / "bin").mkdir()
     (root / "bin" / "tool").write_bytes(b"\x7fELF" + bytes(100))
     (root / "var" / "log").mkdir(parents=True)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.wall = 1_800_000_000.0
-        self.mono = 1000.0
-
-    def time(self) -> float:
-        return self.wall
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
-
-    def advance(self, seconds: float) -> None:
-        self.wall += seconds
-        self.mono += seconds
 
 
 class FakeTransport:
@@ -128,8 +85,8 @@ class Harness:
         self.root = tmp_path / "root"
         if not self.root.exists():
             make_tree(self.root)
-        image_json = bake(self.root, tmp_path / "image")
-        self.image = read_image_json(str(image_json))
+        baked = bake(str(self.root), str(tmp_path / "image"), policy=POLICY, name="demo")
+        self.image = read_image_json(baked.image_path)
         self.state = tmp_path / "state"
         self.state.mkdir(exist_ok=True)
         self.outbox_file = OutboxFile(str(self.state)) if durable else None
@@ -141,7 +98,7 @@ class Harness:
             self.scans,
             cache=StatCache(racy_window_ns=0),
             cache_path=str(self.state / "statcache"),
-            clock=self.clock.monotonic,
+            clock=self.clock,
             sleep=self.clock.sleep,
         )
 
@@ -161,13 +118,13 @@ class Harness:
             transport=self.transport,
             outbox=Outbox(capacity=8, file=self.outbox_file),
             sequence=SequenceNumbers(
-                boot_id="8a7c0f64", data_dir=str(self.state), clock=self.clock.time
+                boot_id="8a7c0f64", data_dir=str(self.state), clock=self.clock
             ),
-            backoff=Backoff(base=1, cap=60, random=lambda: 1.0, clock=self.clock.monotonic),
+            backoff=Backoff(base=1, cap=60, random=lambda: 1.0, clock=self.clock),
             metrics=AgentMetrics(self.registry),
             footprint=lambda: Footprint(rss_bytes=40 << 20, cpu_millis=1234),
-            clock=self.clock.time,
-            monotonic=self.clock.monotonic,
+            clock=self.clock,
+            monotonic=self.clock,
             sleep=self.clock.sleep,
         )
 
@@ -189,7 +146,7 @@ def test_a_conformant_root_sends_a_header_only_report(harness: Harness) -> None:
     assert header.root == harness.image.root
     assert header.image_digest == harness.image.image_digest
     assert header.footprint == Footprint(rss_bytes=40 << 20, cpu_millis=1234)
-    assert header.scanned_at_ms == int(harness.clock.wall * 1000)
+    assert header.scanned_at_ms == int(harness.clock() * 1000)
     assert harness.metric("corral_agent_drift") == 0
     assert harness.metric("corral_agent_reports_total", result="delivered") == 1
 
@@ -323,12 +280,12 @@ def test_a_restarted_runner_trusts_its_saved_stat_cache(tmp_path: Path) -> None:
         ),
         transport=rebuilt.transport,
         outbox=Outbox(capacity=4),
-        sequence=SequenceNumbers(boot_id="b", data_dir=None, clock=rebuilt.clock.time),
+        sequence=SequenceNumbers(boot_id="b", data_dir=None, clock=rebuilt.clock),
         backoff=Backoff(),
         metrics=AgentMetrics(registry),
         footprint=lambda: Footprint(0, 0),
-        clock=rebuilt.clock.time,
-        monotonic=rebuilt.clock.monotonic,
+        clock=rebuilt.clock,
+        monotonic=rebuilt.clock,
     )
     runner.tick()
     assert registry.get_sample_value("corral_agent_files_hashed_total") == 0
@@ -372,9 +329,9 @@ def test_the_read_budget_reaches_the_scanner_and_slows_it_on_the_fake_clock(
     tmp_path: Path,
 ) -> None:
     harness = Harness(tmp_path, read_budget=10)  # 10 bytes/s; the tree holds 116 bytes
-    started = harness.clock.mono
+    started = harness.clock()
     harness.runner.tick()
-    assert harness.clock.mono - started >= 5  # paid for at least half of it in sleeps
+    assert harness.clock() - started >= 5  # paid for at least half of it in sleeps
     assert len(harness.transport.sent) == 1
 
 
