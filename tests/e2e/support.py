@@ -1,17 +1,20 @@
-"""Shared pieces of the end-to-end tests: a real controller process and a client over it.
+"""Shared pieces of the end-to-end tests: a real controller process, a client, agents.
 
 :class:`Fleet` runs ``corral-controller serve`` on a data directory (SQLite,
 the demo's short intervals, 127.0.0.1 on free ports), restartable, and reads
 the fleet back through the gRPC client and the replacement rows through a
 read-only SQLite connection. Extra provider tables (``[providers.docker]``)
 can be appended to its config before it starts; with ``server_tls`` it serves
-mutual TLS and the client presents ``client_tls``.
+mutual TLS and the client presents ``client_tls``. :class:`AgentProcesses`
+runs ``corral-agent run`` processes against it, each on its own copy of a
+baked tree.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -160,3 +163,66 @@ class Fleet:
 
     def instance_dirs(self) -> list[str]:
         return sorted(p.name for p in (self.data / "instances").iterdir() if p.is_dir())
+
+
+class AgentProcesses:
+    """``corral-agent run`` processes, each on its own copy of the baked ``tree``.
+
+    Each instance lives in ``base/<instance_id>``: ``rootfs`` (the copy it
+    watches, made at its first start and kept across restarts), ``state`` (its
+    data dir) and ``agent.log``. ``options`` are appended to every agent's
+    command line (``--interval``, ``--jitter``...).
+    """
+
+    def __init__(
+        self,
+        base: Path,
+        *,
+        tree: Path,
+        bake_dir: Path,
+        address: str,
+        group: str,
+        options: list[str],
+    ) -> None:
+        self.base = base
+        self.tree = tree
+        self.bake_dir = bake_dir
+        self.address = address
+        self.group = group
+        self.options = options
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def root(self, instance_id: str) -> Path:
+        return self.base / instance_id / "rootfs"
+
+    def log(self, instance_id: str) -> str:
+        return (self.base / instance_id / "agent.log").read_text(errors="replace")
+
+    def start(self, instance_id: str) -> None:
+        home = self.base / instance_id
+        if not self.root(instance_id).exists():
+            shutil.copytree(self.tree, self.root(instance_id), symlinks=True)
+        argv = [
+            sys.executable, "-m", "agent.daemon.cli", "run",
+            "--controller", self.address,
+            "--root", str(self.root(instance_id)),
+            "--instance-id", instance_id,
+            "--image-json", str(self.bake_dir / "image.json"),
+            "--group", self.group,
+            "--deadline", "2",
+            "--nice", "0",
+            "--data-dir", str(home / "state"),
+            *self.options,
+        ]  # fmt: skip
+        with open(home / "agent.log", "ab") as log:
+            self.processes[instance_id] = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def stop(self, instance_id: str) -> None:
+        support.stop_process(self.processes.pop(instance_id), timeout=5.0)
+
+    def stop_all(self) -> None:
+        for instance_id in list(self.processes):
+            self.stop(instance_id)

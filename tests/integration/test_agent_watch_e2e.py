@@ -11,9 +11,6 @@ it takes is measured by tests/bench/bench_realtime.py.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,56 +19,10 @@ import pytest
 from agent.image.bake import bake
 from agent.manifest.policy import Policy
 from controller.demo import fleet as support
-from tests.e2e.support import Fleet
+from tests.e2e.support import AgentProcesses, Fleet
 
 GROUP = "web"
 WAIT = 30.0
-
-
-class WatchingAgents:
-    """``corral-agent run --interval 3600`` processes, each on its own copy of the tree."""
-
-    def __init__(self, base: Path, *, tree: Path, bake_dir: Path, address: str) -> None:
-        self.base = base
-        self.tree = tree
-        self.bake_dir = bake_dir
-        self.address = address
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def root(self, instance_id: str) -> Path:
-        return self.base / instance_id / "rootfs"
-
-    def log(self, instance_id: str) -> str:
-        return (self.base / instance_id / "agent.log").read_text(errors="replace")
-
-    def start(self, instance_id: str) -> None:
-        home = self.base / instance_id
-        if not self.root(instance_id).exists():
-            shutil.copytree(self.tree, self.root(instance_id), symlinks=True)
-        argv = [
-            sys.executable, "-m", "agent.daemon.cli", "run",
-            "--controller", self.address,
-            "--root", str(self.root(instance_id)),
-            "--instance-id", instance_id,
-            "--image-json", str(self.bake_dir / "image.json"),
-            "--group", GROUP,
-            "--interval", "3600",
-            "--deadline", "2",
-            "--nice", "0",
-            "--data-dir", str(home / "state"),
-        ]  # fmt: skip
-        with open(home / "agent.log", "ab") as log:
-            self.processes[instance_id] = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-
-    def stop(self, instance_id: str) -> None:
-        support.stop_process(self.processes.pop(instance_id), timeout=5.0)
-
-    def stop_all(self) -> None:
-        for instance_id in list(self.processes):
-            self.stop(instance_id)
 
 
 @pytest.fixture
@@ -85,7 +36,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 
 
 @pytest.fixture
-def agents(tmp_path: Path, fleet: Fleet) -> Iterator[WatchingAgents]:
+def agents(tmp_path: Path, fleet: Fleet) -> Iterator[AgentProcesses]:
     tree = tmp_path / "tree"
     support.write_sample_root(tree, files=20)
     bake_dir = tmp_path / "bake"
@@ -93,10 +44,14 @@ def agents(tmp_path: Path, fleet: Fleet) -> Iterator[WatchingAgents]:
     fleet.register(bake_dir)
     image = json.loads((bake_dir / "image.json").read_text())
     fleet.group(GROUP, image["image_ref"], size=0, mode="observe")
-    started = WatchingAgents(
-        tmp_path / "agents", tree=tree, bake_dir=bake_dir, address=f"127.0.0.1:{fleet.port}"
+    started = AgentProcesses(
+        tmp_path / "agents",
+        tree=tree,
+        bake_dir=bake_dir,
+        address=f"127.0.0.1:{fleet.port}",
+        group=GROUP,
+        options=["--interval", "3600"],
     )
-    (tmp_path / "agents").mkdir()
     try:
         yield started
     finally:
@@ -111,7 +66,7 @@ def _shown(fleet: Fleet, instance_id: str) -> dict[str, object] | None:
     return document
 
 
-def _wait_state(fleet: Fleet, agents: WatchingAgents, instance_id: str, state: str) -> None:
+def _wait_state(fleet: Fleet, agents: AgentProcesses, instance_id: str, state: str) -> None:
     def reached() -> bool:
         return fleet.states(GROUP).get(instance_id) == state
 
@@ -120,10 +75,9 @@ def _wait_state(fleet: Fleet, agents: WatchingAgents, instance_id: str, state: s
 
 
 def test_one_changed_file_taints_its_instance_without_a_scheduled_scan(
-    fleet: Fleet, agents: WatchingAgents
+    fleet: Fleet, agents: AgentProcesses
 ) -> None:
     for instance_id in ("i-a", "i-b"):
-        (agents.base / instance_id).mkdir()
         agents.start(instance_id)
     for instance_id in ("i-a", "i-b"):
         _wait_state(fleet, agents, instance_id, "conformant")
@@ -143,9 +97,8 @@ def test_one_changed_file_taints_its_instance_without_a_scheduled_scan(
 
 
 def test_a_change_made_while_the_agent_was_stopped_is_caught_at_start(
-    fleet: Fleet, agents: WatchingAgents
+    fleet: Fleet, agents: AgentProcesses
 ) -> None:
-    (agents.base / "i-r").mkdir()
     agents.start("i-r")
     _wait_state(fleet, agents, "i-r", "conformant")
     agents.stop("i-r")

@@ -16,9 +16,6 @@ controller is down delivers once it is back.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +29,7 @@ from controller.audit.record import EventKind
 from controller.audit.sqlite import SqliteAuditLog
 from controller.demo import fleet as support
 from protos.corral.v1 import fleet_pb2
-from tests.e2e.support import STATE, Fleet
+from tests.e2e.support import STATE, AgentProcesses, Fleet
 
 GROUP = "web"
 INTERVAL = 0.5
@@ -42,52 +39,6 @@ MARGIN = 2.0
 WAIT = 30.0
 # The controller's staleness limit with the Fleet's settings (3 x report_interval).
 STALE_AFTER = 3 * support.DemoSettings().scan_interval
-
-
-class Agents:
-    """``corral-agent run`` processes, each on its own copy of the baked tree."""
-
-    def __init__(self, base: Path, *, tree: Path, bake_dir: Path, address: str) -> None:
-        self.base = base
-        self.tree = tree
-        self.bake_dir = bake_dir
-        self.address = address
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def root(self, instance_id: str) -> Path:
-        return self.base / instance_id / "rootfs"
-
-    def log(self, instance_id: str) -> str:
-        return (self.base / instance_id / "agent.log").read_text(errors="replace")
-
-    def start(self, instance_id: str) -> None:
-        home = self.base / instance_id
-        shutil.copytree(self.tree, home / "rootfs", symlinks=True)
-        argv = [
-            sys.executable, "-m", "agent.daemon.cli", "run",
-            "--controller", self.address,
-            "--root", str(home / "rootfs"),
-            "--instance-id", instance_id,
-            "--image-json", str(self.bake_dir / "image.json"),
-            "--group", GROUP,
-            "--interval", str(INTERVAL),
-            "--jitter", "0",
-            "--deadline", "2",
-            "--nice", "0",
-            "--data-dir", str(home / "state"),
-        ]  # fmt: skip
-        with open(home / "agent.log", "ab") as log:
-            self.processes[instance_id] = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            support.stop_process(process, timeout=5.0)
 
 
 @pytest.fixture
@@ -100,18 +51,23 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 
 
 @pytest.fixture
-def agents(tmp_path: Path, fleet: Fleet) -> Iterator[Agents]:
+def agents(tmp_path: Path, fleet: Fleet) -> Iterator[AgentProcesses]:
     tree = tmp_path / "tree"
     support.write_sample_root(tree, files=5)
     bake_dir = tmp_path / "bake"
     bake(str(tree), str(bake_dir), policy=Policy(), name="app", version="1")
-    started = Agents(
-        tmp_path / "agents", tree=tree, bake_dir=bake_dir, address=f"127.0.0.1:{fleet.port}"
+    started = AgentProcesses(
+        tmp_path / "agents",
+        tree=tree,
+        bake_dir=bake_dir,
+        address=f"127.0.0.1:{fleet.port}",
+        group=GROUP,
+        options=["--interval", str(INTERVAL), "--jitter", "0"],
     )
     try:
         yield started
     finally:
-        started.stop()
+        started.stop_all()
 
 
 def instance(fleet: Fleet, instance_id: str) -> fleet_pb2.Instance:
@@ -131,14 +87,16 @@ def taint_records(fleet: Fleet, instance_id: str) -> list[str]:
 
 
 def assert_waited(
-    predicate: Callable[[], bool], what: str, agents: Agents, *, timeout: float = WAIT
+    predicate: Callable[[], bool], what: str, agents: AgentProcesses, *, timeout: float = WAIT
 ) -> None:
     if not support.wait_for(predicate, timeout=timeout, step=0.05):
         logs = {i: agents.log(i)[-1500:] for i in agents.processes}
         pytest.fail(f"timed out waiting for {what}; agent logs: {logs}")
 
 
-def test_drift_loop_with_real_agents_and_a_controller_restart(fleet: Fleet, agents: Agents) -> None:
+def test_drift_loop_with_real_agents_and_a_controller_restart(
+    fleet: Fleet, agents: AgentProcesses
+) -> None:
     fleet.start()
     fleet.register(agents.bake_dir)
     image = json.loads((agents.bake_dir / "image.json").read_text())
