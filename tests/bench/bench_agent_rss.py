@@ -13,7 +13,6 @@ ratio to the 80 MB target. Not a pass/fail test.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -33,10 +32,11 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from treegen import generate
 
-from agent.manifest.format import Manifest, digest_of
+from agent.image.bake import bake
 from agent.manifest.policy import Policy
-from agent.scan.scanner import scan
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc
+
+POLICY = Policy(include=("/",), exclude=("/var/lib/corral-agent",))
 
 REPO = Path(__file__).resolve().parents[2]
 TARGET_MB = 80.0
@@ -74,29 +74,6 @@ class CountingService(agent_pb2_grpc.AgentServiceServicer):
                     return False
                 self.arrived.wait(left)
         return True
-
-
-def bake(root: Path, out: Path) -> dict[str, object]:
-    policy = Policy(include=("/",), exclude=("/var/lib/corral-agent",))
-    result = scan(str(root), policy)
-    manifest = Manifest.build(policy, result.entries)
-    encoded = manifest.encode()
-    digest = digest_of(encoded)
-    out.mkdir(parents=True)
-    (out / "manifest.pb").write_bytes(encoded)
-    image = {
-        "name": "bench",
-        "version": "1",
-        "image_ref": f"bench@{digest}",
-        "image_digest": digest,
-        "manifest_digest": digest,
-        "root": manifest.root.hex(),
-        "entry_count": len(manifest.entries),
-        "byte_count": manifest.byte_count,
-        "policy": policy.to_json(),
-    }
-    (out / "image.json").write_text(json.dumps(image))
-    return image
 
 
 def import_floor() -> float:
@@ -166,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(image_dir)
     shutil.rmtree(state, ignore_errors=True)
     started = time.monotonic()
-    image = bake(root, image_dir)
+    image = bake(str(root), str(image_dir), policy=POLICY, name="bench", version="1").image
     print(f"baked {image['entry_count']} entries in {time.monotonic() - started:.1f} s")
 
     service = CountingService()

@@ -33,20 +33,16 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 import grpc
 import psutil
 
-from agent.manifest.format import Entry, EntryType, Manifest, digest_of
-from agent.manifest.policy import Policy
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
+from tests.fixtures.baked import ENTRIES, Baked
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFEST = Manifest.build(
-    Policy(), [Entry(b"/etc/hostname", EntryType.REGULAR, 0o644, 0, 0, 4, b"\x01" * 32)]
-)
-ENCODED = MANIFEST.encode()
-DIGEST = digest_of(ENCODED)
-REF = f"bench@{DIGEST}"
+BENCH = Baked("bench", entries=ENTRIES[1:2])
 
 
 def steady_request(index: int, seq: int) -> agent_pb2.ReportRequest:
@@ -55,9 +51,9 @@ def steady_request(index: int, seq: int) -> agent_pb2.ReportRequest:
         header=agent_pb2.ReportHeader(
             instance_id=f"i-{index:017x}",
             group="bench",
-            image_ref=REF,
-            image_digest=DIGEST,
-            root=MANIFEST.root,
+            image_ref=BENCH.ref,
+            image_digest=BENCH.digest,
+            root=BENCH.manifest.root,
             seq=seq,
             boot_id="3f1c2a9e-5d7b-4c1a-9e0f-2b6d8a4c7e11",
             scanned_at_ms=int(time.time() * 1000),
@@ -167,19 +163,8 @@ def _wait_ready(port: int) -> None:
 def _prepare_controller(port: int) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         fleet = fleet_pb2_grpc.FleetServiceStub(channel)
-        image = fleet_pb2.Image(
-            name="bench",
-            version="1",
-            ref=REF,
-            digest=DIGEST,
-            manifest_digest=DIGEST,
-            root=MANIFEST.root,
-            entry_count=len(MANIFEST.entries),
-            byte_count=MANIFEST.byte_count,
-        )
-        request = fleet_pb2.RegisterImageRequest(image=image, manifest_chunk=ENCODED)
-        fleet.RegisterImage(iter([request]), timeout=10)
-        group = fleet_pb2.Group(name="bench", desired_image_ref=REF)
+        fleet.RegisterImage(iter(BENCH.register_requests()), timeout=10)
+        group = fleet_pb2.Group(name="bench", desired_image_ref=BENCH.ref)
         fleet.CreateGroup(fleet_pb2.CreateGroupRequest(group=group), timeout=10)
 
 

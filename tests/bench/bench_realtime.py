@@ -51,7 +51,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from treegen import generate
 
-from agent.manifest.format import EntryType, Manifest, digest_of
+from agent.image.bake import bake
+from agent.manifest.format import EntryType
 from agent.manifest.policy import Policy
 from agent.scan.scanner import scan
 from agent.scan.statcache import StatCache
@@ -87,32 +88,17 @@ def prepare(work: Path, files: int) -> tuple[Path, Path, list[bytes]]:
         time.sleep(2.1)  # past the stat cache's racy window
     shutil.rmtree(bake_dir, ignore_errors=True)
     started = time.monotonic()
+    baked = bake(str(root), str(bake_dir), policy=POLICY, name="bench", version="1")
     cache = StatCache()
-    result = scan(str(root), POLICY, cache=cache)
-    manifest = Manifest.build(POLICY, result.entries)
-    encoded = manifest.encode()
-    digest = digest_of(encoded)
-    bake_dir.mkdir(parents=True)
-    (bake_dir / "manifest.pb").write_bytes(encoded)
-    image = {
-        "name": "bench",
-        "version": "1",
-        "image_ref": f"bench@{digest}",
-        "image_digest": digest,
-        "manifest_digest": digest,
-        "root": manifest.root.hex(),
-        "entry_count": len(manifest.entries),
-        "byte_count": manifest.byte_count,
-        "policy": POLICY.to_json(),
-    }
-    (bake_dir / "image.json").write_text(json.dumps(image))
+    scan(str(root), POLICY, cache=cache)
     cache.save(bake_dir / "statcache")  # each agent starts from a warm cache, as after a run
-    directories = sum(1 for e in result.entries if e.type == EntryType.DIRECTORY)
+    entries = baked.manifest.entries
+    directories = sum(1 for e in entries if e.type == EntryType.DIRECTORY)
     print(
-        f"baked {len(result.entries)} entries ({directories} directories) "
+        f"baked {len(entries)} entries ({directories} directories) "
         f"in {time.monotonic() - started:.1f} s"
     )
-    regular = [e.path for e in result.entries if e.type == EntryType.REGULAR and e.size < 65536]
+    regular = [e.path for e in entries if e.type == EntryType.REGULAR and e.size < 65536]
     return root, bake_dir, regular
 
 

@@ -45,22 +45,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 import grpc
 import psutil
 import psycopg
 from psycopg import sql
 
-from agent.manifest.format import Entry, EntryType, Manifest, digest_of
-from agent.manifest.policy import Policy
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
+from tests.fixtures.baked import ENTRIES, Baked
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFEST = Manifest.build(
-    Policy(), [Entry(b"/etc/hostname", EntryType.REGULAR, 0o644, 0, 0, 4, b"\x01" * 32)]
-)
-ENCODED = MANIFEST.encode()
-DIGEST = digest_of(ENCODED)
-REF = f"soak@{DIGEST}"
+SOAK = Baked("soak", entries=ENTRIES[1:2])
+BASELINE = SOAK.manifest.root
 GROUP = "soak"
 #: How long after the run a canary may still be picked up before its lag is "never".
 LAG_GRACE = 10.0
@@ -236,24 +233,13 @@ def _fresh_schema(dsn: str) -> Iterator[str]:
 def _prepare(controller: Controller, canaries: int) -> None:
     with grpc.insecure_channel(controller.address) as channel:
         fleet = fleet_pb2_grpc.FleetServiceStub(channel)
-        image = fleet_pb2.Image(
-            name="soak",
-            version="1",
-            ref=REF,
-            digest=DIGEST,
-            manifest_digest=DIGEST,
-            root=MANIFEST.root,
-            entry_count=len(MANIFEST.entries),
-            byte_count=MANIFEST.byte_count,
-        )
-        request = fleet_pb2.RegisterImageRequest(image=image, manifest_chunk=ENCODED)
-        fleet.RegisterImage(iter([request]), timeout=30)
-        observed = fleet_pb2.Group(name=GROUP, desired_image_ref=REF)
+        fleet.RegisterImage(iter(SOAK.register_requests()), timeout=30)
+        observed = fleet_pb2.Group(name=GROUP, desired_image_ref=SOAK.ref)
         # Canaries are replaced: an enforce group with a budget for all of them. A share of
         # the agents reports there too, so the canaries stay under the breaker's threshold.
         enforced = fleet_pb2.Group(
             name=CANARY_GROUP,
-            desired_image_ref=REF,
+            desired_image_ref=SOAK.ref,
             mode=fleet_pb2.GROUP_MODE_ENFORCE,
             max_concurrent_replacements=max(1, canaries),
         )
@@ -268,8 +254,8 @@ def _header(instance_id: str, group: str, seq: int, root: bytes) -> agent_pb2.Re
     return agent_pb2.ReportHeader(
         instance_id=instance_id,
         group=group,
-        image_ref=REF,
-        image_digest=DIGEST,
+        image_ref=SOAK.ref,
+        image_digest=SOAK.digest,
         root=root,
         seq=seq,
         boot_id="5b0c6a1e-2f3d-4e5a-8b9c-0d1e2f3a4b5c",
@@ -296,7 +282,7 @@ async def _agent(
         started = time.perf_counter()
         try:
             await stub.Report(
-                agent_pb2.ReportRequest(header=_header(instance_id, group, seq, MANIFEST.root)),
+                agent_pb2.ReportRequest(header=_header(instance_id, group, seq, BASELINE)),
                 timeout=10,
             )
         except grpc.aio.AioRpcError as exc:
@@ -320,7 +306,7 @@ async def _canary(
     await asyncio.sleep(options.seconds * (index + 1) / (options.canaries + 2))
     try:
         await stub.Report(
-            agent_pb2.ReportRequest(header=_header(instance_id, CANARY_GROUP, 1, MANIFEST.root)),
+            agent_pb2.ReportRequest(header=_header(instance_id, CANARY_GROUP, 1, BASELINE)),
             timeout=10,
         )
         answer = await stub.Report(

@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.image.artifact import build_artifact
-from agent.manifest.format import Entry, EntryType, Manifest, digest_of, entry_to_proto
+from agent.manifest.format import Entry, EntryType, Manifest, entry_to_proto
 from agent.manifest.policy import Policy
 from controller.cli.client import FleetClient
 from controller.cli.image_registry import register_bake
@@ -39,6 +39,7 @@ from controller.demo import fleet as support
 from controller.providers.local import LocalConfig, LocalProvider
 from protos.corral.v1 import agent_pb2, fleet_pb2, manifest_pb2
 from tests.faults.faults_agent_support import AgentProcess, instance_root
+from tests.fixtures.baked import ENTRIES, Baked
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = {v: k.removeprefix("INSTANCE_STATE_").lower() for k, v in agent_pb2.InstanceState.items()}
@@ -373,35 +374,18 @@ class Controller:
 
 # -- reports on the wire, for tests that play the agents themselves ---------------------
 
-WIRE_MANIFEST = Manifest.build(
-    Policy(),
-    [
-        Entry(b"/etc", EntryType.DIRECTORY, 0o755, 0, 0),
-        Entry(b"/etc/hostname", EntryType.REGULAR, 0o644, 0, 0, 4, b"\x01" * 32),
-    ],
-)
-WIRE_ENCODED = WIRE_MANIFEST.encode()
-WIRE_DIGEST = digest_of(WIRE_ENCODED)
-WIRE_REF = f"web@{WIRE_DIGEST}"
+WIRE = Baked(entries=ENTRIES[:2])
 _LIVE = Entry(b"/etc/hostname", EntryType.REGULAR, 0o644, 0, 0, 5, b"\x02" * 32)
-_DRIFTED = Manifest.build(Policy(), [WIRE_MANIFEST.entries[0], _LIVE])
+_DRIFTED = Manifest.build(Policy(), [WIRE.manifest.entries[0], _LIVE])
 """What a drifted instance's agent scans: the evidence must hash to its root."""
 
 
 def register_wire_image(controller: Controller, group: str) -> None:
     """Register the wire image and declare ``group`` on it (observe mode: never replaced)."""
-    image = fleet_pb2.Image(
-        name="web", version="1", ref=WIRE_REF, digest=WIRE_DIGEST, manifest_digest=WIRE_DIGEST,
-        root=WIRE_MANIFEST.root, entry_count=len(WIRE_MANIFEST.entries),
-        byte_count=WIRE_MANIFEST.byte_count,
-    )  # fmt: skip
     client = controller.client
-    client.call(
-        client.stub.RegisterImage,
-        iter([fleet_pb2.RegisterImageRequest(image=image, manifest_chunk=WIRE_ENCODED)]),
-    )
+    client.call(client.stub.RegisterImage, iter(WIRE.register_requests()))
     declared = fleet_pb2.Group(
-        name=group, desired_image_ref=WIRE_REF, provider="local",
+        name=group, desired_image_ref=WIRE.ref, provider="local",
         mode=fleet_pb2.GROUP_MODE_OBSERVE,
     )  # fmt: skip
     client.call(client.stub.CreateGroup, fleet_pb2.CreateGroupRequest(group=declared))
@@ -411,10 +395,10 @@ def wire_header(
     instance_id: str, group: str, seq: int, *, drifted: bool = False, scanned_at_ms: int = 0
 ) -> agent_pb2.ReportHeader:
     """A report header of an agent on the wire image (its root drifted or not)."""
-    return agent_pb2.ReportHeader(
-        instance_id=instance_id, group=group, image_ref=WIRE_REF, image_digest=WIRE_DIGEST,
-        root=_DRIFTED.root if drifted else WIRE_MANIFEST.root, seq=seq, boot_id="boot-1",
-        scanned_at_ms=scanned_at_ms or 1_000 + seq, agent_version="0.1.0",
+    return WIRE.header(
+        instance_id=instance_id, group=group, seq=seq,
+        root=_DRIFTED.root if drifted else WIRE.manifest.root,
+        scanned_at_ms=scanned_at_ms or 1_000 + seq,
     )  # fmt: skip
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.baked import Baked
 from tests.fixtures.clock import FakeClock
-from tests.fixtures.running import Baked, RunningController, header
+from tests.fixtures.running import RunningController
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, baked: Baked) -> Iterator[R
     controller.register(baked)
     controller.create_group("web", baked)
     for n in (1, 2, 3):
-        controller.report(header(baked, instance_id=f"i-{n}"))
+        controller.report(baked.header(instance_id=f"i-{n}"))
     yield controller
     controller.close()

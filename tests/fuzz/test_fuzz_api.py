@@ -25,7 +25,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protos.corral.v1 import agent_pb2, audit_pb2, fleet_pb2
-from tests.fixtures.running import Baked, RunningController, header
+from tests.fixtures.baked import Baked
+from tests.fixtures.running import RunningController
 from tests.fuzz.messages import Builder
 from tests.fuzz.profile import FUZZ
 
@@ -187,7 +188,7 @@ def test_valid_reports_with_one_field_fuzzed(
         field: Any, data: st.DataObject, seq: int, changes: list[Any], truncated: bool, total: int
     ) -> None:
         value = data.draw(builder.field(field))
-        head = header(baked, instance_id="i-2", seq=seq, boot_id="boot-1")
+        head = baked.header(instance_id="i-2", seq=seq, boot_id="boot-1")
         if field.type == field.TYPE_MESSAGE:
             getattr(head, field.name).CopyFrom(value)
         else:

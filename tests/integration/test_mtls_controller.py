@@ -24,8 +24,6 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from agent.manifest.format import Entry, EntryType, Manifest, digest_of
-from agent.manifest.policy import Policy
 from controller.app import Controller, start_controller
 from controller.config import ControllerConfig
 from controller.security import certs
@@ -33,6 +31,7 @@ from controller.security.identity import Role
 from controller.security.interceptor import RETRY_AFTER_METADATA
 from controller.security.tls import TlsFiles, channel_credentials
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc, manifest_pb2
+from tests.fixtures.baked import ENTRIES, Baked
 from tests.fixtures.clock import FakeClock
 
 MAX_MESSAGE = 64 * 1024
@@ -123,58 +122,9 @@ class TlsController:
         self.loop.close()
 
 
-@dataclass(frozen=True)
-class Baked:
-    manifest: Manifest
-    encoded: bytes
-    digest: str
-
-    @property
-    def ref(self) -> str:
-        return f"web@{self.digest}"
-
-    def register_requests(self) -> Iterator[fleet_pb2.RegisterImageRequest]:
-        image = fleet_pb2.Image(
-            name="web",
-            version="1",
-            ref=self.ref,
-            digest=self.digest,
-            manifest_digest=self.digest,
-            root=self.manifest.root,
-            entry_count=len(self.manifest.entries),
-            byte_count=self.manifest.byte_count,
-        )
-        yield fleet_pb2.RegisterImageRequest(image=image, manifest_chunk=self.encoded)
-
-    def header(self, instance_id: str, **fields: Any) -> agent_pb2.ReportHeader:
-        values: dict[str, Any] = {
-            "instance_id": instance_id,
-            "group": "web",
-            "image_ref": self.ref,
-            "image_digest": self.digest,
-            "root": self.manifest.root,
-            "seq": 1,
-            "boot_id": "boot-1",
-            "scanned_at_ms": 1_000,
-            "agent_version": "0.1.0",
-        }
-        values.update(fields)
-        return agent_pb2.ReportHeader(**values)
-
-
-def _baked() -> Baked:
-    entries = [
-        Entry(b"/etc", EntryType.DIRECTORY, 0o755, 0, 0),
-        Entry(b"/etc/hostname", EntryType.REGULAR, 0o644, 0, 0, 4, b"\x01" * 32),
-    ]
-    manifest = Manifest.build(Policy(), entries)
-    encoded = manifest.encode()
-    return Baked(manifest, encoded, digest_of(encoded))
-
-
 @pytest.fixture(scope="module")
 def baked() -> Baked:
-    return _baked()
+    return Baked(entries=ENTRIES[:2])
 
 
 @pytest.fixture(scope="module")
@@ -184,11 +134,11 @@ def running(
     """A TLS controller where operator alice registered ``web`` and agent i-1 reported."""
     controller = TlsController(tmp_path_factory.mktemp("data"), pki)
     alice = controller.fleet(Role.OPERATOR, "alice")
-    alice.RegisterImage(baked.register_requests(), timeout=5)
+    alice.RegisterImage(iter(baked.register_requests()), timeout=5)
     group = fleet_pb2.Group(name="web", desired_image_ref=baked.ref)
     alice.CreateGroup(fleet_pb2.CreateGroupRequest(group=group), timeout=5)
     response = controller.agent("i-1").Report(
-        agent_pb2.ReportRequest(header=baked.header("i-1")), timeout=5
+        agent_pb2.ReportRequest(header=baked.header(instance_id="i-1")), timeout=5
     )
     assert response.state == agent_pb2.INSTANCE_STATE_CONFORMANT
     yield controller
@@ -218,10 +168,12 @@ def test_an_agent_reporting_as_another_instance_is_denied_and_nothing_is_stored(
     before = running.requests(f"{AGENT}/Report", "PERMISSION_DENIED")
     stub = running.agent("i-1")
     error = _code(
-        lambda: stub.Report(agent_pb2.ReportRequest(header=baked.header("i-2")), timeout=5)
+        lambda: stub.Report(
+            agent_pb2.ReportRequest(header=baked.header(instance_id="i-2")), timeout=5
+        )
     )
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
-    drift = agent_pb2.ReportDriftRequest(header=baked.header("i-2", root=b"\x07" * 32))
+    drift = agent_pb2.ReportDriftRequest(header=baked.header(instance_id="i-2", root=b"\x07" * 32))
     assert _code(lambda: stub.ReportDrift(drift, timeout=5)).code() == (
         grpc.StatusCode.PERMISSION_DENIED
     )
@@ -267,7 +219,7 @@ def test_an_auditor_reads_but_cannot_register_taint_or_roll_out(
     ]
     before = running.requests(f"{FLEET}/TaintInstance", "PERMISSION_DENIED")
     calls = {
-        "RegisterImage": lambda: bob.RegisterImage(baked.register_requests(), timeout=5),
+        "RegisterImage": lambda: bob.RegisterImage(iter(baked.register_requests()), timeout=5),
         "CreateGroup": lambda: bob.CreateGroup(
             fleet_pb2.CreateGroupRequest(group=fleet_pb2.Group(name="x", desired_image_ref="y")),
             timeout=5,
@@ -305,7 +257,9 @@ def test_an_agent_cannot_call_the_fleet_service(running: TlsController) -> None:
 def test_an_oversize_message_is_resource_exhausted(running: TlsController, baked: Baked) -> None:
     stub = running.agent("i-big")
     change = manifest_pb2.Change(path=b"/" + b"x" * MAX_MESSAGE)
-    request = agent_pb2.ReportDriftRequest(header=baked.header("i-big"), changes=[change])
+    request = agent_pb2.ReportDriftRequest(
+        header=baked.header(instance_id="i-big"), changes=[change]
+    )
     assert _code(lambda: stub.ReportDrift(request, timeout=5)).code() == (
         grpc.StatusCode.RESOURCE_EXHAUSTED
     )
@@ -316,7 +270,9 @@ def test_the_operator_can_and_is_named_by_its_certificate_not_its_metadata(
     running: TlsController, baked: Baked
 ) -> None:
     alice = running.fleet(Role.OPERATOR, "alice")
-    running.agent("i-2").Report(agent_pb2.ReportRequest(header=baked.header("i-2")), timeout=5)
+    running.agent("i-2").Report(
+        agent_pb2.ReportRequest(header=baked.header(instance_id="i-2")), timeout=5
+    )
     request = fleet_pb2.TaintInstanceRequest(instance_id="i-2", reason="hand patch seen")
     tainted = alice.TaintInstance(
         request, timeout=5, metadata=(("corral-actor", "mallory@elsewhere"),)
@@ -338,7 +294,7 @@ def test_an_agent_over_its_rate_is_resource_exhausted_with_a_hint_and_counted(
         # The group is not declared: FAILED_PRECONDITION, but each call spends a token.
         codes = []
         for seq in (1, 2, 3):
-            request = agent_pb2.ReportRequest(header=baked.header("i-1", seq=seq))
+            request = agent_pb2.ReportRequest(header=baked.header(instance_id="i-1", seq=seq))
             codes.append(_code(lambda r=request: stub.Report(r, timeout=5)))  # type: ignore[misc]
         assert [e.code() for e in codes[:2]] == [grpc.StatusCode.FAILED_PRECONDITION] * 2
         limited = codes[2]
@@ -349,7 +305,9 @@ def test_an_agent_over_its_rate_is_resource_exhausted_with_a_hint_and_counted(
         # Another agent has its own bucket.
         other = controller.agent("i-2")
         error = _code(
-            lambda: other.Report(agent_pb2.ReportRequest(header=baked.header("i-2")), timeout=5)
+            lambda: other.Report(
+                agent_pb2.ReportRequest(header=baked.header(instance_id="i-2")), timeout=5
+            )
         )
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     finally:
@@ -360,7 +318,7 @@ def test_an_agent_detected_taint_names_the_verified_instance(
     running: TlsController, baked: Baked
 ) -> None:
     stub = running.agent("i-big")
-    request = agent_pb2.ReportRequest(header=baked.header("i-big", root=b"\x05" * 32))
+    request = agent_pb2.ReportRequest(header=baked.header(instance_id="i-big", root=b"\x05" * 32))
     assert stub.Report(request, timeout=5).state == agent_pb2.INSTANCE_STATE_TAINTED
     alice = running.fleet(Role.OPERATOR, "alice")
     shown = alice.GetInstance(fleet_pb2.GetInstanceRequest(instance_id="i-big"), timeout=5)

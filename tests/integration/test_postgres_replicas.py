@@ -21,25 +21,15 @@ import grpc
 import psycopg
 import pytest
 
-from agent.manifest.format import Entry, EntryType, Manifest, digest_of
-from agent.manifest.policy import Policy
 from controller.demo import fleet as support
 from controller.store.postgres import PostgresStore
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
+from tests.fixtures.baked import ENTRIES, Baked
 from tests.fixtures.postgres import fresh_schema, postgres_dsn, schema_dsn
 
 pytestmark = pytest.mark.postgres
 
-MANIFEST = Manifest.build(
-    Policy(),
-    [
-        Entry(b"/etc", EntryType.DIRECTORY, 0o755, 0, 0),
-        Entry(b"/etc/hostname", EntryType.REGULAR, 0o644, 0, 0, 4, b"\x01" * 32),
-    ],
-)
-ENCODED = MANIFEST.encode()
-DIGEST = digest_of(ENCODED)
-REF = f"web@{DIGEST}"
+WEB = Baked(entries=ENTRIES[:2])
 CONFORMANT = agent_pb2.INSTANCE_STATE_CONFORMANT
 TAINTED = agent_pb2.INSTANCE_STATE_TAINTED
 
@@ -80,17 +70,7 @@ class Replica:
         return True
 
     def report(self, seq: int) -> agent_pb2.ReportResponse:
-        header = agent_pb2.ReportHeader(
-            instance_id="i-1",
-            group="web",
-            image_ref=REF,
-            image_digest=DIGEST,
-            root=MANIFEST.root,
-            seq=seq,
-            boot_id="boot-1",
-            scanned_at_ms=1_000 + seq,
-            agent_version="0.1.0",
-        )
+        header = WEB.header(seq=seq, scanned_at_ms=1_000 + seq)
         return self.agent.Report(agent_pb2.ReportRequest(header=header), timeout=5)
 
     def instance(self) -> fleet_pb2.Instance:
@@ -148,20 +128,8 @@ def test_agents_report_to_either_replica_and_a_survivor_takes_over(
     (leader_name,) = leaders(names)
     leader, survivor = (a, b) if leader_name == a.name else (b, a)
 
-    image = fleet_pb2.Image(
-        name="web",
-        version="1",
-        ref=REF,
-        digest=DIGEST,
-        manifest_digest=DIGEST,
-        root=MANIFEST.root,
-        entry_count=len(MANIFEST.entries),
-        byte_count=MANIFEST.byte_count,
-    )
-    a.fleet.RegisterImage(
-        iter([fleet_pb2.RegisterImageRequest(image=image, manifest_chunk=ENCODED)]), timeout=5
-    )
-    group = fleet_pb2.Group(name="web", desired_image_ref=REF)
+    a.fleet.RegisterImage(iter(WEB.register_requests()), timeout=5)
+    group = fleet_pb2.Group(name="web", desired_image_ref=WEB.ref)
     b.fleet.CreateGroup(fleet_pb2.CreateGroupRequest(group=group), timeout=5)
 
     a.report(seq=1)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.baked import Baked
 from tests.fixtures.clock import FakeClock
-from tests.fixtures.running import Baked, RunningController
+from tests.fixtures.running import RunningController
 
 
 @pytest.fixture

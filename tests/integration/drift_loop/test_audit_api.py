@@ -20,8 +20,9 @@ from controller.cli.main import main
 from controller.security.authz import allowed
 from controller.security.identity import Role
 from protos.corral.v1 import audit_pb2, audit_pb2_grpc
+from tests.fixtures.baked import Baked
 from tests.fixtures.clock import FakeClock
-from tests.fixtures.running import Baked, RunningController, header
+from tests.fixtures.running import RunningController
 
 DRIFTED_ROOT = b"\x5a" * 32
 
@@ -37,11 +38,11 @@ def history(running: RunningController, web: Baked, clock: FakeClock) -> dict[st
     """i-1 and i-2 conformant, then i-2 drifts; returns the moments (epoch ms) between."""
     moments = {"before": int(clock() * 1000)}
     clock.advance(10)
-    running.report(header(web, instance_id="i-1"))
-    running.report(header(web, instance_id="i-2"))
+    running.report(web.header(instance_id="i-1"))
+    running.report(web.header(instance_id="i-2"))
     moments["conformant"] = int(clock() * 1000)
     clock.advance(10)
-    running.report(header(web, instance_id="i-2", seq=2, root=DRIFTED_ROOT))
+    running.report(web.header(instance_id="i-2", seq=2, root=DRIFTED_ROOT))
     moments["drifted"] = int(clock() * 1000)
     return moments
 

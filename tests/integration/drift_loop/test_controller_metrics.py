@@ -12,7 +12,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from protos.corral.v1 import fleet_pb2
-from tests.fixtures.running import Baked, RunningController, header
+from tests.fixtures.baked import Baked
+from tests.fixtures.running import RunningController
 
 AGREED = {
     "corral_build_info": "gauge",
@@ -52,13 +53,13 @@ def exercise(
         for seq in range(1, reports + 1):
             drifted = n % 3 == 0 and seq == reports
             root = b"\x07" * 32 if drifted else baked.manifest.root
-            running.report(header(baked, instance_id=instance_id, seq=seq, root=root))
+            running.report(baked.header(instance_id=instance_id, seq=seq, root=root))
         # A duplicate and a stale report from every agent.
-        running.report(header(baked, instance_id=instance_id, seq=reports, root=root))
+        running.report(baked.header(instance_id=instance_id, seq=reports, root=root))
         with pytest.raises(grpc.RpcError):
-            running.report(header(baked, instance_id=instance_id, seq=0))
+            running.report(baked.header(instance_id=instance_id, seq=0))
     with pytest.raises(grpc.RpcError):
-        running.report(header(baked, instance_id="i-x", group="undeclared"))
+        running.report(baked.header(instance_id="i-x", group="undeclared"))
     running.fleet.TaintInstance(
         fleet_pb2.TaintInstanceRequest(instance_id="i-0001", reason="by hand"), timeout=5
     )

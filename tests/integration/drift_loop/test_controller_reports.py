@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from agent.manifest.format import Entry, EntryType, entry_to_proto, root_of
 from protos.corral.v1 import agent_pb2, fleet_pb2, manifest_pb2
-from tests.fixtures.running import Baked, RunningController, header
+from tests.fixtures.baked import Baked
+from tests.fixtures.running import RunningController
 
 S = agent_pb2
 
@@ -28,7 +29,7 @@ def _code(call: object) -> grpc.StatusCode:
 
 def _drift(baked: Baked, changes: list[manifest_pb2.Change], root: bytes, seq: int) -> object:
     return S.ReportDriftRequest(
-        header=header(baked, root=root, seq=seq), changes=changes, total_changes=len(changes)
+        header=baked.header(root=root, seq=seq), changes=changes, total_changes=len(changes)
     )
 
 
@@ -53,7 +54,7 @@ class TestConformance:
     def test_first_good_report_makes_the_instance_conformant(
         self, running: RunningController, web: Baked
     ) -> None:
-        response = running.report(header(web))
+        response = running.report(web.header())
         assert response.state == S.INSTANCE_STATE_CONFORMANT
         assert not response.evidence_wanted
         instance = _instance(running)
@@ -63,23 +64,23 @@ class TestConformance:
     def test_undeclared_group_is_refused_and_nothing_is_stored(
         self, running: RunningController, web: Baked
     ) -> None:
-        code = _code(lambda: running.report(header(web, group="ghost")))
+        code = _code(lambda: running.report(web.header(group="ghost")))
         assert code == grpc.StatusCode.FAILED_PRECONDITION
         assert _code(lambda: _instance(running)) == grpc.StatusCode.NOT_FOUND
 
     def test_duplicate_is_idempotent_and_stale_is_refused(
         self, running: RunningController, web: Baked
     ) -> None:
-        running.report(header(web, seq=5))
-        assert running.report(header(web, seq=5)).state == S.INSTANCE_STATE_CONFORMANT
-        assert _code(lambda: running.report(header(web, seq=4))) == (
+        running.report(web.header(seq=5))
+        assert running.report(web.header(seq=5)).state == S.INSTANCE_STATE_CONFORMANT
+        assert _code(lambda: running.report(web.header(seq=4))) == (
             grpc.StatusCode.FAILED_PRECONDITION
         )
-        conflicting = header(web, seq=5, root=b"\x09" * 32)
+        conflicting = web.header(seq=5, root=b"\x09" * 32)
         assert _code(lambda: running.report(conflicting)) == grpc.StatusCode.ALREADY_EXISTS
         assert _instance(running).state == S.INSTANCE_STATE_CONFORMANT
         # A new boot restarts the sequence.
-        assert running.report(header(web, seq=1, boot_id="boot-2", scanned_at_ms=2_000)).state == (
+        assert running.report(web.header(seq=1, boot_id="boot-2", scanned_at_ms=2_000)).state == (
             S.INSTANCE_STATE_CONFORMANT
         )
 
@@ -88,9 +89,9 @@ class TestDrift:
     def test_file_drift_taints_with_verified_evidence_and_never_clears(
         self, running: RunningController, web: Baked
     ) -> None:
-        running.report(header(web, seq=1))
+        running.report(web.header(seq=1))
         drifted = _modified_root(web)
-        response = running.report(header(web, seq=2, root=drifted))
+        response = running.report(web.header(seq=2, root=drifted))
         assert response.state == S.INSTANCE_STATE_TAINTED
         assert response.evidence_wanted
         running.agent.ReportDrift(_drift(web, [_modified_change()], drifted, 3), timeout=5)
@@ -99,12 +100,12 @@ class TestDrift:
         assert taint.evidence_verified
         assert [c.path for c in taint.changes] == [b"/etc/passwd"]
         # The file restored: the instance stays tainted.
-        assert running.report(header(web, seq=4)).state == S.INSTANCE_STATE_TAINTED
+        assert running.report(web.header(seq=4)).state == S.INSTANCE_STATE_TAINTED
 
     def test_inconsistent_evidence_is_rejected_and_marks_suspicious(
         self, running: RunningController, web: Baked
     ) -> None:
-        running.report(header(web, seq=1))
+        running.report(web.header(seq=1))
         wrong_root = b"\x07" * 32
         request = _drift(web, [_modified_change()], wrong_root, 2)
         assert _code(lambda: running.agent.ReportDrift(request, timeout=5)) == (
@@ -119,12 +120,12 @@ class TestDrift:
         self, running: RunningController, web: Baked
     ) -> None:
         other = "sha256:" + "f" * 64
-        response = running.report(header(web, image_digest=other, image_ref="web@" + other))
+        response = running.report(web.header(image_digest=other, image_ref="web@" + other))
         assert response.state == S.INSTANCE_STATE_TAINTED
         assert _instance(running).taint.kind == fleet_pb2.DRIFT_KIND_IMAGE
 
     def test_manual_taint(self, running: RunningController, web: Baked) -> None:
-        running.report(header(web))
+        running.report(web.header())
         request = fleet_pb2.TaintInstanceRequest(instance_id="i-1", reason="suspected breach")
         instance = running.fleet.TaintInstance(request, timeout=5).instance
         assert instance.state == S.INSTANCE_STATE_TAINTED
@@ -135,7 +136,7 @@ class TestBadInput:
     def test_oversize_message_is_resource_exhausted(
         self, running: RunningController, web: Baked
     ) -> None:
-        request = S.ReportRequest(header=header(web, agent_version="x" * 300_000))
+        request = S.ReportRequest(header=web.header(agent_version="x" * 300_000))
         code = _code(lambda: running.agent.Report(request, timeout=5))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -170,7 +171,7 @@ class TestBadInput:
         path: bytes,
         kind: int,
     ) -> None:
-        running.report(header(web, instance_id="i-good", seq=1))
+        running.report(web.header(instance_id="i-good", seq=1))
         before = running.fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=5)
         bad = S.ReportDriftRequest(
             header=S.ReportHeader(
@@ -199,9 +200,9 @@ class TestRestartAndSilence:
     def test_restart_keeps_state_and_silence_means_unknown(
         self, running: RunningController, web: Baked
     ) -> None:
-        running.report(header(web, instance_id="i-1", seq=1))
-        running.report(header(web, instance_id="i-2", seq=1, root=_modified_root(web)))
-        running.report(header(web, instance_id="i-1", seq=2))  # written behind
+        running.report(web.header(instance_id="i-1", seq=1))
+        running.report(web.header(instance_id="i-2", seq=1, root=_modified_root(web)))
+        running.report(web.header(instance_id="i-1", seq=2))  # written behind
         running.stop()
         running.start()
         assert _instance(running, "i-1").state == S.INSTANCE_STATE_CONFORMANT
@@ -213,14 +214,14 @@ class TestRestartAndSilence:
         assert marked == 1  # the tainted one stays tainted: silence never changes it
         assert _instance(running, "i-1").state == S.INSTANCE_STATE_UNKNOWN
         assert _instance(running, "i-2").state == S.INSTANCE_STATE_TAINTED
-        assert running.report(header(web, instance_id="i-1", seq=3)).state == (
+        assert running.report(web.header(instance_id="i-1", seq=3)).state == (
             S.INSTANCE_STATE_CONFORMANT
         )
 
     def test_a_long_controller_outage_is_not_the_fleets_silence(
         self, running: RunningController, web: Baked
     ) -> None:
-        running.report(header(web, instance_id="i-1", seq=1))
+        running.report(web.header(instance_id="i-1", seq=1))
         running.stop()
         running.clock.advance(3600)  # down for an hour: no agent could be heard
         running.start()

@@ -33,8 +33,9 @@ from controller.cli.client import FleetClient
 from controller.demo import fleet as support
 from controller.errors import UnavailableError
 from protos.corral.v1 import agent_pb2, audit_pb2, audit_pb2_grpc, fleet_pb2
+from tests.fixtures.baked import Baked
 from tests.fixtures.clock import FakeClock
-from tests.fixtures.running import Baked, RunningController, header
+from tests.fixtures.running import RunningController
 
 U64_MAX = 2**64 - 1
 
@@ -83,15 +84,15 @@ def _stored(running: RunningController) -> list[Any]:
 def test_a_value_no_store_can_hold_is_refused_and_the_fleet_keeps_working(
     running: RunningController, web: Baked, fields: dict[str, Any]
 ) -> None:
-    running.report(header(web, seq=1))
+    running.report(web.header(seq=1))
     before = _stored(running)
-    error = _refused(lambda: running.report(header(web, **{"seq": 2, **fields})))
+    error = _refused(lambda: running.report(web.header(**{"seq": 2, **fields})))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "header." in (error.details() or "")
     assert _stored(running) == before
     # Heartbeats at the limit are stored and survive a restart.
     big = agent_pb2.AgentFootprint(rss_bytes=INT64_MAX, cpu_millis=INT64_MAX)
-    running.report(header(web, seq=3, footprint=big))
+    running.report(web.header(seq=3, footprint=big))
     running.stop()
     running.start()
     listed = running.fleet.ListInstances(fleet_pb2.ListInstancesRequest(), timeout=5)
@@ -213,7 +214,7 @@ def test_a_storage_fault_is_unavailable_with_a_retry_hint(
         raise UnavailableError("database is locked")
 
     monkeypatch.setattr(store, "get_instance", broken)
-    error = _refused(lambda: running.report(header(web)))
+    error = _refused(lambda: running.report(web.header()))
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert isinstance(error, grpc.Call)
     assert (RETRY_AFTER_METADATA, "1000") in tuple(error.trailing_metadata() or ())
@@ -234,7 +235,7 @@ def test_a_bug_is_internal_with_a_generic_message_logged_once(
 
     monkeypatch.setattr(store, "get_instance", broken)
     for call in (
-        lambda: running.report(header(web)),
+        lambda: running.report(web.header()),
         lambda: running.fleet.GetInstance(
             fleet_pb2.GetInstanceRequest(instance_id="i-1"), timeout=5
         ),
@@ -304,7 +305,7 @@ def test_five_instances_with_big_evidence_list_in_pages_of_summaries(
 
 def test_a_page_token_is_bound_to_its_filter(running: RunningController, web: Baked) -> None:
     for n in range(3):
-        running.report(header(web, instance_id=f"i-{n}"))
+        running.report(web.header(instance_id=f"i-{n}"))
     first = running.fleet.ListInstances(
         fleet_pb2.ListInstancesRequest(group="web", page_size=1), timeout=5
     )
@@ -324,9 +325,9 @@ def test_a_forged_image_ref_for_a_registered_digest_is_refused(
     running: RunningController, web: Baked
 ) -> None:
     forged = f"forged@{web.digest}"
-    error = _refused(lambda: running.report(header(web, image_ref=forged)))
+    error = _refused(lambda: running.report(web.header(image_ref=forged)))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    error = _refused(lambda: running.report(header(web, image_ref="web@sha256:" + "0" * 64)))
+    error = _refused(lambda: running.report(web.header(image_ref="web@sha256:" + "0" * 64)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _stored(running) == []
 
@@ -335,7 +336,7 @@ def test_an_unregistered_digest_is_recorded_by_digest_never_by_its_claimed_name(
     running: RunningController, web: Baked
 ) -> None:
     digest = "sha256:" + "e" * 64
-    response = running.report(header(web, image_ref=f"madeup@{digest}", image_digest=digest))
+    response = running.report(web.header(image_ref=f"madeup@{digest}", image_digest=digest))
     assert response.state == agent_pb2.INSTANCE_STATE_TAINTED
     shown = running.fleet.GetInstance(fleet_pb2.GetInstanceRequest(instance_id="i-1"), timeout=5)
     assert shown.instance.image_ref == digest
@@ -351,14 +352,14 @@ def test_the_evidence_wanted_follow_up_from_a_raw_client_is_accepted(
     running: RunningController, web: Baked
 ) -> None:
     other_root = b"\x07" * 32  # the agent's own baseline, not the registered manifest
-    first = running.report(header(web, root=other_root))
+    first = running.report(web.header(root=other_root))
     assert first.state == agent_pb2.INSTANCE_STATE_TAINTED and first.evidence_wanted
-    follow_up = agent_pb2.ReportDriftRequest(header=header(web, root=other_root, seq=2))
+    follow_up = agent_pb2.ReportDriftRequest(header=web.header(root=other_root, seq=2))
     answer = running.agent.ReportDrift(follow_up, timeout=5)
     assert answer.state == agent_pb2.INSTANCE_STATE_TAINTED
     shown = running.fleet.GetInstance(fleet_pb2.GetInstanceRequest(instance_id="i-1"), timeout=5)
     assert not shown.instance.suspicious and shown.instance.taint.baseline_mismatch
-    again = running.report(header(web, root=other_root, seq=3))
+    again = running.report(web.header(root=other_root, seq=3))
     assert not again.evidence_wanted
 
 
@@ -368,12 +369,12 @@ def test_the_evidence_wanted_follow_up_from_a_raw_client_is_accepted(
 def test_evidence_errors_show_paths_in_the_documented_form(
     running: RunningController, web: Baked
 ) -> None:
-    request = agent_pb2.ReportDriftRequest(header=header(web, root=b"\x07" * 32))
+    request = agent_pb2.ReportDriftRequest(header=web.header(root=b"\x07" * 32))
     request.changes.add(kind=2, path=b"etc/\xffname")  # relative: refused at the edge
     error = _refused(lambda: running.agent.ReportDrift(request, timeout=5))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "etc/%FFname" in (error.details() or "") and "b'" not in (error.details() or "")
-    inconsistent = agent_pb2.ReportDriftRequest(header=header(web, root=b"\x07" * 32))
+    inconsistent = agent_pb2.ReportDriftRequest(header=web.header(root=b"\x07" * 32))
     inconsistent.changes.add(kind=2, path=b"/srv/\xffgone")  # removed, but the image lacks it
     error = _refused(lambda: running.agent.ReportDrift(inconsistent, timeout=5))
     assert "/srv/%FFgone" in (error.details() or "") and "b'" not in (error.details() or "")
