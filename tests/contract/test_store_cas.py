@@ -44,7 +44,7 @@ from controller.ports import Store
 from controller.store.memory import MemoryStore
 from controller.store.sqlite import SqliteStore
 from tests.fixtures.postgres import connect, fresh_schema, postgres_dsn
-from tests.fixtures.records import GROUP, IMAGE
+from tests.fixtures.records import GROUP, IMAGE, instance
 
 FINAL = (InstanceState.TAINTED, InstanceState.REPLACING, InstanceState.RETIRED)
 """States a row never leaves for one outside this set (retired: never leaves at all)."""
@@ -146,22 +146,6 @@ def _fresh_id() -> str:
     return f"i-{next(_ids)}"
 
 
-def _instance(instance_id: str, **changes: object) -> Instance:
-    base = Instance(
-        id=instance_id,
-        group=GROUP.name,
-        state=InstanceState.CONFORMANT,
-        image_ref=IMAGE.ref,
-        image_digest=IMAGE.digest,
-        root=IMAGE.root,
-        first_seen=1.0,
-        last_report=1.0,
-        seq=1,
-        boot_id="boot",
-    )
-    return replace(base, **changes)  # type: ignore[arg-type]
-
-
 def _event(kind: EventKind, instance_id: str, reason: str) -> Event:
     return Event(kind=kind, at_ms=1_000, actor="test", reason=reason, instance_id=instance_id)
 
@@ -224,7 +208,7 @@ def test_a_stale_instance_write_conflicts_and_changes_nothing(
 ) -> None:
     store = backend.store
     instance_id = _fresh_id()
-    seen = [store.save_instance(_instance(instance_id))]
+    seen = [store.save_instance(instance(id=instance_id))]
     for n in range(rewrites):
         seen.append(store.save_instance(replace(seen[-1], seq=seen[-1].seq + 1, last_report=n)))
     current = seen[-1]
@@ -332,7 +316,7 @@ def test_every_interleaving_is_what_compare_and_set_predicts(
     from what it read. A write succeeds exactly when nobody wrote since that read."""
     stores = backend.writers(writers)
     instance_id = _fresh_id()
-    model = stores[0].save_instance(_instance(instance_id))
+    model = stores[0].save_instance(instance(id=instance_id))
     reads: list[Instance | None] = [None] * writers
     ever_tainted = False
     audit_expected = _audit_seq(stores[0])
@@ -413,7 +397,7 @@ def test_racing_writers_store_exactly_their_successful_writes_and_keep_the_taint
     stores = backend.writers(threads_count)
     rng = random.Random(seed)
     instance_id = _fresh_id()
-    first = stores[0].save_instance(_instance(instance_id))
+    first = stores[0].save_instance(instance(id=instance_id))
     head = _audit_seq(stores[0])
     plans = [
         [rng.choice(("taint", "sweep", "heartbeat", "heartbeat", "conformant")) for _ in range(25)]
@@ -498,7 +482,7 @@ def test_the_database_refuses_a_raw_update_that_goes_back(
     backend = sql_backend
     instance_id = _fresh_id()
     taint = _taint(1.0) if stored != "conformant" else None
-    backend.store.save_instance(_instance(instance_id, state=InstanceState(stored), taint=taint))
+    backend.store.save_instance(instance(id=instance_id, state=InstanceState(stored), taint=taint))
     update = _raw_update(backend, instance_id, target)
     if allowed:
         update()

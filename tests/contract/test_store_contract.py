@@ -10,34 +10,15 @@ import pytest
 
 from agent.manifest.diff import Change, ChangeKind
 from agent.manifest.format import Entry, EntryType
-from agent.manifest.report import Footprint
 from controller.audit import install_schema
-from controller.domain.model import DriftKind, Group, GroupMode, Instance, InstanceState, Taint
+from controller.domain.model import DriftKind, Group, GroupMode, InstanceState, Taint
 from controller.domain.replacement_actions import Kind, Phase, Strategy
 from controller.domain.replacement_record import ReplacementRecord
 from controller.errors import AlreadyExistsError, NotFoundError
 from controller.ports import Store
 from controller.store.codec import INSTANCE_COLUMNS, instance_from_row
 from controller.store.sqlite import SqliteStore
-from tests.fixtures.records import GROUP, IMAGE
-
-
-def _instance(**changes: object) -> Instance:
-    base = Instance(
-        id="i-1",
-        group="web",
-        state=InstanceState.CONFORMANT,
-        image_ref=IMAGE.ref,
-        image_digest=IMAGE.digest,
-        root=IMAGE.root,
-        first_seen=1.0,
-        last_report=2.0,
-        seq=3,
-        boot_id="boot",
-        scanned_at_ms=1500,
-        footprint=Footprint(rss_bytes=10, cpu_millis=20),
-    )
-    return replace(base, **changes)  # type: ignore[arg-type]
+from tests.fixtures.records import GROUP, IMAGE, instance
 
 
 class TestImages:
@@ -112,7 +93,7 @@ class TestInstances:
             ),
             evidence_verified=True,
         )
-        tainted = _instance(state=InstanceState.TAINTED, taint=taint, suspicious=True)
+        tainted = instance(state=InstanceState.TAINTED, taint=taint, suspicious=True)
         store.save_instance(tainted)
         assert store.get_instance("i-1") == tainted
         assert store.list_instances("web") == [tainted]
@@ -121,16 +102,16 @@ class TestInstances:
 
     def test_instance_of_undeclared_group_is_refused(self, store: Store) -> None:
         with pytest.raises(NotFoundError):
-            store.save_instance(_instance(group="ghost"))
+            store.save_instance(instance(group="ghost"))
         assert store.get_instance("i-1") is None
 
     def test_heartbeat_written_behind_is_visible_at_once(self, store: Store) -> None:
         store.add_group(GROUP)
-        created = store.save_instance(_instance())
+        created = store.save_instance(instance())
         store.save_instance(replace(created, seq=4), durable=False)
-        assert store.get_instance("i-1") == _instance(seq=4)
+        assert store.get_instance("i-1") == instance(seq=4)
         store.flush()
-        assert store.get_instance("i-1") == _instance(seq=4)
+        assert store.get_instance("i-1") == instance(seq=4)
 
 
 class TestSqliteDurability:
@@ -138,14 +119,14 @@ class TestSqliteDurability:
         first = SqliteStore(tmp_path)
         first.add_image(IMAGE, b"manifest")
         first.add_group(GROUP)
-        created = first.save_instance(_instance())
+        created = first.save_instance(instance())
         beat = first.save_instance(replace(created, seq=9), durable=False)
         first.close()
         second = SqliteStore(tmp_path)
         assert second.list_images() == [IMAGE]
         assert second.get_group("web") == GROUP
         reread = second.get_instance("i-1")
-        assert reread == _instance(seq=9)
+        assert reread == instance(seq=9)
         assert reread is not None and reread.version == beat.version
         assert second.get_manifest(IMAGE.manifest_digest) == b"manifest"
         second.close()
@@ -153,7 +134,7 @@ class TestSqliteDurability:
     def test_durable_write_is_on_disk_before_flush(self, tmp_path: Path) -> None:
         first = SqliteStore(tmp_path)
         first.add_group(GROUP)
-        first.save_instance(_instance(state=InstanceState.TAINTED))
+        first.save_instance(instance(state=InstanceState.TAINTED))
         # A second connection sees the committed row without any flush (the store
         # holds the data dir's lock, so read the file with sqlite3 itself).
         reader = sqlite3.connect(f"file:{tmp_path / 'corral.db'}?mode=ro", uri=True)
@@ -162,7 +143,7 @@ class TestSqliteDurability:
         ).fetchone()
         reader.close()
         first.close()
-        assert instance_from_row(row) == _instance(state=InstanceState.TAINTED)
+        assert instance_from_row(row) == instance(state=InstanceState.TAINTED)
 
     def test_migrations_run_once(self, tmp_path: Path) -> None:
         SqliteStore(tmp_path).close()
