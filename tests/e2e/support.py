@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from agent.image.artifact import build_artifact
+from agent.image.bake import bake
 from agent.manifest.policy import Policy
 from controller.cli.client import FleetClient
 from controller.cli.image_registry import register_bake
@@ -226,3 +227,20 @@ class AgentProcesses:
     def stop_all(self) -> None:
         for instance_id in list(self.processes):
             self.stop(instance_id)
+
+
+def sample_agents(
+    base: Path, fleet: Fleet, *, files: int, group: str, options: list[str]
+) -> AgentProcesses:
+    """Bake the demo's sample tree (``files`` files) in ``base`` and agents to run copies of it."""
+    tree, bake_dir = base / "tree", base / "bake"
+    support.write_sample_root(tree, files=files)
+    bake(str(tree), str(bake_dir), policy=Policy(), name="app", version="1")
+    return AgentProcesses(
+        base / "agents",
+        tree=tree,
+        bake_dir=bake_dir,
+        address=f"127.0.0.1:{fleet.port}",
+        group=group,
+        options=options,
+    )

@@ -55,7 +55,8 @@ DEFAULTS: Mapping[str, object] = {
 }
 
 __all__ = [
-    "NOT_SERVING", "SERVING", "STATE", "Controller", "corral", "fill", "small_disk", "wait_until",
+    "NOT_SERVING", "SERVING", "STATE", "Controller", "controller_on_small_disk", "corral", "fill",
+    "small_disk", "wait_until",
 ]  # fmt: skip
 
 
@@ -100,6 +101,17 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True, capture_output=True)
+
+
+@pytest.fixture(name="controller")
+def controller_on_small_disk(tmp_path: Path, small_disk: Path) -> Iterator[Controller]:
+    """A started controller whose data dir is :func:`small_disk` (a test module imports both)."""
+    made = Controller(tmp_path / "home", data=small_disk)
+    made.start()
+    try:
+        yield made
+    finally:
+        made.stop()
 
 
 def fill(disk: Path) -> Path:

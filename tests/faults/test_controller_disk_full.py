@@ -13,16 +13,14 @@ changed path as evidence, nothing stored before is lost and health is SERVING.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from controller.demo.fleet import APP_CONF
 from tests.faults.faults_agent_support import AgentProcess, holds_drift
 from tests.faults.faults_controller_support import (
     SERVING,
     Controller,
+    controller_on_small_disk,
     fill,
     small_disk,
     wait_until,
@@ -30,20 +28,10 @@ from tests.faults.faults_controller_support import (
 
 GROUP = "faults"
 CHANGED = b"/" + APP_CONF.encode()
-__all__ = ["small_disk"]  # a fixture
+__all__ = ["controller_on_small_disk", "small_disk"]  # fixtures
 REPORT_DRIFT = "/corral.v1.AgentService/ReportDrift"
 INSTANCE = "full-disk-1"
 STEADY = "full-disk-steady"
-
-
-@pytest.fixture
-def controller(tmp_path: Path, small_disk: Path) -> Iterator[Controller]:
-    made = Controller(tmp_path / "home", data=small_disk)
-    made.start()
-    try:
-        yield made
-    finally:
-        made.stop()
 
 
 def test_drift_reported_while_the_disk_is_full_ends_tainted(

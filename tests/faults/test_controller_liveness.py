@@ -12,33 +12,21 @@ CorralBackgroundLoopDown).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.faults.faults_controller_support import (
     NOT_SERVING,
     SERVING,
     Controller,
+    controller_on_small_disk,
     fill,
     small_disk,
     wait_until,
 )
 
-__all__ = ["small_disk"]  # a fixture
+__all__ = ["controller_on_small_disk", "small_disk"]  # fixtures
 GROUP = "faults"
 AGENTS = "corral.v1.AgentService"
-
-
-@pytest.fixture
-def controller(tmp_path: Path, small_disk: Path) -> Iterator[Controller]:
-    made = Controller(tmp_path / "home", data=small_disk)
-    made.start()
-    try:
-        yield made
-    finally:
-        made.stop()
 
 
 def test_a_failing_flush_loop_turns_health_not_serving_until_it_recovers(

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.image.bake import bake
-from agent.manifest.policy import Policy
 from controller.demo import fleet as support
-from tests.e2e.support import AgentProcesses, Fleet
+from tests.e2e.support import AgentProcesses, Fleet, sample_agents
 
 GROUP = "web"
 WAIT = 30.0
@@ -37,21 +35,10 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 
 @pytest.fixture
 def agents(tmp_path: Path, fleet: Fleet) -> Iterator[AgentProcesses]:
-    tree = tmp_path / "tree"
-    support.write_sample_root(tree, files=20)
-    bake_dir = tmp_path / "bake"
-    bake(str(tree), str(bake_dir), policy=Policy(), name="app", version="1")
-    fleet.register(bake_dir)
-    image = json.loads((bake_dir / "image.json").read_text())
+    started = sample_agents(tmp_path, fleet, files=20, group=GROUP, options=["--interval", "3600"])
+    fleet.register(started.bake_dir)
+    image = json.loads((started.bake_dir / "image.json").read_text())
     fleet.group(GROUP, image["image_ref"], size=0, mode="observe")
-    started = AgentProcesses(
-        tmp_path / "agents",
-        tree=tree,
-        bake_dir=bake_dir,
-        address=f"127.0.0.1:{fleet.port}",
-        group=GROUP,
-        options=["--interval", "3600"],
-    )
     try:
         yield started
     finally:

@@ -22,14 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.image.bake import bake
-from agent.manifest.policy import Policy
 from agent.paths import display_path
 from controller.audit.record import EventKind
 from controller.audit.sqlite import SqliteAuditLog
 from controller.demo import fleet as support
 from protos.corral.v1 import fleet_pb2
-from tests.e2e.support import STATE, AgentProcesses, Fleet
+from tests.e2e.support import STATE, AgentProcesses, Fleet, sample_agents
 
 GROUP = "web"
 INTERVAL = 0.5
@@ -52,18 +50,8 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 
 @pytest.fixture
 def agents(tmp_path: Path, fleet: Fleet) -> Iterator[AgentProcesses]:
-    tree = tmp_path / "tree"
-    support.write_sample_root(tree, files=5)
-    bake_dir = tmp_path / "bake"
-    bake(str(tree), str(bake_dir), policy=Policy(), name="app", version="1")
-    started = AgentProcesses(
-        tmp_path / "agents",
-        tree=tree,
-        bake_dir=bake_dir,
-        address=f"127.0.0.1:{fleet.port}",
-        group=GROUP,
-        options=["--interval", str(INTERVAL), "--jitter", "0"],
-    )
+    options = ["--interval", str(INTERVAL), "--jitter", "0"]
+    started = sample_agents(tmp_path, fleet, files=5, group=GROUP, options=options)
     try:
         yield started
     finally:
