@@ -129,6 +129,25 @@ async def internal(calls: MethodCounter, context: Context) -> NoReturn:
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
+async def failed(calls: MethodCounter, error: BaseException, context: Context) -> NoReturn:
+    """End a call whose method raised ``error`` (called in its ``except`` block), counted.
+
+    A ControllerError is refused with its status; an abort the method made
+    itself and a cancellation are counted and go on; anything else is a bug:
+    INTERNAL. Whatever is not an Exception (GeneratorExit, KeyboardInterrupt)
+    goes on uncounted.
+    """
+    if isinstance(error, ControllerError):
+        await refuse(calls, error, context)
+    if isinstance(error, grpc.aio.AbortError):
+        calls.finished(context.code())
+    elif isinstance(error, asyncio.CancelledError):
+        calls.finished(grpc.StatusCode.CANCELLED)
+    elif isinstance(error, Exception):
+        await internal(calls, context)
+    raise error
+
+
 Servicer = TypeVar("Servicer", bound=Counted)
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -157,16 +176,8 @@ def served(
                 await undecodable(calls, request, context)
             try:
                 response = await behavior(self, request, context)
-            except ControllerError as exc:
-                await refuse(calls, exc, context)
-            except grpc.aio.AbortError:
-                calls.finished(context.code())
-                raise
-            except asyncio.CancelledError:
-                calls.finished(grpc.StatusCode.CANCELLED)
-                raise
-            except Exception:
-                await internal(calls, context)
+            except BaseException as exc:
+                await failed(calls, exc, context)
             calls.ok.inc()
             return response
 
@@ -196,16 +207,8 @@ def served_stream(
             try:
                 async for response in behavior(self, request, context):
                     yield response
-            except ControllerError as exc:
-                await refuse(calls, exc, context)
-            except grpc.aio.AbortError:
-                calls.finished(context.code())
-                raise
-            except asyncio.CancelledError:
-                calls.finished(grpc.StatusCode.CANCELLED)
-                raise
-            except Exception:
-                await internal(calls, context)
+            except BaseException as exc:
+                await failed(calls, exc, context)
             calls.ok.inc()
 
         return call
