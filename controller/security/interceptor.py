@@ -48,6 +48,14 @@ RETRY_AFTER_METADATA = "retry-after-ms"
 
 log = logging.getLogger("corral.security")
 
+_HANDLER_KINDS: tuple[tuple[str, Callable[..., Handler], bool], ...] = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, True),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, False),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+)
+"""Each kind of method handler: its attribute, how to make one, whether requests stream."""
+
 __all__ = ["SecurityInterceptor", "current_actor", "current_identity", "require_instance"]
 
 
@@ -123,30 +131,14 @@ class SecurityInterceptor(ServerInterceptor):
             self._on_refused(method, code)
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._guard(method, handler.unary_unary, streaming_request=False),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._guard(method, handler.stream_unary, streaming_request=True),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._guard(method, handler.unary_stream, streaming_request=False),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                self._guard(method, handler.stream_stream, streaming_request=True),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+        for kind, make, streaming_request in _HANDLER_KINDS:
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                return make(
+                    self._guard(method, behavior, streaming_request=streaming_request),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
         return _refuse_all(handler)  # pragma: no cover - gRPC has no fifth kind
 
     def _guard(
