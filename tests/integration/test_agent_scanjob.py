@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from agent.daemon.identity import read_image_json
@@ -16,6 +16,7 @@ from agent.manifest.diff import ChangeKind
 from agent.manifest.policy import Policy
 from agent.scan.pacing import ScanStoppedError
 from agent.scan.statcache import StatCache
+from controller.demo.fleet import wait_for
 
 POLICY = Policy(include=("/",), exclude=())
 
@@ -81,10 +82,17 @@ def test_stop_ends_a_running_child_scan(tmp_path: Path) -> None:
 
     worker = threading.Thread(target=run)
     worker.start()
-    time.sleep(0.5)  # let the child start and block on its budget
+    assert wait_for(_scan_child_started, timeout=30)  # it blocks on its budget from then on
     scanner.stop()
     worker.join(timeout=10)
     assert not worker.is_alive()
     assert len(caught) == 1 and isinstance(caught[0], ScanStoppedError)
     with pytest.raises(ScanStoppedError):
         scanner.run(request)
+
+
+def _scan_child_started() -> bool:
+    """A child of this process runs ``agent.daemon.scanjob``."""
+    return any(
+        "agent.daemon.scanjob" in " ".join(child.cmdline()) for child in psutil.Process().children()
+    )

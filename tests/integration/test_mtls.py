@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import shutil
-import statistics
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from controller.demo.fleet import wait_for
 from controller.security import certs
 from controller.security.identity import Role
 from controller.security.interceptor import RETRY_AFTER_METADATA, current_actor
@@ -295,27 +294,12 @@ def test_an_oversize_message_is_resource_exhausted(server: RunningServer, pki: P
     assert "i-2" not in server.store.roots
 
 
-def _latencies(stub: agent_pb2_grpc.AgentServiceStub, instance_id: str, n: int) -> list[float]:
-    stub.Report(_report(instance_id), timeout=5)  # connect before measuring
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter()
-        stub.Report(_report(instance_id), timeout=5)
-        samples.append(time.perf_counter() - start)
-    return samples
+def test_a_flood_from_one_agent_does_not_refuse_the_others(server: RunningServer, pki: Pki) -> None:
+    """While one identity floods and is refused, another identity's every call still succeeds.
 
-
-def _summary(samples: list[float]) -> tuple[float, float]:
-    cuts = statistics.quantiles(samples, n=100)
-    return cuts[49] * 1000, cuts[98] * 1000
-
-
-def test_a_flood_from_one_agent_does_not_slow_the_others(server: RunningServer, pki: Pki) -> None:
-    calls = 100
-    base_p50, base_p99 = _summary(
-        _latencies(_agent(server, pki.files(Role.AGENT, "i-base")), "i-base", calls)
-    )
-
+    How much the flood slows the others is measured by no test here (timings
+    belong in tests/bench/); what is checked is that the limit is per identity.
+    """
     stop = threading.Event()
     codes: dict[str, int] = {}
     lock = threading.Lock()
@@ -338,24 +322,17 @@ def test_a_flood_from_one_agent_does_not_slow_the_others(server: RunningServer, 
     flooders = [threading.Thread(target=flood) for _ in range(3)]
     for thread in flooders:
         thread.start()
-    time.sleep(0.2)  # let the flood spend its burst
     try:
-        normal = _latencies(_agent(server, pki.files(Role.AGENT, "i-normal")), "i-normal", calls)
+        assert wait_for(lambda: codes.get("RESOURCE_EXHAUSTED", 0) > 0, timeout=20)
+        normal = _agent(server, pki.files(Role.AGENT, "i-normal"))
+        for _ in range(100):  # each raises if refused
+            normal.Report(_report("i-normal"), timeout=5)
     finally:
         stop.set()
         for thread in flooders:
             thread.join(10)
-    flood_p50, flood_p99 = _summary(normal)
-    print(
-        f"\nnormal agent, {calls} reports: baseline p50 {base_p50:.2f} ms p99 {base_p99:.2f} ms; "
-        f"under flood p50 {flood_p50:.2f} ms p99 {flood_p99:.2f} ms; flood outcomes {codes}"
-    )
-    assert codes.get("RESOURCE_EXHAUSTED", 0) > 0
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
     assert retry_hints and all(int(hint) > 0 for hint in retry_hints)
-    # Generous: clients, flood and server share one process and two busy cores here.
-    assert flood_p50 < max(10 * base_p50, 20.0)
-    assert flood_p99 < max(10 * base_p99, 500.0)
 
 
 def test_the_server_certificate_is_reloaded_without_restart(tmp_path: Path, pki: Pki) -> None:

@@ -31,14 +31,18 @@ from controller.providers.local import LocalConfig, LocalProvider
 from controller.security.certs import init_ca, read_certificate
 
 NOW = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
-#: Stands in for corral-agent: records the TLS variables it was given, then idles.
+#: Stands in for corral-agent: records the TLS variables it was given (env.json, whole
+#: once it exists), then idles.
 ENV_RECORDING_AGENT = (
     sys.executable,
     "-c",
     "import json, os, sys, time\n"
     "state = sys.argv[sys.argv.index('--data-dir') + 1]\n"
     "tls = {k: v for k, v in os.environ.items() if k.startswith('CORRAL_AGENT_TLS_')}\n"
-    "json.dump(tls, open(os.path.join(state, 'env.json'), 'w'))\n"
+    "path = os.path.join(state, 'env.json')\n"
+    "with open(path + '.tmp', 'w') as out:\n"
+    "    json.dump(tls, out)\n"
+    "os.replace(path + '.tmp', path)\n"
     "time.sleep(3600)\n",
 )
 
@@ -138,12 +142,12 @@ def _spec(provider: LocalProvider, tmp_path: Path, instance_id: str, key: str) -
     )
 
 
-def _agent_env(state: Path) -> dict[str, str]:
+def recorded_env(state: Path) -> dict[str, str]:
+    """The TLS variables the stand-in agent with data dir ``state`` was started with."""
     deadline = time.monotonic() + 10
     while not (state / "env.json").exists():
         assert time.monotonic() < deadline, "the stand-in agent never started"
         time.sleep(0.02)
-    time.sleep(0.05)  # let it finish writing
     recorded: dict[str, str] = json.loads((state / "env.json").read_text())
     return recorded
 
@@ -153,7 +157,7 @@ def test_the_local_provider_gives_each_agent_its_own_certificate_once(
 ) -> None:
     state = tmp_path / "data" / "instances" / "i-1" / "state"
     first = provider.launch(_spec(provider, tmp_path, "i-1", "k-1"))
-    env = _agent_env(state)
+    env = recorded_env(state)
     assert env["CORRAL_AGENT_TLS_CERT_FILE"] == str(state / "tls" / "agent-i-1.chain.crt")
     cert = Path(env["CORRAL_AGENT_TLS_CERT_FILE"])
     assert read_certificate(cert).uris == ("spiffe://corral/agent/i-1",)
@@ -168,11 +172,11 @@ def test_the_local_provider_gives_each_agent_its_own_certificate_once(
         time.sleep(0.02)
     again = provider.launch(_spec(provider, tmp_path, "i-1", "k-1"))
     assert again.provider_id != first.provider_id  # the agent was restarted...
-    assert _agent_env(state) == env
+    assert recorded_env(state) == env
     assert cert.read_bytes() == issued  # ...with the certificate issued the first time
 
     provider.launch(_spec(provider, tmp_path, "i-2", "k-2"))
-    other = _agent_env(tmp_path / "data" / "instances" / "i-2" / "state")
+    other = recorded_env(tmp_path / "data" / "instances" / "i-2" / "state")
     assert read_certificate(Path(other["CORRAL_AGENT_TLS_CERT_FILE"])).uris == (
         "spiffe://corral/agent/i-2",
     )

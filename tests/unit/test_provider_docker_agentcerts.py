@@ -7,14 +7,12 @@ host agent is a stand-in process that records the TLS variables it was given.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_agent_certs import ENV_RECORDING_AGENT
+from test_agent_certs import ENV_RECORDING_AGENT, recorded_env
 
 from controller.providers import LaunchSpec
 from controller.providers.agentcerts import AgentCertificates
@@ -101,12 +99,7 @@ def test_a_host_agent_gets_its_certificate_and_terminate_removes_it(
     )  # fmt: skip
     provider.launch(spec)
     state = tmp_path / "state" / "d-1"
-    deadline = time.monotonic() + 10
-    while not (state / "env.json").exists():
-        assert time.monotonic() < deadline, "the stand-in agent never started"
-        time.sleep(0.02)
-    time.sleep(0.05)
-    env = json.loads((state / "env.json").read_text())
+    env = recorded_env(state)
     cert = Path(env["CORRAL_AGENT_TLS_CERT_FILE"])
     assert cert == state / "tls" / "agent-d-1.chain.crt"
     assert read_certificate(cert).uris == ("spiffe://corral/agent/d-1",)

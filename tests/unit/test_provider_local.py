@@ -10,11 +10,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from agent.image.artifact import build_artifact
 from agent.manifest.policy import Policy
 from agent.scan.scanner import scan
+from controller.demo.fleet import wait_for
 from controller.providers import LaunchSpec, PermanentProviderError
 from controller.providers.local import LocalConfig, LocalProvider
 
@@ -122,7 +124,7 @@ def test_retried_launch_after_a_crash_restarts_the_agent_once(
     again = provider.launch(spec(image, "i-1", "k-1"))
     assert again.provider_id == first.provider_id  # found by its command line, not restarted
     os.kill(int(first.provider_id), 9)
-    time.sleep(0.05)
+    assert wait_for(lambda: _dead(int(first.provider_id)), timeout=10)
     third = provider.launch(spec(image, "i-1", "k-1"))
     assert third.state == "running" and third.provider_id != first.provider_id
     provider.terminate("i-1")
@@ -163,3 +165,11 @@ def test_import_checks_the_artifact_digest(tmp_path: Path, provider: LocalProvid
         handle.write(b"tampered")
     with pytest.raises(PermanentProviderError, match=r"image\.json says"):
         provider.import_artifact(str(tmp_path / "b"))
+
+
+def _dead(pid: int) -> bool:
+    """``pid`` has exited (gone, or a zombie nobody has reaped yet)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
