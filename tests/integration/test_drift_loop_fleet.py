@@ -31,9 +31,6 @@ from tests.e2e.support import STATE, AgentProcesses, Fleet, sample_agents
 
 GROUP = "web"
 INTERVAL = 0.5
-# A scan runs in a child process; on a busy shared machine starting it and
-# reporting takes a while, so "within one interval" is checked with this margin.
-MARGIN = 2.0
 WAIT = 30.0
 # The controller's staleness limit with the Fleet's settings (3 x report_interval).
 STALE_AFTER = 3 * support.DemoSettings().scan_interval
@@ -95,15 +92,18 @@ def test_drift_loop_with_real_agents_and_a_controller_restart(
         agents.start(instance_id)
     assert_waited(lambda: fleet.conformant(GROUP, 3), "three conformant", agents)
 
-    # A changed file taints its instance within one scan interval.
+    # A changed file taints its instance within one scan interval: the first scan
+    # that starts after the change finds it (counted in scans, not seconds: how
+    # long that takes is measured by tests/bench/bench_realtime.py).
     victim, clean = "i-b", ("i-a", "i-c")
     conf = agents.root(victim) / support.APP_CONF
     original = conf.read_bytes()
-    changed_at = time.monotonic()
+    scans_before = _scans_until_drift(agents.log(victim))
     conf.write_bytes(original + b"patched = true\n")
     assert_waited(lambda: fleet.states(GROUP)[victim] == "tainted", "the taint", agents)
-    detection = time.monotonic() - changed_at
-    assert detection <= INTERVAL + MARGIN, f"tainted after {detection:.2f}s"
+    finding_scan = _scans_until_drift(agents.log(victim))
+    # +1: the next scan; +2: a scan already running when the file changed missed it.
+    assert finding_scan <= scans_before + 2, (scans_before, finding_scan)
     shown = fleet.corral("fleet", "show", victim, "--json")
     assert shown.returncode == 0, shown.stderr
     document = json.loads(shown.stdout)
@@ -186,8 +186,7 @@ def test_drift_loop_with_real_agents_and_a_controller_restart(
     expected = {"i-a": "conformant", "i-b": "tainted", "i-c": "conformant", "i-d": "conformant"}
     assert_waited(lambda: fleet.states(GROUP) == expected, "i-d conformant", agents)
     print(
-        f"tainted {detection:.2f}s after the change (interval {INTERVAL}s);"
-        f" outage {restarted_at - killed_at:.2f}s;"
+        f"outage {restarted_at - killed_at:.2f}s;"
         f" the three reporting again {resumed_after:.2f}s after the restart,"
         f" i-d conformant after {time.monotonic() - restarted_at:.2f}s"
     )
@@ -198,3 +197,17 @@ def test_drift_loop_with_real_agents_and_a_controller_restart(
         assert not instance(fleet, instance_id).HasField("taint")
         assert taint_records(fleet, instance_id) == []
     assert taint_records(fleet, victim) == ["instance.drift", "instance.taint"]
+
+
+def _scans_until_drift(log: str) -> int:
+    """Scans an agent's log records up to and including its first drift (all, if none)."""
+    scans = 0
+    for line in log.splitlines():
+        if not line.endswith("}"):
+            continue  # not a record, or one still being written
+        message = json.loads(line).get("message")
+        if message == "scan done":
+            scans += 1
+        elif message == "root differs from the image's baseline":
+            break
+    return scans
