@@ -31,11 +31,11 @@ from controller.providers import (
 from controller.providers.base import LABEL_GROUP, LABEL_IDEMPOTENCY_KEY, LABEL_IMAGE_DIGEST
 from tests.fixtures.moto import MotoAws, moto_aws
 from tests.fixtures.podman import PodmanEngine, podman_engine
+from tests.fixtures.stand_in_agent import IDLE_AGENT
 
 __all__ = ["moto_aws", "podman_engine"]  # session fixtures used below
 
 UNKNOWN_ID = "i-00000000000000000"
-STAND_IN_AGENT = (sys.executable, "-c", "import time; time.sleep(3600)")
 
 
 @dataclass
@@ -69,7 +69,7 @@ def _local(tmp_path: Path, group: str) -> Case:
     )
     provider = create_provider(
         "local",
-        {"data_dir": str(tmp_path / "data"), "agent_command": list(STAND_IN_AGENT)},
+        {"data_dir": str(tmp_path / "data"), "agent_command": list(IDLE_AGENT)},
     )
     assert isinstance(provider, Provider)
     provider.import_artifact(str(tmp_path / "build"))  # type: ignore[attr-defined]

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import stat
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -29,22 +28,9 @@ from controller.providers import LaunchSpec, PermanentProviderError, create_prov
 from controller.providers.agentcerts import AgentCertificates
 from controller.providers.local import LocalConfig, LocalProvider
 from controller.security.certs import init_ca, read_certificate
+from tests.fixtures.stand_in_agent import ENV_RECORDING_AGENT, recorded_env
 
 NOW = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
-#: Stands in for corral-agent: records the TLS variables it was given (env.json, whole
-#: once it exists), then idles.
-ENV_RECORDING_AGENT = (
-    sys.executable,
-    "-c",
-    "import json, os, sys, time\n"
-    "state = sys.argv[sys.argv.index('--data-dir') + 1]\n"
-    "tls = {k: v for k, v in os.environ.items() if k.startswith('CORRAL_AGENT_TLS_')}\n"
-    "path = os.path.join(state, 'env.json')\n"
-    "with open(path + '.tmp', 'w') as out:\n"
-    "    json.dump(tls, out)\n"
-    "os.replace(path + '.tmp', path)\n"
-    "time.sleep(3600)\n",
-)
 
 
 @pytest.fixture
@@ -140,16 +126,6 @@ def _spec(provider: LocalProvider, tmp_path: Path, instance_id: str, key: str) -
         idempotency_key=key,
         controller="127.0.0.1:7000",
     )
-
-
-def recorded_env(state: Path) -> dict[str, str]:
-    """The TLS variables the stand-in agent with data dir ``state`` was started with."""
-    deadline = time.monotonic() + 10
-    while not (state / "env.json").exists():
-        assert time.monotonic() < deadline, "the stand-in agent never started"
-        time.sleep(0.02)
-    recorded: dict[str, str] = json.loads((state / "env.json").read_text())
-    return recorded
 
 
 def test_the_local_provider_gives_each_agent_its_own_certificate_once(

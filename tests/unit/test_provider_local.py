@@ -19,13 +19,12 @@ from agent.scan.scanner import scan
 from controller.demo.fleet import wait_for
 from controller.providers import LaunchSpec, PermanentProviderError
 from controller.providers.local import LocalConfig, LocalProvider
-
-STAND_IN_AGENT = (sys.executable, "-c", "import time; time.sleep(3600)")
+from tests.fixtures.stand_in_agent import IDLE_AGENT
 
 
 @pytest.fixture
 def provider(tmp_path: Path) -> Iterator[LocalProvider]:
-    made = LocalProvider(LocalConfig(data_dir=str(tmp_path / "data"), agent_prefix=STAND_IN_AGENT))
+    made = LocalProvider(LocalConfig(data_dir=str(tmp_path / "data"), agent_prefix=IDLE_AGENT))
     yield made
     for instance in made.list("web"):
         made.terminate(instance.instance_id)
