@@ -1,10 +1,11 @@
-"""Generate the corral fleet dashboard (Grafana classic JSON model).
+"""Generate the corral fleet dashboard with grafana-foundation-sdk's typed builders.
 
-The dashboard is written from this script rather than by hand so that every
-panel follows the same rules: one datasource variable (file provisioning cannot
-resolve `${DS_PROMETHEUS}`), `$__rate_interval` in rate windows, unique refIds,
-and a grid that does not overlap. tests/deploy checks that the committed JSON is
-exactly what this script prints, and runs every query against a real Prometheus.
+Every panel follows the same rules: one datasource variable (file provisioning
+cannot resolve `${DS_PROMETHEUS}`), `$__rate_interval` in rate windows, unique
+refIds, and panel widths in each row that add up to 24 (the SDK places panels
+left to right and wraps only at 24 columns). tests/deploy checks that the
+committed JSON is exactly what this script prints, that this script is
+`mypy --strict` clean, and runs every query against a real Prometheus.
 
     python deploy/grafana/generate.py           # rewrite dashboards/corral-fleet.json
     python deploy/grafana/generate.py --check   # exit 1 if the committed file is stale
@@ -13,512 +14,375 @@ exactly what this script prints, and runs every query against a real Prometheus.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
+
+from grafana_foundation_sdk.builders import heatmap, prometheus, stat, statetimeline, timeseries
+from grafana_foundation_sdk.builders.common import ReduceDataOptions, StackingConfig
+from grafana_foundation_sdk.builders.dashboard import (
+    Dashboard,
+    DatasourceVariable,
+    QueryVariable,
+    Row,
+    ThresholdsConfig,
+)
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.cog.variants import Dataquery
+from grafana_foundation_sdk.models import dashboard, units
+from grafana_foundation_sdk.models.common import StackingMode
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 DASHBOARD_PATH = Path(__file__).resolve().parent / "dashboards" / "corral-fleet.json"
-UID = "corral-fleet"
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+DATASOURCE = dashboard.DataSourceRef(type_val="prometheus", uid="${datasource}")
 G = 'group=~"$group"'
 AGENT = 'job="corral-agent"'
+NOT_OK = 'code!="OK"'
 
-Panel = dict[str, Any]
-
-
-def target(expr: str, legend: str = "__auto", **extra: Any) -> dict[str, Any]:
-    """One Prometheus query; refIds are assigned when the panel is built."""
-    return {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend, **extra}
+Query = tuple[str, str]  # a Prometheus expression and its legend
+Panels = list[Builder[dashboard.Panel]]
 
 
-class _Layout:
-    """Places panels left to right in rows of 24 grid units."""
-
-    def __init__(self) -> None:
-        self.x = 0
-        self.y = 0
-        self.row_height = 0
-        self.next_id = 1
-
-    def place(self, width: int, height: int) -> dict[str, int]:
-        if self.x + width > 24:
-            self.x = 0
-            self.y += self.row_height
-            self.row_height = 0
-        pos = {"h": height, "w": width, "x": self.x, "y": self.y}
-        self.x += width
-        self.row_height = max(self.row_height, height)
-        return pos
-
-    def new_row(self) -> dict[str, int]:
-        self.y += self.row_height
-        self.x = 0
-        self.row_height = 0
-        pos = {"h": 1, "w": 24, "x": 0, "y": self.y}
-        self.y += 1
-        return pos
-
-    def take_id(self) -> int:
-        panel_id = self.next_id
-        self.next_id += 1
-        return panel_id
+def series(metric: str, selector: str) -> str:
+    return f"{metric}{{{selector}}}" if selector else metric
 
 
-def _panel(
-    layout: _Layout,
-    *,
-    kind: str,
-    title: str,
-    description: str,
-    targets: list[dict[str, Any]],
-    unit: str = "short",
-    width: int = 8,
-    height: int = 8,
-    options: dict[str, Any] | None = None,
-    field_config: dict[str, Any] | None = None,
-) -> Panel:
-    defaults: dict[str, Any] = {"unit": unit}
-    defaults.update(field_config or {})
-    return {
-        "datasource": DATASOURCE,
-        "description": description,
-        "fieldConfig": {"defaults": defaults, "overrides": []},
-        "gridPos": layout.place(width, height),
-        "id": layout.take_id(),
-        "options": options or {},
-        "targets": [{**t, "refId": chr(ord("A") + index)} for index, t in enumerate(targets)],
-        "title": title,
-        "type": kind,
-    }
+def rate(metric: str, selector: str = G) -> str:
+    return f"rate({series(metric, selector)}[$__rate_interval])"
 
 
-def _row(layout: _Layout, title: str) -> Panel:
-    return {
-        "collapsed": False,
-        "gridPos": layout.new_row(),
-        "id": layout.take_id(),
-        "panels": [],
-        "title": title,
-        "type": "row",
-    }
+def group_total(metric: str, selector: str = G) -> str:
+    """One value per group (every controller exports the same gauges), summed."""
+    return f"sum(max by (group) ({series(metric, selector)}))"
 
 
-def _thresholds(*steps: tuple[str, float | None]) -> dict[str, Any]:
-    return {
-        "thresholds": {
-            "mode": "absolute",
-            "steps": [{"color": color, "value": value} for color, value in steps],
-        }
-    }
-
-
-def _quantiles(metric: str, by: str, selector: str = "") -> list[dict[str, Any]]:
-    matchers = f"{{{selector}}}" if selector else ""
-    window = f"{metric}_bucket{matchers}[$__rate_interval]"
+def quantiles(metric: str, selector: str, by: str = "") -> list[Query]:
+    """p50, p90 and p99 of a histogram, split by one more label if `by` names one."""
+    labels, legend = (f"le, {by}", f" {{{{{by}}}}}") if by else ("le", "")
+    window = rate(f"{metric}_bucket", selector)
     return [
-        target(
-            f"histogram_quantile({q}, sum by (le{by}) (rate({window})))",
-            f"p{round(q * 100)}" + (" {{" + by.lstrip(", ") + "}}" if by else ""),
-        )
+        (f"histogram_quantile({q}, sum by ({labels}) ({window}))", f"p{round(q * 100)}{legend}")
         for q in (0.5, 0.9, 0.99)
     ]
 
 
-def _glance(layout: _Layout) -> list[Panel]:
-    stat = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}
+def query(ref_id: str, expr: str, legend: str) -> prometheus.Dataquery:
+    return (
+        prometheus.Dataquery()
+        .datasource(DATASOURCE)
+        .ref_id(ref_id)
+        .expr(expr)
+        .legend_format(legend)
+    )
+
+
+def targets(*queries: Query) -> list[Builder[Dataquery]]:
+    """The queries with refIds A, B, C … in order."""
+    return [query(chr(ord("A") + index), *q) for index, q in enumerate(queries)]
+
+
+def thresholds(*steps: tuple[str, float | None]) -> ThresholdsConfig:
+    return (
+        ThresholdsConfig()
+        .mode(dashboard.ThresholdsMode.ABSOLUTE)
+        .steps([dashboard.Threshold(color=color, value=value) for color, value in steps])
+    )
+
+
+def big_number(title: str, description: str, width: int, *queries: Query) -> stat.Panel:
+    """A stat panel, 5 high, showing each query's last value."""
+    return (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .targets(targets(*queries))
+        .unit(units.Short)
+        .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False))
+        .span(width)
+        .height(5)
+    )
+
+
+def graph(title: str, description: str, unit: str, *queries: Query) -> timeseries.Panel:
+    """A time series panel, 8 by 8 unless resized."""
+    return (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .targets(targets(*queries))
+        .unit(unit)
+        .span(8)
+        .height(8)
+    )
+
+
+def glance() -> Panels:
     return [
-        _row(layout, "Fleet at a glance"),
-        _panel(
-            layout,
-            kind="stat",
-            title="Conformance by group",
-            description="Share of each group's instances proven identical to its desired image.",
-            targets=[
-                target(f"min by (group) (corral_group_conformance_ratio{{{G}}})", "{{group}}")
-            ],
-            unit="percentunit",
-            width=8,
-            height=5,
-            options=stat,
-            field_config={"min": 0, "max": 1}
-            | _thresholds(("red", None), ("orange", 0.9), ("green", 0.99)),
-        ),
-        _panel(
-            layout,
-            kind="stat",
-            title="Tainted / silent instances",
-            description="Instances tainted for drift, and instances whose agent went silent.",
-            targets=[
-                target(
-                    f'sum(max by (group) (corral_instances{{{G}, state="tainted"}}))', "tainted"
-                ),
-                target(f'sum(max by (group) (corral_instances{{{G}, state="unknown"}}))', "silent"),
-            ],
-            width=6,
-            height=5,
-            options=stat,
-            field_config=_thresholds(("green", None), ("orange", 1)),
-        ),
-        _panel(
-            layout,
-            kind="stat",
-            title="Breakers open",
-            description="Groups whose replacement circuit breaker is open (replacing stopped).",
-            targets=[target(f"sum(max by (group) (corral_breaker_open{{{G}}}))", "open")],
-            width=4,
-            height=5,
-            options=stat,
-            field_config=_thresholds(("green", None), ("red", 1)),
-        ),
-        _panel(
-            layout,
-            kind="stat",
-            title="Controllers up / images",
-            description="Controller scrape targets up, and images registered with manifests.",
-            targets=[
-                target('sum(up{job="corral-controller"})', "controllers up"),
-                target("max(corral_images_registered)", "images"),
-            ],
-            width=6,
-            height=5,
-            options=stat,
+        big_number(
+            "Conformance by group",
+            "Share of each group's instances proven identical to its desired image.",
+            8,
+            (f"min by (group) (corral_group_conformance_ratio{{{G}}})", "{{group}}"),
+        )
+        .unit(units.PercentUnit)
+        .min(0)
+        .max(1)
+        .thresholds(thresholds(("red", None), ("orange", 0.9), ("green", 0.99))),
+        big_number(
+            "Tainted / silent instances",
+            "Instances tainted for drift, and instances whose agent went silent.",
+            6,
+            (group_total("corral_instances", f'{G}, state="tainted"'), "tainted"),
+            (group_total("corral_instances", f'{G}, state="unknown"'), "silent"),
+        ).thresholds(thresholds(("green", None), ("orange", 1))),
+        big_number(
+            "Breakers open",
+            "Groups whose replacement circuit breaker is open (replacing stopped).",
+            4,
+            (group_total("corral_breaker_open"), "open"),
+        ).thresholds(thresholds(("green", None), ("red", 1))),
+        big_number(
+            "Controllers up / images",
+            "Controller scrape targets up, and images registered with manifests.",
+            6,
+            ('sum(up{job="corral-controller"})', "controllers up"),
+            ("max(corral_images_registered)", "images"),
         ),
     ]
 
 
-def _drift(layout: _Layout) -> list[Panel]:
-    stacked = {"custom": {"stacking": {"mode": "normal"}, "fillOpacity": 30}}
+def drift() -> Panels:
     return [
-        _row(layout, "Drift and taints"),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Instances by state",
-            description="pending, conformant, tainted, replacing, retired and unknown (silent).",
-            targets=[
-                target(
-                    f"sum by (state) (max by (group, state) (corral_instances{{{G}}}))",
-                    "{{state}}",
-                )
-            ],
-            field_config=stacked,
+        graph(
+            "Instances by state",
+            "pending, conformant, tainted, replacing, retired and unknown (silent).",
+            units.Short,
+            (f"sum by (state) (max by (group, state) (corral_instances{{{G}}}))", "{{state}}"),
+        )
+        .stacking(StackingConfig().mode(StackingMode.NORMAL))
+        .fill_opacity(30),
+        graph(
+            "Drift detections by kind",
+            "image: wrong or unregistered digest; file: entries changed; manual.",
+            units.OpsPerSecond,
+            (f"sum by (kind) ({rate('corral_drift_detections_total')})", "{{kind}}"),
         ),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Drift detections by kind",
-            description="image: wrong or unregistered digest; file: entries changed; manual.",
-            targets=[
-                target(
-                    f"sum by (kind) (rate(corral_drift_detections_total{{{G}}}[$__rate_interval]))",
-                    "{{kind}}",
-                )
-            ],
-            unit="ops",
-        ),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Taints by source",
-            description="Who tainted: agent evidence, an operator, or the controller itself.",
-            targets=[
-                target(
-                    f"sum by (source) (rate(corral_taints_total{{{G}}}[$__rate_interval]))",
-                    "{{source}}",
-                )
-            ],
-            unit="ops",
+        graph(
+            "Taints by source",
+            "Who tainted: agent evidence, an operator, or the controller itself.",
+            units.OpsPerSecond,
+            (f"sum by (source) ({rate('corral_taints_total')})", "{{source}}"),
         ),
     ]
 
 
-def _replacements(layout: _Layout) -> list[Panel]:
+def replacements() -> Panels:
+    breaker_states = {
+        "0": dashboard.ValueMappingResult(text="closed", color="green"),
+        "1": dashboard.ValueMappingResult(text="open", color="red"),
+    }
     return [
-        _row(layout, "Replacements"),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Replacements by result",
-            description="Finished replacements per second by result, and those in flight.",
-            targets=[
-                target(
-                    f"sum by (result) (rate(corral_replacements_total{{{G}}}[$__rate_interval]))",
-                    "{{result}}",
-                ),
-                target(
-                    f"sum(max by (group) (corral_replacements_in_progress{{{G}}}))",
-                    "in progress",
-                ),
-            ],
+        graph(
+            "Replacements by result",
+            "Finished replacements per second by result, and those in flight.",
+            units.Short,
+            (f"sum by (result) ({rate('corral_replacements_total')})", "{{result}}"),
+            (group_total("corral_replacements_in_progress"), "in progress"),
         ),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Replacement duration",
-            description="From taint to the replacement being conformant (or the old one gone).",
-            targets=_quantiles("corral_replacement_duration_seconds", "", G),
-            unit="s",
+        graph(
+            "Replacement duration",
+            "From taint to the replacement being conformant (or the old one gone).",
+            units.Seconds,
+            *quantiles("corral_replacement_duration_seconds", G),
         ),
-        _panel(
-            layout,
-            kind="state-timeline",
-            title="Circuit breaker",
-            description="1 = open: too much of the group tainted at once, replacing stopped.",
-            targets=[target(f"max by (group) (corral_breaker_open{{{G}}})", "{{group}}")],
-            field_config={
-                "mappings": [
-                    {
-                        "type": "value",
-                        "options": {
-                            "0": {"text": "closed", "color": "green"},
-                            "1": {"text": "open", "color": "red"},
-                        },
-                    }
-                ]
-            },
-        ),
+        statetimeline.Panel()
+        .title("Circuit breaker")
+        .description("1 = open: too much of the group tainted at once, replacing stopped.")
+        .datasource(DATASOURCE)
+        .targets(targets((f"max by (group) (corral_breaker_open{{{G}}})", "{{group}}")))
+        .unit(units.Short)
+        .mappings([dashboard.ValueMap(breaker_states)])
+        .span(8)
+        .height(8),
     ]
 
 
-def _per_group(layout: _Layout) -> list[Panel]:
+def per_group() -> Panels:
     age = f"corral_instance_report_age_seconds_bucket{{{G}}}"
     return [
-        _row(layout, "Per group"),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Conformance ratio",
-            description="Per group, over time.",
-            targets=[
-                target(f"min by (group) (corral_group_conformance_ratio{{{G}}})", "{{group}}")
-            ],
-            unit="percentunit",
-            field_config={"min": 0, "max": 1},
-        ),
-        _panel(
-            layout,
-            kind="heatmap",
-            title="Report age distribution",
-            description="How long ago each instance last reported, as the controller sees it.",
-            targets=[
-                target(f"sum by (le) (max by (group, le) ({age}))", "{{le}}", format="heatmap")
-            ],
-            options={"calculate": False, "yAxis": {"unit": "s"}},
-        ),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Report age p90 by group",
-            description="Agents report every interval; a rising age means silent agents.",
-            targets=[target(f"histogram_quantile(0.9, max by (group, le) ({age}))", "{{group}}")],
-            unit="s",
+        graph(
+            "Conformance ratio",
+            "Per group, over time.",
+            units.PercentUnit,
+            (f"min by (group) (corral_group_conformance_ratio{{{G}}})", "{{group}}"),
+        )
+        .min(0)
+        .max(1),
+        heatmap.Panel()
+        .title("Report age distribution")
+        .description("How long ago each instance last reported, as the controller sees it.")
+        .datasource(DATASOURCE)
+        .with_target(
+            query("A", f"sum by (le) (max by (group, le) ({age}))", "{{le}}").format(
+                PromQueryFormat.HEATMAP
+            )
+        )
+        .unit(units.Short)
+        .calculate(False)
+        .y_axis(heatmap.YAxisConfig().unit(units.Seconds))
+        .span(8)
+        .height(8),
+        graph(
+            "Report age p90 by group",
+            "Agents report every interval; a rising age means silent agents.",
+            units.Seconds,
+            (f"histogram_quantile(0.9, max by (group, le) ({age}))", "{{group}}"),
         ),
     ]
 
 
-def _agents(layout: _Layout) -> list[Panel]:
+def agents() -> Panels:
+    rss = f"process_resident_memory_bytes{{{AGENT}}}"
+    cpu = rate("process_cpu_seconds_total", AGENT)
     return [
-        _row(layout, "Agents"),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Agent memory (RSS)",
-            description="Resident memory across all agents: the largest and the average.",
-            targets=[
-                target(f"max(process_resident_memory_bytes{{{AGENT}}})", "max"),
-                target(f"avg(process_resident_memory_bytes{{{AGENT}}})", "avg"),
-            ],
-            unit="bytes",
-            width=6,
+        graph(
+            "Agent memory (RSS)",
+            "Resident memory across all agents: the largest and the average.",
+            units.BytesIEC,
+            (f"max({rss})", "max"),
+            (f"avg({rss})", "avg"),
+        ).span(6),
+        graph(
+            "Agent CPU",
+            "CPU seconds per second across all agents.",
+            units.PercentUnit,
+            (f"max({cpu})", "max"),
+            (f"avg({cpu})", "avg"),
+        ).span(6),
+        graph(
+            "Scan duration",
+            "Full scans hash everything; incremental scans reuse the stat cache.",
+            units.Seconds,
+            *quantiles("corral_agent_scan_duration_seconds", AGENT, by="mode"),
+        ).span(6),
+        graph(
+            "Bytes and files hashed",
+            "Summed over all agents.",
+            units.BytesPerSecondSI,
+            (f"sum({rate('corral_agent_bytes_hashed_total', AGENT)})", "bytes/s"),
+            (f"sum({rate('corral_agent_files_hashed_total', AGENT)})", "files/s"),
+        ).span(6),
+        graph(
+            "Agent reports by result",
+            "delivered, buffered (controller unreachable), dropped, rejected.",
+            units.OpsPerSecond,
+            (f"sum by (result) ({rate('corral_agent_reports_total', AGENT)})", "{{result}}"),
+            (f"sum(corral_agent_buffered_reports{{{AGENT}}})", "buffered now"),
         ),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Agent CPU",
-            description="CPU seconds per second across all agents.",
-            targets=[
-                target(f"max(rate(process_cpu_seconds_total{{{AGENT}}}[$__rate_interval]))", "max"),
-                target(f"avg(rate(process_cpu_seconds_total{{{AGENT}}}[$__rate_interval]))", "avg"),
-            ],
-            unit="percentunit",
-            width=6,
+        graph(
+            "Agents seeing drift / scan errors",
+            "Agents whose live root differs from the baseline; unreadable entries.",
+            units.Short,
+            (f"sum(corral_agent_drift{{{AGENT}}})", "drifted agents"),
+            (f"sum({rate('corral_agent_scan_errors_total', AGENT)})", "scan errors/s"),
         ),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Scan duration",
-            description="Full scans hash everything; incremental scans reuse the stat cache.",
-            targets=_quantiles("corral_agent_scan_duration_seconds", ", mode", AGENT),
-            unit="s",
-            width=6,
-        ),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Bytes and files hashed",
-            description="Summed over all agents.",
-            targets=[
-                target(
-                    f"sum(rate(corral_agent_bytes_hashed_total{{{AGENT}}}[$__rate_interval]))",
-                    "bytes/s",
-                ),
-                target(
-                    f"sum(rate(corral_agent_files_hashed_total{{{AGENT}}}[$__rate_interval]))",
-                    "files/s",
-                ),
-            ],
-            unit="Bps",
-            width=6,
-        ),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Agent reports by result",
-            description="delivered, buffered (controller unreachable), dropped, rejected.",
-            targets=[
-                target(
-                    "sum by (result) "
-                    f"(rate(corral_agent_reports_total{{{AGENT}}}[$__rate_interval]))",
-                    "{{result}}",
-                ),
-                target(f"sum(corral_agent_buffered_reports{{{AGENT}}})", "buffered now"),
-            ],
-            unit="ops",
-        ),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Agents seeing drift / scan errors",
-            description="Agents whose live root differs from the baseline; unreadable entries.",
-            targets=[
-                target(f"sum(corral_agent_drift{{{AGENT}}})", "drifted agents"),
-                target(
-                    f"sum(rate(corral_agent_scan_errors_total{{{AGENT}}}[$__rate_interval]))",
-                    "scan errors/s",
-                ),
-            ],
-        ),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Report round trip",
-            description="Agent-side duration of a report call, including retries.",
-            targets=_quantiles("corral_agent_report_duration_seconds", "", AGENT),
-            unit="s",
+        graph(
+            "Report round trip",
+            "Agent-side duration of a report call, including retries.",
+            units.Seconds,
+            *quantiles("corral_agent_report_duration_seconds", AGENT),
         ),
     ]
 
 
-def _controller(layout: _Layout) -> list[Panel]:
+def controller() -> Panels:
     return [
-        _row(layout, "Controller"),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="RPC errors by code",
-            description="gRPC calls that did not end OK, by method and status code.",
-            targets=[
-                target(
-                    "sum by (method, code) "
-                    '(rate(corral_grpc_requests_total{code!="OK"}[$__rate_interval]))',
-                    "{{method}} {{code}}",
-                )
-            ],
-            unit="ops",
+        graph(
+            "RPC errors by code",
+            "gRPC calls that did not end OK, by method and status code.",
+            units.OpsPerSecond,
+            (
+                f"sum by (method, code) ({rate('corral_grpc_requests_total', NOT_OK)})",
+                "{{method}} {{code}}",
+            ),
         ),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Reports handled",
-            description="Reports by result, and rejected reports by reason.",
-            targets=[
-                target(
-                    "sum by (result) (rate(corral_reports_total[$__rate_interval]))", "{{result}}"
-                ),
-                target(
-                    "sum by (reason) (rate(corral_reports_rejected_total[$__rate_interval]))",
-                    "rejected: {{reason}}",
-                ),
-            ],
-            unit="ops",
+        graph(
+            "Reports handled",
+            "Reports by result, and rejected reports by reason.",
+            units.OpsPerSecond,
+            (f"sum by (result) ({rate('corral_reports_total', '')})", "{{result}}"),
+            (
+                f"sum by (reason) ({rate('corral_reports_rejected_total', '')})",
+                "rejected: {{reason}}",
+            ),
         ),
-        _panel(
-            layout,
-            kind="timeseries",
-            title="Report handling latency",
-            description="Controller-side time to check a report against the manifest.",
-            targets=_quantiles("corral_report_handling_seconds", ""),
-            unit="s",
+        graph(
+            "Report handling latency",
+            "Controller-side time to check a report against the manifest.",
+            units.Seconds,
+            *quantiles("corral_report_handling_seconds", ""),
         ),
     ]
 
 
-def build_dashboard() -> dict[str, Any]:
-    """The whole dashboard as a plain dict, in Grafana's classic JSON model."""
-    layout = _Layout()
-    panels = (
-        _glance(layout)
-        + _drift(layout)
-        + _replacements(layout)
-        + _per_group(layout)
-        + _agents(layout)
-        + _controller(layout)
+ROWS = {
+    "Fleet at a glance": glance,
+    "Drift and taints": drift,
+    "Replacements": replacements,
+    "Per group": per_group,
+    "Agents": agents,
+    "Controller": controller,
+}
+
+
+def build() -> dashboard.Dashboard:
+    """The whole dashboard; panels are numbered top to bottom."""
+    board = (
+        Dashboard("corral fleet")
+        .uid("corral-fleet")
+        .description("corral: fleet conformance, drift, replacements and agent health.")
+        .tags(["corral"])
+        .readonly()
+        .tooltip(dashboard.DashboardCursorSync.CROSSHAIR)
+        .refresh("30s")
+        .time("now-6h", "now")
+        .timezone("")
+        .version(1)
+        .annotations([])
+        .links([])
+        .with_variable(DatasourceVariable("datasource").label("Data source").type("prometheus"))
+        .with_variable(
+            QueryVariable("group")
+            .label("Group")
+            .datasource(DATASOURCE)
+            .query(
+                {
+                    "qryType": 1,
+                    "query": "label_values(corral_instances, group)",
+                    "refId": "PrometheusVariableQueryEditor-VariableQuery",
+                }
+            )
+            .refresh(dashboard.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(dashboard.VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+        )
     )
-    return {
-        "annotations": {"list": []},
-        "description": "corral: fleet conformance, drift, replacements and agent health.",
-        "editable": False,
-        "graphTooltip": 1,
-        "id": None,
-        "links": [],
-        "panels": panels,
-        "refresh": "30s",
-        "schemaVersion": 39,
-        "tags": ["corral"],
-        "templating": {
-            "list": [
-                {
-                    "current": {},
-                    "hide": 0,
-                    "label": "Data source",
-                    "name": "datasource",
-                    "query": "prometheus",
-                    "refresh": 1,
-                    "type": "datasource",
-                },
-                {
-                    "allValue": ".*",
-                    "current": {},
-                    "datasource": DATASOURCE,
-                    "definition": "label_values(corral_instances, group)",
-                    "hide": 0,
-                    "includeAll": True,
-                    "label": "Group",
-                    "multi": True,
-                    "name": "group",
-                    "query": {
-                        "qryType": 1,
-                        "query": "label_values(corral_instances, group)",
-                        "refId": "PrometheusVariableQueryEditor-VariableQuery",
-                    },
-                    "refresh": 2,
-                    "sort": 1,
-                    "type": "query",
-                },
-            ]
-        },
-        "time": {"from": "now-6h", "to": "now"},
-        "timepicker": {},
-        "timezone": "",
-        "title": "corral fleet",
-        "uid": UID,
-        "version": 1,
-    }
+    for title, panels in ROWS.items():
+        board.with_row(Row(title))
+        for panel in panels():
+            board.with_panel(panel)
+    model = board.build()
+    for number, panel_model in enumerate(model.panels or [], start=1):
+        panel_model.id_val = number
+    return model
 
 
 def render() -> str:
-    return json.dumps(build_dashboard(), indent=2, sort_keys=True) + "\n"
+    return JSONEncoder(indent=2, sort_keys=True).encode(build()) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

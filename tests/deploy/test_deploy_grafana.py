@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 import yaml
-from deploy_support import DEPLOY
+from deploy_support import DEPLOY, REPO, require_tool, run
 
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "corral-fleet.json"
@@ -47,10 +47,16 @@ def test_committed_dashboard_is_the_generator_output() -> None:
     assert _generator().main(["--check"]) == 0
 
 
+def test_generator_is_strictly_typed() -> None:
+    """The mypy run of `./dev test` covers agent/ and controller/; the generator is checked here."""
+    checked = run([require_tool("mypy"), "--strict", str(GRAFANA / "generate.py")], cwd=REPO)
+    assert checked.returncode == 0, checked.stdout
+
+
 def test_dashboard_identity_and_datasource_variable() -> None:
     dashboard = _dashboard()
     text = DASHBOARD.read_text(encoding="utf-8")
-    assert dashboard["id"] is None
+    assert dashboard.get("id") is None
     assert re.fullmatch(r"[A-Za-z0-9_-]{8,40}", dashboard["uid"])
     assert "__inputs" not in dashboard
     assert "DS_PROMETHEUS" not in text
