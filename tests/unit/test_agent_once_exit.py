@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_agent_runner import Harness
 
 from agent.daemon.cli import EXIT_REFUSED, EXIT_UNAVAILABLE, build_parser, run_once
+from tests.unit.test_agent_runner import Harness
 
 
 class _RefuseFirst(set[int]):
@@ -47,11 +47,11 @@ def test_a_refused_report_exits_1(harness: Harness) -> None:
 
 def test_an_unreachable_controller_exits_69_after_every_attempt(harness: Harness) -> None:
     harness.transport.down = True
-    started = harness.clock.mono
+    started = harness.clock()
     assert run_once(harness.runner, attempts=4) == EXIT_UNAVAILABLE == 69
     # The first delivery during the tick, then four more after waiting out the backoff.
     assert harness.transport.attempts == 5
-    assert harness.clock.mono > started
+    assert harness.clock() > started
     assert len(harness.runner.outbox) == 1
 
 
