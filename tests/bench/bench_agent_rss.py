@@ -29,12 +29,12 @@ from pathlib import Path
 import grpc
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from treegen import generate
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent.image.bake import bake
 from agent.manifest.policy import Policy
 from protos.corral.v1 import agent_pb2, agent_pb2_grpc
+from tests.bench.treegen import generate
 
 POLICY = Policy(include=("/",), exclude=("/var/lib/corral-agent",))
 
@@ -213,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"agent RSS steady state: {steady:.1f} MB (agent's own report: {reported:.1f} MB)")
     print(f"agent RSS peak (VmHWM): {peak:.1f} MB")
     print(f"peak during a scan, agent + its scan process: {tree_peak[1]:.1f} MB (sampled)")
-    for mode, (total, count) in scan_seconds.items():
-        if count:
-            print(f"{mode} scans: {count}, {total / count:.2f} s each on average")
+    for mode, (total, scans) in scan_seconds.items():
+        if scans:
+            print(f"{mode} scans: {scans}, {total / scans:.2f} s each on average")
     print(
         f"import floor (python+grpc+protobuf+prometheus-client+apscheduler): "
         f"{import_floor():.1f} MB"

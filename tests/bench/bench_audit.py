@@ -32,8 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -44,6 +45,7 @@ from controller.audit.sqlite import SqliteAuditLog
 GROUPS = [f"group-{n}" for n in range(20)]
 IMAGES = [f"app@sha256:{n:064x}" for n in range(1, 6)]
 LIVE_TARGET = 5_000
+T = TypeVar("T")
 
 
 def fleet_history(records: int, seed: int = 5) -> Iterator[Event]:
@@ -170,11 +172,11 @@ def fleet_history(records: int, seed: int = 5) -> Iterator[Event]:
             desired[group] = target
 
 
-def timed(label: str, fn: object, repeat: int = 1) -> object:
-    times, result = [], None
+def timed(label: str, fn: Callable[[], T], repeat: int = 1) -> T:
+    times: list[float] = []
     for _ in range(repeat):
         start = time.perf_counter()
-        result = fn()  # type: ignore[operator]
+        result = fn()
         times.append(time.perf_counter() - start)
     shown = statistics.median(times)
     print(
@@ -277,37 +279,37 @@ def main() -> int:
         lambda: log.instance_history(next(histories)),
         repeat=len(sample),
     )
-    print(f"  ... {len(history.records)} records for {history.instance_id}")  # type: ignore[attr-defined]
+    print(f"  ... {len(history.records)} records for {history.instance_id}")
     snap = timed(
         "conformance snapshot, whole fleet, now", lambda: log.conformance_at(last_ms), repeat=3
     )
-    print(f"  ... {snap.total:,} instances, ratio {snap.ratio:.4f}")  # type: ignore[attr-defined]
+    print(f"  ... {snap.total:,} instances, ratio {snap.ratio:.4f}")
     past = timed(
         "conformance snapshot, whole fleet, mid-history",
         lambda: log.conformance_at(mid_ms),
         repeat=3,
     )
-    print(f"  ... {past.total:,} instances then")  # type: ignore[attr-defined]
+    print(f"  ... {past.total:,} instances then")
     timed(
         "conformance snapshot, one group, mid-history",
         lambda: log.conformance_at(mid_ms, group=GROUPS[3]),
         repeat=3,
     )
     images = timed("images (registrations, runs, desired spans)", log.image_history)
-    print(f"  ... {len(images)} images, {sum(len(i.runs) for i in images):,} runs")  # type: ignore[attr-defined]
+    print(f"  ... {len(images)} images, {sum(len(i.runs) for i in images):,} runs")
     if args.report_rounds > 0:
         bench_report(log, path, first_ms, last_ms, rounds=args.report_rounds)
     checkpoint = timed(
         "checkpoint (snapshot of the fleet + append)",
         lambda: log.checkpoint(at_ms=last_ms, actor="bench", key=b"bench-key-0123456789"),
     )
-    print(f"  ... {checkpoint.anchor}")  # type: ignore[attr-defined]
+    print(f"  ... {checkpoint.anchor}")
     result = timed("verify the whole chain", lambda: log.verify(key=b"bench-key-0123456789"))
-    print(f"  ... {result.describe()}")  # type: ignore[attr-defined]
+    print(f"  ... {result.describe()}")
     log.close()
     if not args.keep and args.db is None:
         path.unlink()
-    return 0 if result.ok else 1  # type: ignore[attr-defined]
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

@@ -45,16 +45,14 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-
-import treegen  # noqa: E402 - the bench's own generator, beside this file
 
 from agent.daemon.container import UpperDirCheck  # noqa: E402
 from agent.daemon.scanjob import ScanOutcome, ScanRequest, scan_and_compare  # noqa: E402
 from agent.image.bake import bake  # noqa: E402
 from agent.manifest.policy import DEFAULT_EXCLUDE, Policy  # noqa: E402
 from agent.scan.statcache import StatCache  # noqa: E402
+from tests.bench import treegen  # noqa: E402 - the bench's own generator, beside this file
 
 TARGET_CHECK_MS = 10.0
 TARGET_CHECK_SPEEDUP = 50.0

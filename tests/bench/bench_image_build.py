@@ -28,12 +28,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from treegen import generate
 
 from agent.image.artifact import build_artifact
 from agent.manifest.policy import Policy
+from tests.bench.treegen import generate
 
 
 def _cpu(who: int) -> float:

@@ -48,8 +48,7 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from treegen import generate
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from agent.image.bake import bake
 from agent.manifest.format import EntryType
@@ -60,6 +59,7 @@ from controller.cli.client import FleetClient
 from controller.cli.image_registry import register_bake
 from controller.demo import fleet as support
 from protos.corral.v1 import agent_pb2, fleet_pb2
+from tests.bench.treegen import generate
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP = "bench"
@@ -404,10 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = (("watch", watch_samples), (f"interval {args.interval:g} s", interval_samples))
     for label, both in rows:
-        samples = both.visible
+        visible = both.visible
         print(
-            f"  {label:12s} n={len(samples):3d}  visible p50 {quantile(samples, 0.5):7.3f} s  "
-            f"p99 {quantile(samples, 0.99):7.3f} s  max {max(samples):7.3f} s  |  decided "
+            f"  {label:12s} n={len(visible):3d}  visible p50 {quantile(visible, 0.5):7.3f} s  "
+            f"p99 {quantile(visible, 0.99):7.3f} s  max {max(visible):7.3f} s  |  decided "
             f"p50 {quantile(both.decided, 0.5):7.3f} s  p99 {quantile(both.decided, 0.99):7.3f} s"
         )
     if args.interval_rounds < args.watch_rounds:

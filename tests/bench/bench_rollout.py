@@ -41,12 +41,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_image_build import _file_digest, _time_build, _time_tar
-from treegen import generate
 
 from controller.demo import fleet as support
+from tests.bench.bench_image_build import _file_digest, _time_build, _time_tar
+from tests.bench.treegen import generate
 from tests.e2e.support import STATE, Fleet
 
 ROLLOUT_TARGET_SECONDS = 30.0

@@ -38,11 +38,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
-import treegen  # noqa: E402 - the bench's own generator, beside this file
+
+from tests.bench import treegen  # noqa: E402 - the bench's own generator, beside this file
 
 MB = 1 << 20
 TARGET_SPEEDUP = 5.0

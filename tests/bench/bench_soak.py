@@ -266,7 +266,7 @@ def _header(instance_id: str, group: str, seq: int, root: bytes) -> agent_pb2.Re
 
 
 async def _agent(
-    stub: agent_pb2_grpc.AgentServiceStub,
+    stub: agent_pb2_grpc.AgentServiceAsyncStub,
     instance_id: str,
     group: str,
     options: SoakOptions,
@@ -294,8 +294,8 @@ async def _agent(
 
 
 async def _canary(
-    stub: agent_pb2_grpc.AgentServiceStub,
-    fleet: fleet_pb2_grpc.FleetServiceStub,
+    stub: agent_pb2_grpc.AgentServiceAsyncStub,
+    fleet: fleet_pb2_grpc.FleetServiceAsyncStub,
     index: int,
     options: SoakOptions,
     deadline: float,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from deploy_support import require_tool
+
+from tests.deploy.deploy_support import require_tool
 
 
 @pytest.fixture

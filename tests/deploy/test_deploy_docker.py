@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from deploy_support import DEPLOY, run
+
+from tests.deploy.deploy_support import DEPLOY, run
 
 DOCKERFILES = sorted((DEPLOY / "docker").glob("*.Dockerfile"))
 PINNED = re.compile(r"^FROM\s+\S+@sha256:[a-f0-9]{64}(\s+AS\s+\S+)?\s*$", re.I)

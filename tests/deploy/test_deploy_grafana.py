@@ -15,7 +15,8 @@ from types import ModuleType
 from typing import Any
 
 import yaml
-from deploy_support import DEPLOY, REPO, require_tool, run
+
+from tests.deploy.deploy_support import DEPLOY, REPO, require_tool, run
 
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "corral-fleet.json"
@@ -33,7 +34,8 @@ def _generator() -> ModuleType:
 
 
 def _dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return dashboard
 
 
 def _query_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_support import DEPLOY, run
+
+from tests.deploy.deploy_support import DEPLOY, run
 
 K8S = DEPLOY / "kubernetes"
 MANIFESTS = sorted(K8S.glob("*.yaml"))

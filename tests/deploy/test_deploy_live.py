@@ -20,14 +20,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
-from deploy_support import DEPLOY, require_tool
+
+from tests.deploy.deploy_support import DEPLOY, require_tool
 
 pytestmark = pytest.mark.prometheus
 
@@ -38,6 +39,7 @@ RULES = DEPLOY / "prometheus" / "rules" / "corral.rules.yml"
 GROUP = "live"
 AGENTS = 3
 DEADLINE = 40.0
+T = TypeVar("T")
 
 # Queries over events this fleet does not produce may return nothing; they must
 # still parse. Everything else must return at least one series.
@@ -67,19 +69,20 @@ class _Processes:
     """Processes this test started, stopped by PID at teardown."""
 
     logs: Path
-    running: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    """By the name each was started under (its log is ``<name>.log``)."""
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("wb")
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.running.append(process)
+        self.running[name] = process
         return process
 
     def stop_all(self) -> None:
-        for process in reversed(self.running):
+        for process in reversed(self.running.values()):
             if process.poll() is None:
                 process.terminate()
-        for process in self.running:
+        for process in self.running.values():
             try:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -123,12 +126,14 @@ def _http_json(url: str) -> dict[str, Any]:
     return result
 
 
-def _wait(condition: Any, what: str, processes: _Processes, timeout: float = DEADLINE) -> Any:
+def _wait(
+    condition: Callable[[], T | None], what: str, processes: _Processes, timeout: float = DEADLINE
+) -> T:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        for process in processes.running:
+        for name, process in processes.running.items():
             if process.poll() is not None:
-                pytest.fail(f"{process.args[0]} exited ({process.returncode})\n{processes.tail()}")
+                pytest.fail(f"{name} exited ({process.returncode})\n{processes.tail()}")
         value = condition()
         if value:
             return value

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from deploy_support import run
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.deploy.deploy_support import run
 
 pytestmark = pytest.mark.prometheus
 
@@ -68,11 +69,11 @@ def _touch_every_metric(holder: object) -> None:
             continue
         names = metric._labelnames
         child = metric.labels(*(["x"] * len(names))) if names else metric
-        if isinstance(metric, Counter):
+        if isinstance(child, Counter):
             child.inc()
-        elif isinstance(metric, Histogram):
+        elif isinstance(child, Histogram):
             child.observe(0.5)
-        elif isinstance(metric, Gauge):
+        elif isinstance(child, Gauge):
             child.set(1)
 
 
@@ -102,7 +103,7 @@ def _agent_registry() -> CollectorRegistry:
     metrics_module = pytest.importorskip(
         "agent.daemon.metrics", reason="agent.daemon.metrics missing"
     )
-    registry = metrics_module.new_registry(with_process=True)
+    registry: CollectorRegistry = metrics_module.new_registry(with_process=True)
     _touch_every_metric(metrics_module.AgentMetrics(registry))
     return registry
 

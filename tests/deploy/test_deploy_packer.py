@@ -15,7 +15,8 @@ from typing import Any
 
 import hcl2
 import pytest
-from deploy_support import DEPLOY, run
+
+from tests.deploy.deploy_support import DEPLOY, run
 
 PACKER = DEPLOY / "packer"
 TEMPLATE = PACKER / "corral-image.pkr.hcl"
@@ -70,7 +71,7 @@ def test_build_installs_bakes_last_and_registers() -> None:
     def expand(line: str) -> str:
         for name, value in local_values.items():
             line = line.replace("${local." + name + "}", str(value))
-        return _unquote(line)
+        return line.strip('"')
 
     (build,) = template["build"]
     steps: list[tuple[str, dict[str, Any]]] = [

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_support import DEPLOY, DOCS, run
+
+from tests.deploy.deploy_support import DEPLOY, DOCS, run
 
 pytestmark = pytest.mark.prometheus
 

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from deploy_support import DEPLOY, run
+
+from tests.deploy.deploy_support import DEPLOY, run
 
 SYSTEMD = DEPLOY / "systemd"
 THRESHOLDS = {"corral-agent.service": 17, "corral-controller.service": 12}

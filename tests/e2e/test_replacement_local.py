@@ -10,6 +10,7 @@ mode replaces nothing.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,10 @@ def test_kill_9_mid_replacement_then_restart_completes_exactly_one(fleet: Fleet)
     assert support.wait_for(lambda: fleet.conformant("web", 2), timeout=30)
     victim = sorted(fleet.states("web"))[0]
     fleet.drift(victim)
-    taint_rows = lambda: [r for r in fleet.rows() if r[1] == victim]  # noqa: E731
+
+    def taint_rows() -> list[tuple[str, str, str]]:
+        return [r for r in fleet.rows() if r[1] == victim]
+
     assert support.wait_for(lambda: bool(taint_rows()), timeout=20, step=0.01)
     fleet.kill()  # right after the replacement was recorded (or launched)
     killed_in = taint_rows()[0][2]
@@ -56,7 +60,10 @@ def test_breaker_opens_then_resume_replaces(fleet: Fleet) -> None:
     victims = sorted(fleet.states("web"))[:3]
     for victim in victims:  # 3 of 5: the first may start, the next taint opens the breaker
         fleet.drift(victim)
-    opened = lambda: fleet.corral("group", "list", "--json")  # noqa: E731
+
+    def opened() -> subprocess.CompletedProcess[str]:
+        return fleet.corral("group", "list", "--json")
+
     assert support.wait_for(lambda: '"breaker_open": true' in opened().stdout, timeout=20)
     time.sleep(1.5)
     states = fleet.states("web")
@@ -65,7 +72,10 @@ def test_breaker_opens_then_resume_replaces(fleet: Fleet) -> None:
     assert len(started) <= 1  # at most the one started before it opened (budget 1)
     result = fleet.corral("group", "resume", "web")
     assert result.returncode == 0, result.stderr
-    retired = lambda: all(fleet.states("web")[v] == "retired" for v in victims)  # noqa: E731
+
+    def retired() -> bool:
+        return all(fleet.states("web")[v] == "retired" for v in victims)
+
     assert support.wait_for(retired, timeout=60)
     assert support.wait_for(lambda: fleet.conformant("web", 5), timeout=30)
 

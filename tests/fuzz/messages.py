@@ -101,13 +101,17 @@ class Builder:
     def _single(self, field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
         kind = field.type
         if kind == F.TYPE_MESSAGE:
+            message_type = field.message_type
+            assert message_type is not None  # a message field names its message
             if depth >= MAX_DEPTH:
-                return st.just(GetMessageClass(field.message_type)())
-            return self.message(field.message_type, depth + 1)
+                return st.just(GetMessageClass(message_type)())
+            return self.message(message_type, depth + 1)
         if kind in INT_RANGES:
             return integers(*INT_RANGES[kind])
         if kind == F.TYPE_ENUM:  # proto3 enums are open: any int32 decodes
-            known = [v.number for v in field.enum_type.values]
+            enum_type = field.enum_type
+            assert enum_type is not None  # an enum field names its enum
+            known = [v.number for v in enum_type.values]
             return st.one_of(st.sampled_from(known), integers(-(2**31), 2**31 - 1))
         if kind == F.TYPE_BOOL:
             return st.booleans()

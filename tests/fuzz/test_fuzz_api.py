@@ -170,7 +170,9 @@ def test_valid_reports_with_one_field_fuzzed(
     drift, generated changes), so the deeper checks see hostile values too."""
     builder = _builder(baked)
     descriptor = agent_pb2.ReportHeader.DESCRIPTOR
-    change = builder.message(fleet_pb2.Taint.DESCRIPTOR.fields_by_name["changes"].message_type)
+    changes = fleet_pb2.Taint.DESCRIPTOR.fields_by_name["changes"].message_type
+    assert changes is not None
+    change = builder.message(changes)
     method = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].methods_by_name[
         "ReportDrift" if drift else "Report"
     ]

@@ -15,6 +15,7 @@ import asyncio
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -198,7 +199,7 @@ def corral(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, st
     return code, out, err
 
 
-def corral_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:
+def corral_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
     code, out, err = corral(capsys, *argv)
     assert code == 0, err
     value = json.loads(out)

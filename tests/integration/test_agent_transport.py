@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 
@@ -86,8 +86,12 @@ def start(servicer: FakeAgentService) -> tuple[grpc.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
+# Serves a servicer on loopback and returns its address; the fixture stops every server.
+Serve = Callable[[FakeAgentService], str]
+
+
 @pytest.fixture
-def serve() -> Iterator[object]:
+def serve() -> Iterator[Serve]:
     servers: list[grpc.Server] = []
 
     def run(servicer: FakeAgentService) -> str:
@@ -115,7 +119,7 @@ def header(seq: int = 1) -> Report:
     )
 
 
-def test_unavailable_is_retried_by_the_channel_itself(serve) -> None:  # type: ignore[no-untyped-def]
+def test_unavailable_is_retried_by_the_channel_itself(serve: Serve) -> None:
     servicer = FakeAgentService(fail_first=2)
     transport = GrpcTransport(serve(servicer), deadline=5.0, agent_version="t")
     try:
@@ -127,7 +131,7 @@ def test_unavailable_is_retried_by_the_channel_itself(serve) -> None:  # type: i
     assert servicer.reports[0].header.instance_id == "i-0123456789abcdef0"
 
 
-def test_a_longer_outage_is_retryable_then_the_report_is_delivered(serve) -> None:  # type: ignore[no-untyped-def]
+def test_a_longer_outage_is_retryable_then_the_report_is_delivered(serve: Serve) -> None:
     servicer = FakeAgentService(fail_first=6)
     transport = GrpcTransport(serve(servicer), deadline=5.0, agent_version="t")
     try:
@@ -140,7 +144,7 @@ def test_a_longer_outage_is_retryable_then_the_report_is_delivered(serve) -> Non
     assert len(servicer.reports) == 1
 
 
-def test_a_slow_controller_hits_the_deadline_and_is_retryable(serve) -> None:  # type: ignore[no-untyped-def]
+def test_a_slow_controller_hits_the_deadline_and_is_retryable(serve: Serve) -> None:
     servicer = FakeAgentService(sleep=1.0)
     transport = GrpcTransport(serve(servicer), deadline=0.2, agent_version="t")
     started = time.monotonic()
@@ -161,7 +165,7 @@ def test_nobody_listening_is_retryable(tmp_path: Path) -> None:
         transport.close()
 
 
-def test_a_refusal_is_not_retried_and_names_the_code(serve) -> None:  # type: ignore[no-untyped-def]
+def test_a_refusal_is_not_retried_and_names_the_code(serve: Serve) -> None:
     servicer = FakeAgentService(fail_first=1, code=grpc.StatusCode.INVALID_ARGUMENT)
     transport = GrpcTransport(serve(servicer), deadline=5.0, agent_version="t")
     try:
@@ -172,7 +176,7 @@ def test_a_refusal_is_not_retried_and_names_the_code(serve) -> None:  # type: ig
     assert caught.value.code == "INVALID_ARGUMENT" and servicer.calls == 1
 
 
-def test_a_seq_conflict_is_a_refusal(serve) -> None:  # type: ignore[no-untyped-def]
+def test_a_seq_conflict_is_a_refusal(serve: Serve) -> None:
     servicer = FakeAgentService(fail_first=1, code=grpc.StatusCode.ALREADY_EXISTS)
     transport = GrpcTransport(serve(servicer), deadline=5.0, agent_version="t")
     try:
@@ -183,7 +187,7 @@ def test_a_seq_conflict_is_a_refusal(serve) -> None:  # type: ignore[no-untyped-
     assert caught.value.code == "ALREADY_EXISTS"
 
 
-def test_drift_evidence_reaches_the_controller(serve) -> None:  # type: ignore[no-untyped-def]
+def test_drift_evidence_reaches_the_controller(serve: Serve) -> None:
     servicer = FakeAgentService()
     transport = GrpcTransport(serve(servicer), deadline=5.0, agent_version="t")
     entry = Entry(b"/etc/motd", EntryType.REGULAR, 0o644, 0, 0, 6, b"\x01" * 32)
@@ -209,7 +213,7 @@ def test_drift_evidence_reaches_the_controller(serve) -> None:  # type: ignore[n
 
 
 def test_the_agent_process_delivers_once_the_controller_recovers(
-    serve,  # type: ignore[no-untyped-def]
+    serve: Serve,
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "root"
@@ -307,7 +311,7 @@ def test_an_agent_started_before_its_controller_delivers_once_it_is_up(tmp_path:
     assert agent.returncode == 0, log.read_text()
 
 
-def test_sigterm_stops_a_running_agent_cleanly(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_stops_a_running_agent_cleanly(serve: Serve, tmp_path: Path) -> None:
     servicer = FakeAgentService()
     agent = subprocess.Popen(
         _agent_command(serve(servicer), tmp_path), cwd=REPO, stderr=subprocess.PIPE

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import controller.store.sqlite as sqlite_store
-from controller.audit import AuditError, MemoryAuditLog
+from controller.audit import AuditError, MemoryAuditLog, append_in
 from controller.audit.record import Event, EventKind, Record
 from controller.domain.breaker import BreakerState
 from controller.domain.model import Group, InstanceState
@@ -321,7 +321,7 @@ def test_sqlite_store_rolls_back_a_change_whose_audit_append_fails(
     v1 = fleet.image("1")
     fleet.group(v1)
     fleet.report("i-1", v1, seq=1)
-    real = sqlite_store.append_in
+    real = append_in
     calls: list[Event] = []
 
     def fail_second(conn: object, event: Event) -> Record:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -145,10 +146,12 @@ def running(
     controller.close()
 
 
-def _code(call: Callable[[], object]) -> grpc.RpcError:
+def _code(call: Callable[[], object]) -> grpc.Call:
     with pytest.raises(grpc.RpcError) as caught:
         call()
-    return caught.value
+    error = caught.value
+    assert isinstance(error, grpc.Call)  # a failed client call's error is that call
+    return error
 
 
 def _instance(running: TlsController, instance_id: str) -> fleet_pb2.Instance | None:
@@ -295,7 +298,7 @@ def test_an_agent_over_its_rate_is_resource_exhausted_with_a_hint_and_counted(
         codes = []
         for seq in (1, 2, 3):
             request = agent_pb2.ReportRequest(header=baked.header(instance_id="i-1", seq=seq))
-            codes.append(_code(lambda r=request: stub.Report(r, timeout=5)))  # type: ignore[misc]
+            codes.append(_code(functools.partial(stub.Report, request, timeout=5)))
         assert [e.code() for e in codes[:2]] == [grpc.StatusCode.FAILED_PRECONDITION] * 2
         limited = codes[2]
         assert limited.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

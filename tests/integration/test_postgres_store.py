@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from controller.audit import events as ev
+from controller.audit.record import Event
 from controller.demo.fleet import wait_for
 from controller.domain.model import Instance, InstanceState
 from controller.errors import AlreadyExistsError, ConflictError, ControllerError, NotFoundError
@@ -45,7 +46,7 @@ def pair(schema: str) -> Iterator[tuple[PostgresStore, PostgresStore]]:
     second.close()
 
 
-def transition(instance: Instance, to: InstanceState) -> ev.Event:
+def transition(instance: Instance, to: InstanceState) -> Event:
     return ev.instance_transition(
         instance.id,
         at_ms=int(instance.last_report * 1000),

@@ -6,12 +6,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_agent_runner import Harness
 
 from agent.daemon.cli import _flags, build_parser, main
 from agent.daemon.config import load_config
 from agent.daemon.runner import Schedule
 from agent.daemon.schedule import run_scheduled
+from tests.unit.test_agent_runner import Harness
 
 
 def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:

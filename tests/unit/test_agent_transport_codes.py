@@ -41,7 +41,7 @@ class OneAnswer(agent_pb2_grpc.AgentServiceServicer):
 
 @pytest.fixture(scope="module")
 def answering() -> Iterator[tuple[OneAnswer, GrpcTransport]]:
-    servicer = OneAnswer()
+    servicer = OneAnswer()  # type: ignore[abstract]  # only Report is under test
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -77,7 +77,7 @@ def test_more_pending_paths_than_are_worth_examining_one_by_one_rescan_everythin
         harness.close()
 
 
-class LimitedINotify(INotify):
+class LimitedINotify(INotify):  # type: ignore[misc]  # inotify_simple has no type hints
     """An inotify instance that runs out of watches (ENOSPC) after ``budget`` of them."""
 
     budget = 5

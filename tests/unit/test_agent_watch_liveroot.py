@@ -47,7 +47,9 @@ def _write(tmp: Path, baseline: list[Entry]) -> BaselineIndex:
     rounds=st.lists(updates, min_size=1, max_size=3),
 )
 def test_the_live_root_is_the_root_of_the_live_entries(
-    tmp_path_factory: pytest.TempPathFactory, baseline: list[Entry], rounds: list[list]
+    tmp_path_factory: pytest.TempPathFactory,
+    baseline: list[Entry],
+    rounds: list[list[tuple[bytes, Entry | None]]],
 ) -> None:
     index = _write(tmp_path_factory.mktemp("m"), baseline)
     try:

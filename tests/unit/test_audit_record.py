@@ -108,8 +108,8 @@ def test_summarize_changes_counts_kinds_and_keeps_first_paths() -> None:
     ]
     summary = ev.summarize_changes(changes)
     assert (summary["added"], summary["removed"], summary["modified"]) == (1, 0, 30)
-    assert summary["first_paths"][0] == "/etc/%FFnew"  # type: ignore[index]
-    assert len(summary["first_paths"]) == ev.MAX_EVIDENCE_PATHS  # type: ignore[arg-type]
+    assert summary["first_paths"][0] == "/etc/%FFnew"
+    assert len(summary["first_paths"]) == ev.MAX_EVIDENCE_PATHS
 
 
 @pytest.mark.parametrize(

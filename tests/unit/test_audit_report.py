@@ -234,7 +234,7 @@ def test_chart_buckets_hold_the_time_weighted_share_of_each_slice() -> None:
     h.move(0, "b", "conformant")
     h.taint(25, "b")  # slice 2 of 4 (20..30 s): b conformant half of it
     report = build_report(h.records(), from_ms=0, to_ms=40 * S, buckets=4)
-    assert report.groups[0].buckets == (1.0, 1.0, pytest.approx(0.75), 0.5)
+    assert report.groups[0].buckets == pytest.approx((1.0, 1.0, 0.75, 0.5))
     empty = build_report(h.records()[:3], from_ms=0, to_ms=40 * S, buckets=4)
     assert empty.groups == () and empty.share is None
 

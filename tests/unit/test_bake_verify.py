@@ -163,7 +163,7 @@ def _tamper_type_symlink(root: Path) -> None:
     os.symlink("other.conf", root / "etc" / "app.conf")
 
 
-Tamper = Callable[[Path], None]
+Tamper = Callable[[Path], object]  # what it returns is not used
 CASES: list[tuple[str, Tamper, list[tuple[str, str, list[str]]]]] = [
     (
         "content",

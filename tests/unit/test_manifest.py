@@ -162,7 +162,7 @@ def test_decode_rejects_bad_manifests(encoded: bytes, message: str) -> None:
 
 def test_decode_rejects_unknown_entry_type() -> None:
     message = manifest_pb2.Manifest(format_version=1)
-    message.entries.add(path=b"/a", type=99)  # type: ignore[arg-type]
+    message.entries.add(path=b"/a", type=99)
     with pytest.raises(ManifestError):
         decode(message.SerializeToString())
 

@@ -15,8 +15,8 @@ import pytest
 import zstandard
 
 from agent.image.bake import bake
+from agent.image.oci.blobs import SourceError
 from agent.image.oci.source import (
-    SourceError,
     compression_of,
     is_image_source,
     open_image,

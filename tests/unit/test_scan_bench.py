@@ -9,10 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "bench"))
+from tests.bench import treegen
 
-import treegen  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 def fingerprint(root: Path) -> list[tuple[str, int, int, int, str]]:

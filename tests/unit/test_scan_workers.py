@@ -12,6 +12,7 @@ import pytest
 
 from agent.manifest.policy import Policy
 from agent.scan import scanner as scan_module
+from agent.scan.hashing import FileJob
 from agent.scan.hashpool import HashPool, WorkerError
 from agent.scan.scanner import scan
 
@@ -47,7 +48,7 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_the_pool_hashes_batches_and_returns_them_with_their_tags(tmp_path: Path) -> None:
-    files = []
+    files: list[FileJob | bytes] = []
     for index in range(10):
         path = tmp_path / f"f{index}"
         path.write_bytes(b"x" * index)

@@ -204,7 +204,7 @@ def test_the_certificate_names_the_actor_and_metadata_is_only_a_claim() -> None:
         caller.reset(token)
 
 
-class _Refused(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+class _Refused(grpc.RpcError, grpc.Call):
     def __init__(self, code: grpc.StatusCode, trailers: tuple[tuple[str, str], ...]) -> None:
         self._code = code
         self._trailers = trailers
@@ -215,7 +215,9 @@ class _Refused(grpc.RpcError, grpc.Call):  # type: ignore[misc]
     def details(self) -> str:
         return "over its rate limit"
 
-    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+    # grpc's stubs disagree on this one (RpcError: objects with .key and .value; Call: the
+    # (key, value) pairs grpc returns at run time): the pairs, as the agent reads them.
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
         return self._trailers
 
     def initial_metadata(self) -> tuple[tuple[str, str], ...]:
@@ -224,8 +226,8 @@ class _Refused(grpc.RpcError, grpc.Call):  # type: ignore[misc]
     def is_active(self) -> bool:
         return False
 
-    def time_remaining(self) -> float | None:
-        return None
+    def time_remaining(self) -> float:
+        return 0.0
 
     def cancel(self) -> bool:
         return False

@@ -27,7 +27,7 @@ CONTROLLER_KEYS = [f.name for f in fields(controller_config.ControllerConfig)]
 GROUP_KEYS = [f.name for f in fields(controller_config.GroupConfig)]
 EXTRA_KEYS = ["colour", "interval_s"]
 
-text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=12)
 plausible = st.sampled_from(
     ["", "0", "1", "-1", "5", "2.5", "yes", "off", "nan", "inf", "1e999", "9" * 40, "a:1"]
 )

@@ -106,11 +106,11 @@ def test_changes_removals_and_opaque_directories(
 def test_read_upper_respects_the_policy(tmp_path: Path) -> None:
     tree(tmp_path, {"tmp/a": "", "var/log/x/y": "", "var/lib/z": "", "usr/.wh.gone": "",
                     "usr/bin/.wh..wh..opq": "", "usr/.wh..wh.plnk": ""})  # fmt: skip
-    changes = read_upper(tmp_path, Policy(include=("/usr", "/var/lib"), exclude=("/var/log",)))
+    changes = read_upper(str(tmp_path), Policy(include=("/usr", "/var/lib"), exclude=("/var/log",)))
     assert sorted(changes.present) == [b"/usr", b"/usr/bin", b"/var/lib", b"/var/lib/z"]
     assert changes.removed == [b"/usr/gone"]
     assert changes.opaque == [b"/usr/bin"]
-    everything = read_upper(tmp_path, Policy(exclude=()))
+    everything = read_upper(str(tmp_path), Policy(exclude=()))
     assert b"/" in everything.present and b"/tmp/a" in everything.present
 
 

@@ -88,9 +88,9 @@ def test_agreed_names_and_bounded_labels(running: RunningController, web: Baked)
     for family in families.values():
         for sample in family.samples:
             assert set(sample.labels) <= ALLOWED_LABELS, (sample.name, sample.labels)
-            for value in sample.labels.values():
-                assert not value.startswith("i-"), f"instance id in {sample.name}"
-                assert "sha256" not in value and "/" not in value.strip("/").split("/")[0]
+            for label in sample.labels.values():
+                assert not label.startswith("i-"), f"instance id in {sample.name}"
+                assert "sha256" not in label and "/" not in label.strip("/").split("/")[0]
     assert "i-0001" not in text and web.digest not in text
 
     def value(name: str, **labels: str) -> float:
@@ -133,7 +133,9 @@ def test_series_stay_flat_as_the_fleet_grows(running: RunningController, web: Ba
 def test_unknown_methods_do_not_grow_the_label_set(running: RunningController) -> None:
     assert running.channel is not None
     for n in range(5):
-        probe = running.channel.unary_unary(f"/corral.v1.AgentService/Probe{n}")
+        probe: grpc.UnaryUnaryMultiCallable[bytes, bytes] = running.channel.unary_unary(
+            f"/corral.v1.AgentService/Probe{n}"
+        )
         with pytest.raises(grpc.RpcError) as raised:
             probe(b"", timeout=5)
         assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,13 +23,15 @@ def _instance(running: RunningController, instance_id: str = "i-1") -> fleet_pb2
     return running.fleet.GetInstance(request, timeout=5).instance
 
 
-def _code(call: object) -> grpc.StatusCode:
+def _code(call: Callable[[], object]) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as caught:
-        call()  # type: ignore[operator]
-    return caught.value.code()  # type: ignore[no-any-return, attr-defined]
+        call()
+    return caught.value.code()
 
 
-def _drift(baked: Baked, changes: list[manifest_pb2.Change], root: bytes, seq: int) -> object:
+def _drift(
+    baked: Baked, changes: list[manifest_pb2.Change], root: bytes, seq: int
+) -> agent_pb2.ReportDriftRequest:
     return S.ReportDriftRequest(
         header=baked.header(root=root, seq=seq), changes=changes, total_changes=len(changes)
     )
@@ -187,7 +191,7 @@ class TestBadInput:
         )
         with pytest.raises(grpc.RpcError) as caught:
             running.agent.ReportDrift(bad, timeout=5)
-        assert caught.value.code() in {  # type: ignore[attr-defined]
+        assert caught.value.code() in {
             grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.FAILED_PRECONDITION,
             grpc.StatusCode.ALREADY_EXISTS,

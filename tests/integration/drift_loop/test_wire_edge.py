@@ -8,6 +8,7 @@ reflection, storage faults and bugs classified at the edge (docs/api.md).
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -105,6 +106,7 @@ def test_a_value_no_store_can_hold_is_refused_and_the_fleet_keeps_working(
 def test_empty_ids_are_invalid_argument_in_every_rpc(
     running: RunningController, web: Baked
 ) -> None:
+    assert running.channel is not None
     audit = audit_pb2_grpc.AuditServiceStub(running.channel)
     calls: list[Callable[[], object]] = [
         lambda: running.fleet.GetInstance(fleet_pb2.GetInstanceRequest(), timeout=5),
@@ -314,7 +316,7 @@ def test_a_page_token_is_bound_to_its_filter(running: RunningController, web: Ba
         fleet_pb2.ListInstancesRequest(group="web", page_token="garbage!"),
         fleet_pb2.ListInstancesRequest(page_size=-1),
     ):
-        error = _refused(lambda r=request: running.fleet.ListInstances(r, timeout=5))
+        error = _refused(functools.partial(running.fleet.ListInstances, request, timeout=5))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -340,6 +342,7 @@ def test_an_unregistered_digest_is_recorded_by_digest_never_by_its_claimed_name(
     assert response.state == agent_pb2.INSTANCE_STATE_TAINTED
     shown = running.fleet.GetInstance(fleet_pb2.GetInstanceRequest(instance_id="i-1"), timeout=5)
     assert shown.instance.image_ref == digest
+    assert running.channel is not None
     audit = audit_pb2_grpc.AuditServiceStub(running.channel)
     history = audit.AuditHistory(audit_pb2.AuditHistoryRequest(instance_id="i-1"), timeout=5)
     assert all("madeup" not in (r.image + r.data_json) for r in history.records)
