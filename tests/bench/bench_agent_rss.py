@@ -56,11 +56,15 @@ class CountingService(agent_pb2_grpc.AgentServiceServicer):
             self.headers.append(header)
             self.arrived.notify_all()
 
-    def Report(self, request, context):  # type: ignore[no-untyped-def]
+    def Report(
+        self, request: agent_pb2.ReportRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.ReportResponse:
         self._note(request.header)
         return agent_pb2.ReportResponse(state=agent_pb2.INSTANCE_STATE_CONFORMANT)
 
-    def ReportDrift(self, request, context):  # type: ignore[no-untyped-def]
+    def ReportDrift(
+        self, request: agent_pb2.ReportDriftRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.ReportDriftResponse:
         self.drifts += 1
         self._note(request.header)
         return agent_pb2.ReportDriftResponse(state=agent_pb2.INSTANCE_STATE_TAINTED)

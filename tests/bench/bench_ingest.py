@@ -87,7 +87,12 @@ async def _echo_server(port: int) -> None:
 
 
 async def _load(
-    port: int, agents: int, seconds: float, inflight: int, out: dict[str, float], queue: object
+    port: int,
+    agents: int,
+    seconds: float,
+    inflight: int,
+    out: dict[str, float],
+    queue: multiprocessing.Queue[dict[str, float]],
 ) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
@@ -99,7 +104,7 @@ async def _load(
                 seqs[i] = 1
             await asyncio.gather(*(stub.Report(steady_request(i, 1), timeout=10) for i in batch))
         latencies: list[float] = []
-        queue.put({"warm": 1.0})  # type: ignore[attr-defined]
+        queue.put({"warm": 1.0})
         deadline = time.perf_counter() + seconds
         next_agent = 0
 
@@ -123,10 +128,16 @@ async def _load(
     out["p99"] = latencies[int(len(latencies) * 0.99)]
 
 
-def _load_process(port: int, agents: int, seconds: float, inflight: int, queue: object) -> None:
+def _load_process(
+    port: int,
+    agents: int,
+    seconds: float,
+    inflight: int,
+    queue: multiprocessing.Queue[dict[str, float]],
+) -> None:
     out: dict[str, float] = {}
     asyncio.run(_load(port, agents, seconds, inflight, out, queue))
-    queue.put(out)  # type: ignore[attr-defined]
+    queue.put(out)
 
 
 def run_load(port: int, args: argparse.Namespace, server_pid: int) -> dict[str, float]:

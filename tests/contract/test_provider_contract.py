@@ -29,6 +29,7 @@ from controller.providers import (
     create_provider,
 )
 from controller.providers.base import LABEL_GROUP, LABEL_IDEMPOTENCY_KEY, LABEL_IMAGE_DIGEST
+from controller.providers.local import LocalProvider
 from tests.fixtures.moto import MotoAws, moto_aws
 from tests.fixtures.podman import PodmanEngine, podman_engine
 from tests.fixtures.stand_in_agent import IDLE_AGENT
@@ -71,8 +72,8 @@ def _local(tmp_path: Path, group: str) -> Case:
         "local",
         {"data_dir": str(tmp_path / "data"), "agent_command": list(IDLE_AGENT)},
     )
-    assert isinstance(provider, Provider)
-    provider.import_artifact(str(tmp_path / "build"))  # type: ignore[attr-defined]
+    assert isinstance(provider, LocalProvider)
+    provider.import_artifact(str(tmp_path / "build"))
     return Case(provider, group, build.image_ref, build.image_digest)
 
 

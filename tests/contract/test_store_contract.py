@@ -11,7 +11,7 @@ import pytest
 from agent.manifest.diff import Change, ChangeKind
 from agent.manifest.format import Entry, EntryType
 from controller.audit import install_schema
-from controller.domain.model import DriftKind, Group, GroupMode, InstanceState, Taint
+from controller.domain.model import DriftKind, Group, GroupMode, ImageRecord, InstanceState, Taint
 from controller.domain.replacement_actions import Kind, Phase, Strategy
 from controller.domain.replacement_record import ReplacementRecord
 from controller.errors import AlreadyExistsError, NotFoundError
@@ -37,18 +37,18 @@ class TestImages:
     @pytest.mark.parametrize(
         "clash",
         [
-            {"manifest_digest": "sha256:" + "c" * 64},
-            {"root": b"\x02" * 32},
-            {"ref": "other@sha256:" + "a" * 64},
-            {"digest": "sha256:" + "d" * 64},
+            replace(IMAGE, manifest_digest="sha256:" + "c" * 64),
+            replace(IMAGE, root=b"\x02" * 32),
+            replace(IMAGE, ref="other@sha256:" + "a" * 64),
+            replace(IMAGE, digest="sha256:" + "d" * 64),
         ],
     )
     def test_different_image_under_same_ref_or_digest_is_refused(
-        self, store: Store, clash: dict[str, object]
+        self, store: Store, clash: ImageRecord
     ) -> None:
         store.add_image(IMAGE, b"manifest")
         with pytest.raises(AlreadyExistsError):
-            store.add_image(replace(IMAGE, **clash), b"other")  # type: ignore[arg-type]
+            store.add_image(clash, b"other")
         assert store.list_images() == [IMAGE]
 
     def test_missing_things_read_as_none_or_not_found(self, store: Store) -> None:

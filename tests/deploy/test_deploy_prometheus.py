@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -27,7 +28,7 @@ ALERTS = {
 }
 
 
-def _rules() -> list[dict[str, object]]:
+def _rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load(RULES.read_text(encoding="utf-8"))
     return [rule for group in doc["groups"] for rule in group["rules"]]
 
@@ -124,4 +125,4 @@ def test_every_alert_has_annotations_and_a_runbook_section() -> None:
         page, _, anchor = str(annotations["runbook_url"]).partition("#")
         assert page == "docs/operations.md"
         assert anchor in anchors, f"{rule['alert']}: no heading for #{anchor} in operations.md"
-        assert rule["labels"]["severity"] in {"warning", "critical"}  # type: ignore[index]
+        assert rule["labels"]["severity"] in {"warning", "critical"}

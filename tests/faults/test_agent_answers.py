@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import pytest
@@ -40,8 +41,14 @@ def scripted() -> Iterator[tuple[ScriptedController, str]]:
     server.stop(grace=None)
 
 
+class MakeAgent(Protocol):
+    """An agent process reporting to ``address``, not yet started; ``drifted`` patches its root."""
+
+    def __call__(self, address: str, *, drifted: bool) -> AgentProcess: ...
+
+
 @pytest.fixture
-def make_agent(tmp_path: Path) -> Iterator[object]:
+def make_agent(tmp_path: Path) -> Iterator[MakeAgent]:
     started: list[AgentProcess] = []
     source, image_json = baked_sample(tmp_path)
 
@@ -64,13 +71,13 @@ def make_agent(tmp_path: Path) -> Iterator[object]:
 
 @pytest.mark.parametrize("code", ["UNAVAILABLE", "INTERNAL", "RESOURCE_EXHAUSTED"])
 def test_a_failing_controller_keeps_the_drift_and_gets_it_later(
-    scripted: tuple[ScriptedController, str], make_agent: object, code: str
+    scripted: tuple[ScriptedController, str], make_agent: MakeAgent, code: str
 ) -> None:
     servicer, address = scripted
     status = grpc.StatusCode[code]
     outage = {"on": True}
     servicer.failing = lambda _method, _header: status if outage["on"] else None
-    agent = make_agent(address, drifted=True)  # type: ignore[operator]
+    agent = make_agent(address, drifted=True)
     agent.start()
     # The channel retries UNAVAILABLE itself until the call's deadline runs out.
     codes = [code, "DEADLINE_EXCEEDED"] if code == "UNAVAILABLE" else [code]
@@ -93,7 +100,7 @@ def test_a_failing_controller_keeps_the_drift_and_gets_it_later(
 
 
 def test_a_definitive_refusal_is_dropped_counted_and_logged_once(
-    scripted: tuple[ScriptedController, str], make_agent: object
+    scripted: tuple[ScriptedController, str], make_agent: MakeAgent
 ) -> None:
     servicer, address = scripted
     refused: list[int] = []
@@ -105,7 +112,7 @@ def test_a_definitive_refusal_is_dropped_counted_and_logged_once(
         return None
 
     servicer.failing = refuse_first_drift
-    agent = make_agent(address, drifted=True)  # type: ignore[operator]
+    agent = make_agent(address, drifted=True)
     agent.start()
     wait_until(
         lambda: len(servicer.drifts_accepted()) >= 2, timeout=60,
@@ -124,10 +131,10 @@ def test_a_definitive_refusal_is_dropped_counted_and_logged_once(
 
 
 def test_a_damaged_outbox_file_at_start_is_set_aside_in_one_line(
-    scripted: tuple[ScriptedController, str], make_agent: object
+    scripted: tuple[ScriptedController, str], make_agent: MakeAgent
 ) -> None:
     servicer, address = scripted
-    agent = make_agent(address, drifted=False)  # type: ignore[operator]
+    agent = make_agent(address, drifted=False)
     agent.data_dir.mkdir(parents=True)
     damaged = b'corral-agent-outbox 1 0000 4096\n{"reports": [{"instance_id": "agent-ans'
     (agent.data_dir / FILE_NAME).write_bytes(damaged)

@@ -70,7 +70,8 @@ def _kill_at(controller: Controller, old: str, step: str) -> str | None:
             )
             if at_step:
                 os.kill(controller.pid, signal.SIGKILL)
-                controller.process.wait(timeout=20)  # type: ignore[union-attr]
+                assert controller.process is not None  # it has a pid
+                controller.process.wait(timeout=20)
                 return step
             if phase in LATER[step]:
                 return None

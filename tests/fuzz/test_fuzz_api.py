@@ -219,7 +219,9 @@ def test_still_serving_and_the_store_survives_a_restart(served: RunningControlle
     assert [i[0] for i in after[0]] == [i[0] for i in before[0]]
     listed = served.fleet.ListInstances(fleet_pb2.ListInstancesRequest(page_size=1000), timeout=5)
     assert len(listed.instances) == len(before[0])
-    verdict = served.on_loop(lambda: served.controller.store.audit_log().verify())  # type: ignore[union-attr]
+    controller = served.controller
+    assert controller is not None
+    verdict = served.on_loop(lambda: controller.store.audit_log().verify())
     assert verdict.ok, verdict
 
 

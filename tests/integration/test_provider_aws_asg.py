@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from controller.providers import LaunchSpec, PermanentProviderError, create_provider
+from controller.providers import LaunchSpec, PermanentProviderError, Provider, create_provider
 from tests.fixtures.moto import MotoAws, moto_aws
 
 __all__ = ["moto_aws"]
@@ -33,7 +33,7 @@ def _group(aws: MotoAws, *, version: str = "1", desired: int = 1) -> str:
     return name
 
 
-def _provider(aws: MotoAws):  # type: ignore[no-untyped-def]
+def _provider(aws: MotoAws) -> Provider:
     return create_provider("aws-asg", {"region": aws.region, "endpoint_url": aws.endpoint})
 
 

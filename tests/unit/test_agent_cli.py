@@ -82,7 +82,9 @@ def test_a_data_dir_inside_the_watched_root_must_be_excluded(
     assert "inside the watched root" in capsys.readouterr().err
 
 
-def test_the_schedule_scans_reports_and_stops_cleanly(tmp_path: Path) -> None:
+def test_the_schedule_scans_reports_and_stops_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     harness = Harness(tmp_path)
     stop = threading.Event()
     original = harness.runner.tick
@@ -92,7 +94,7 @@ def test_the_schedule_scans_reports_and_stops_cleanly(tmp_path: Path) -> None:
         stop.set()
         return delay
 
-    harness.runner.tick = tick_then_stop  # type: ignore[method-assign]
+    monkeypatch.setattr(harness.runner, "tick", tick_then_stop)
     run_scheduled(harness.runner, Schedule(interval=60, jitter=0), stop=stop, poll_seconds=0.01)
     assert len(harness.transport.sent) == 1
     assert (harness.state / "statcache").exists()

@@ -124,7 +124,7 @@ def test_a_new_deep_tree_is_watched_before_it_is_scanned(watching: WatchHarness)
     # A later write deep inside proves every new directory got its watch.
     (watching.root / "opt" / "a" / "b" / "c" / "d" / "e" / "later").write_text("later\n")
     watching.settle_on_truth()
-    paths = [change.path for change in watching.last().evidence.changes]  # type: ignore[union-attr]
+    paths = [change.path for change in watching.last_evidence().changes]
     assert b"/opt/a/b/c/d/e/later" in paths
     assert watching.scanner.scans == 1
 
@@ -146,14 +146,14 @@ def test_a_directory_moved_out_of_the_tree_is_removed_and_no_longer_watched(
     outside = tmp_path / "outside"
     os.rename(watching.root / "usr" / "lib" / "pkg", outside)
     watching.settle_on_truth()
-    removed = {c.path for c in watching.last().evidence.changes}  # type: ignore[union-attr]
+    removed = {c.path for c in watching.last_evidence().changes}
     assert b"/usr/lib/pkg/deep/data.bin" in removed
     reports = len(watching.transport.sent)
     (outside / "mod0.py").write_text("changed outside the root\n")
     _write(watching.root)  # a change inside, to know the first one was processed
     watching.settle_on_truth()
     assert len(watching.transport.sent) == reports + 1
-    paths = {c.path for c in watching.last().evidence.changes}  # type: ignore[union-attr]
+    paths = {c.path for c in watching.last_evidence().changes}
     assert not any(p.startswith(b"/usr/lib/pkg/") and p in paths - removed for p in paths)
 
 
@@ -180,9 +180,9 @@ def test_changes_in_excluded_paths_are_not_watched_and_report_nothing(
     _create(watching.root)  # a checked change after it, to know the first was processed
     watching.settle_on_truth()
     assert len(watching.transport.sent) == reports + 1
-    paths = [c.path for c in watching.last().evidence.changes]  # type: ignore[union-attr]
+    paths = [c.path for c in watching.last_evidence().changes]
     assert paths == [b"/etc/app/new.conf"]
-    assert watching.last().evidence.changes[0].kind is ChangeKind.ADDED  # type: ignore[union-attr]
+    assert watching.last_evidence().changes[0].kind is ChangeKind.ADDED
 
 
 def test_a_heartbeat_between_scans_reports_the_live_root_without_scanning(
@@ -219,7 +219,7 @@ def test_writes_through_a_bind_mount_and_from_another_mount_namespace_are_seen(
     script = f"mount --bind {etc} {inside} && echo namespaced > {inside}/motd"
     _mount("unshare", "--mount", "sh", "-c", script)  # a private namespace, gone after
     watching.settle_on_truth()
-    paths = [c.path for c in watching.last().evidence.changes]  # type: ignore[union-attr]
+    paths = [c.path for c in watching.last_evidence().changes]
     assert paths == [b"/etc/hostname", b"/etc/motd"]
     assert watching.scanner.scans == 1
 
@@ -237,7 +237,7 @@ def test_a_filesystem_mounted_over_a_watched_directory_is_found_by_the_scan(
         assert not harness.settle(lambda: len(harness.transport.sent) > reports, timeout=1.0)
         harness.mode.tick()  # the scan sees the mount point, mode 0700 now
         assert harness.caught_up() and harness.last().evidence is not None
-        changes = {c.path: c for c in harness.last().evidence.changes}  # type: ignore[union-attr]
+        changes = {c.path: c for c in harness.last_evidence().changes}
         # one_filesystem: the mount point is recorded, not entered, so what it hides is gone.
         assert changes[b"/usr/lib/pkg"].kind is ChangeKind.MODIFIED
         assert changes[b"/usr/lib/pkg/mod0.py"].kind is ChangeKind.REMOVED

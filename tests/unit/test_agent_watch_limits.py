@@ -72,7 +72,7 @@ def test_more_pending_paths_than_are_worth_examining_one_by_one_rescan_everythin
             (harness.root / "etc" / f"many{index}").write_text("x\n")
         harness.settle_on_truth()
         assert harness.metric("corral_agent_watch_full_rescans_total", reason="overflow") >= 1
-        assert harness.last().evidence.total_changes == 120  # type: ignore[union-attr]
+        assert harness.last_evidence().total_changes == 120
     finally:
         harness.close()
 

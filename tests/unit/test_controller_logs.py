@@ -97,9 +97,10 @@ def test_instance_lines_carry_instance_group_and_image(stream: io.StringIO) -> N
         entry_count=1,
         byte_count=manifest.byte_count,
     )
+    clock = FakeClock()
     service = ControllerService(
         MemoryStore(),
-        clock=FakeClock(),
+        clock=clock,
         metrics=ControllerMetrics(CollectorRegistry()),
         stale_after=90.0,
     )
@@ -122,7 +123,7 @@ def test_instance_lines_carry_instance_group_and_image(stream: io.StringIO) -> N
     service.report(report(2, b"\x09" * 32))  # tainted
     with pytest.raises(ControllerError):
         service.report(report(3, manifest.root, group="nope"))  # refused
-    service.clock.advance(1000)  # type: ignore[attr-defined]
+    clock.advance(1000)
     service.sweep_stale()
     instance_lines = [r for r in lines(stream) if "instance" in str(r["message"])]
     assert len(instance_lines) >= 2

@@ -102,8 +102,9 @@ def test_a_recycled_pid_is_never_killed(
     try:
         record["pid"] = bystander.pid  # as if the kernel had reused the agent's PID
         record_path.write_text(json.dumps(record))
-        assert provider.describe("i-1") is not None
-        assert provider.describe("i-1").state == "stopped"  # type: ignore[union-attr]
+        described = provider.describe("i-1")
+        assert described is not None
+        assert described.state == "stopped"
         provider.terminate("i-1")
         time.sleep(0.05)
         assert bystander.poll() is None

@@ -119,7 +119,9 @@ def test_a_storm_of_nudges_plans_each_group_once(replacer: _Recorder) -> None:
     assert sorted(replacer.planned) == ["api", "batch"]
 
 
-def test_nudges_during_a_tick_are_planned_after_it(replacer: _Recorder) -> None:
+def test_nudges_during_a_tick_are_planned_after_it(
+    replacer: _Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _tick(replacer)
     replacer.planned.clear()
     original = replacer._tick_group
@@ -129,7 +131,7 @@ def test_nudges_during_a_tick_are_planned_after_it(replacer: _Recorder) -> None:
         await asyncio.sleep(0)
         return await original(name)
 
-    replacer._tick_group = slow  # type: ignore[method-assign]
+    monkeypatch.setattr(replacer, "_tick_group", slow)
 
     async def run() -> None:
         replacer.nudge("api")

@@ -191,7 +191,7 @@ def test_excluded_paths_are_neither_recorded_nor_entered(
     listed: list[bytes] = []
     real_scandir = os.scandir
 
-    def spying_scandir(path: bytes) -> os.ScandirIterator[bytes]:  # type: ignore[name-defined]
+    def spying_scandir(path: bytes) -> Iterator[os.DirEntry[bytes]]:
         listed.append(path)
         return real_scandir(path)
 

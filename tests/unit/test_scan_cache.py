@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -160,12 +161,12 @@ def test_the_cache_round_trips_through_a_file(
     ids=["truncated-checksum", "truncated-header", "empty", "bit-flip", "foreign"],
 )
 def test_a_corrupt_cache_file_starts_empty_with_a_warning(
-    tree: Path, tmp_path: Path, damage: object, caplog: pytest.LogCaptureFixture
+    tree: Path, tmp_path: Path, damage: Callable[[bytes], bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = fresh_cache()
     scan(tree, OPEN, cache=cache)
     path = tmp_path / "statcache"
-    path.write_bytes(damage(cache.encode()))  # type: ignore[operator]
+    path.write_bytes(damage(cache.encode()))
 
     with caplog.at_level(logging.WARNING, logger="agent.scan.statcache"):
         loaded = StatCache.load(path)
