@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tests.deploy.deploy_support import DEPLOY, REPO, require_tool, run
+from tests.deploy.deploy_support import DEPLOY
 
 GRAFANA = DEPLOY / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "corral-fleet.json"
@@ -47,12 +47,6 @@ def test_committed_dashboard_is_the_generator_output() -> None:
         "run: python deploy/grafana/generate.py"
     )
     assert _generator().main(["--check"]) == 0
-
-
-def test_generator_is_strictly_typed() -> None:
-    """The mypy run of `./dev test` covers agent/ and controller/; the generator is checked here."""
-    checked = run([require_tool("mypy"), "--strict", str(GRAFANA / "generate.py")], cwd=REPO)
-    assert checked.returncode == 0, checked.stdout
 
 
 def test_dashboard_identity_and_datasource_variable() -> None:
