@@ -288,13 +288,12 @@ class ImageTree:
 
     def _hash(self, reader: LayerReader, size: int, path: bytes, node: _Node) -> None:
         """Read the member's content and set ``node.digest`` (now, or soon on the other thread)."""
-        pieces = reader.content()
-        first = next(pieces, _EMPTY)
-        head: memoryview | bytes = first
-        if len(first) == size and size < _HANDOFF:  # most files: one view, hashed here
-            node.digest = hashlib.sha256(first).digest()
+        view = reader.whole() if size < _HANDOFF else None
+        if view is not None:  # most files: one view, hashed here
+            node.digest = hashlib.sha256(view).digest()
+            head: memoryview | bytes = view
         else:
-            head = self._hash_pieces(first, pieces, size, node)
+            head = self._hash_pieces(reader.content(), size, node)
         self.files_hashed += 1
         self.bytes_hashed += size
         self._warnings.pop(path, None)
@@ -304,27 +303,25 @@ class ImageTree:
             if warning is not None:
                 self._warnings[path] = warning
 
-    def _hash_pieces(
-        self, first: memoryview, rest: Iterator[memoryview], size: int, node: _Node
-    ) -> bytes:
+    def _hash_pieces(self, pieces: Iterator[memoryview], size: int, node: _Node) -> bytes:
         """Hash a file that is large or spans chunks; returns its first PEEK_BYTES."""
         digest = hashlib.sha256()
-        head = bytes(first[:PEEK_BYTES])
-        piece = first
+        head = b""
         if size < _HANDOFF:
-            digest.update(first)
-            for piece in rest:
+            for piece in pieces:
                 if len(head) < PEEK_BYTES:
                     head += bytes(piece[: PEEK_BYTES - len(head)])
                 digest.update(piece)
             node.digest = digest.digest()
             return head
-        for following in rest:
+        last = _EMPTY
+        for piece in pieces:  # each goes when the next is known, the last one with the node
             if len(head) < PEEK_BYTES:
-                head += bytes(following[: PEEK_BYTES - len(head)])
-            self._hasher.update(digest, piece, None)
-            piece = following
-        self._hasher.update(digest, piece, node)
+                head += bytes(piece[: PEEK_BYTES - len(head)])
+            if last:
+                self._hasher.update(digest, last, None)
+            last = piece
+        self._hasher.update(digest, last, node)
         return head
 
     # -- the tree -------------------------------------------------------------------

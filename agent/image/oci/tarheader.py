@@ -57,6 +57,7 @@ _SPARSE_OFFSET = b"GNU.sparse.offset"
 _SPARSE_NUMBYTES = b"GNU.sparse.numbytes"
 _POSIX_MAGIC = b"ustar\x0000"
 _GNU_MAGIC = b"ustar  \x00"
+_MAGIC = slice(257, 265)
 _ZERO_BLOCK = bytes(BLOCK)
 # name mode uid gid size (mtime) chksum type linkname magic+version (uname gname)
 # devmajor devminor prefix
@@ -85,7 +86,7 @@ def malformed(detail: str) -> LayerError:
 
 
 class Header(NamedTuple):
-    """What one header block says, before extended headers amend it."""
+    """What a header block says of a member (amended by extended headers before it)."""
 
     name: bytes
     kind: bytes
@@ -96,8 +97,6 @@ class Header(NamedTuple):
     link: bytes
     major: int
     minor: int
-    gnu: bool
-    """The GNU magic: the block may carry an old-style sparse map."""
 
 
 class SparseRegion(NamedTuple):
@@ -170,7 +169,6 @@ def parse_header(block: bytes) -> Header | None:
         link.partition(b"\0")[0],
         owner_id(number(major, "device major"), "device major") if device else 0,
         owner_id(number(minor, "device minor"), "device minor") if device else 0,
-        gnu,
     )
 
 
@@ -237,6 +235,11 @@ def gnu_sparse_map(block: bytes, extension: bool) -> tuple[list[SparseRegion], b
         length = number(block[at + 12 : at + _SPARSE_ENTRY], "sparse length")
         regions.append(SparseRegion(offset, length))
     return regions, block[flag] != 0
+
+
+def is_gnu(block: bytes) -> bool:
+    """Whether a header block has the GNU magic (and so may carry an old sparse map)."""
+    return block[_MAGIC] == _GNU_MAGIC
 
 
 def gnu_real_size(block: bytes) -> int:

@@ -28,7 +28,7 @@ above raises :class:`~agent.image.oci.tarheader.LayerError`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import IO, NamedTuple
+from typing import IO
 
 from agent.image.oci.tarheader import (
     BLOCK,
@@ -56,6 +56,7 @@ from agent.image.oci.tarheader import (
     decimal,
     gnu_real_size,
     gnu_sparse_map,
+    is_gnu,
     malformed,
     owner_id,
     parse_header,
@@ -72,20 +73,9 @@ _KINDS = frozenset((REGULAR, DIRECTORY, SYMLINK, HARD_LINK, CHAR_DEVICE, BLOCK_D
 _ZEROS = memoryview(bytes(CHUNK))
 
 
-class Member(NamedTuple):
-    """One member of a layer: its name as archived and what the archive says of it."""
-
-    name: bytes
-    kind: bytes
-    """One of the ``tarheader`` types REGULAR, DIRECTORY, SYMLINK, HARD_LINK, CHAR_DEVICE,
-    BLOCK_DEVICE, FIFO."""
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    link: bytes
-    major: int
-    minor: int
+Member = Header
+"""One member of a layer as the reader yields it: its kind is one of the ``tarheader``
+types REGULAR, DIRECTORY, SYMLINK, HARD_LINK, CHAR_DEVICE, BLOCK_DEVICE, FIFO."""
 
 
 def shown(name: bytes) -> str:
@@ -178,9 +168,14 @@ class LayerReader:
         records: dict[bytes, bytes] = {}
         long_name = long_link = None
         while True:
-            self._pass(self._left + self._padding)
+            pos = self._pos + self._left + self._padding
+            if pos + BLOCK <= len(self._chunk):  # the next header lies in this chunk
+                self._pos = pos + BLOCK
+                block: bytes | None = self._chunk[pos : pos + BLOCK]
+            else:
+                self._pass(self._left + self._padding)
+                block = self._block()
             self._left = self._padding = 0
-            block = self._block()
             header = None if block is None else parse_header(block)
             if header is None:
                 if block is not None:  # a zero block: the end, unless something else follows
@@ -189,7 +184,12 @@ class LayerReader:
                         raise malformed("a zero block is followed by a header")
                 return None
             assert block is not None
-            if header.kind not in _EXTENDED:
+            kind = header.kind
+            if kind in _KINDS and not records and long_name is None and long_link is None:
+                stored = 0 if kind in HEADER_ONLY else header.size  # the usual member
+                self._left, self._padding, self._regions = stored, -stored % BLOCK, None
+                return header
+            if kind not in _EXTENDED:
                 return self._member(block, header, records, long_name, long_link)
             if header.size > MAX_HEADER:
                 raise LayerError(
@@ -234,7 +234,7 @@ class LayerReader:
         stored = 0 if kind in HEADER_ONLY else size
         self._left, self._padding, self._regions = stored, -stored % BLOCK, None
         if kind == GNU_SPARSE:
-            if not header.gnu:
+            if not is_gnu(block):
                 raise malformed(f"member {shown(name)} has the sparse type without a GNU header")
             kind, size = REGULAR, gnu_real_size(block)
             self._regions = self._gnu_sparse_map(block)
@@ -250,7 +250,7 @@ class LayerReader:
         if self._regions is not None:
             check_sparse_map(self._regions, size, self._left)
         self._size = size
-        return Member(name, kind, header.mode, uid, gid, size, link, header.major, header.minor)
+        return Header(name, kind, header.mode, uid, gid, size, link, header.major, header.minor)
 
     @staticmethod
     def _is_pax_sparse(records: dict[bytes, bytes]) -> bool:
@@ -288,6 +288,17 @@ class LayerReader:
         return regions
 
     # -- content ---------------------------------------------------------------------
+
+    def whole(self) -> memoryview | None:
+        """The rest of the current member's content as one view if the chunk holds it, else None.
+
+        The fast case for small files; :meth:`content` serves every case.
+        """
+        pos, left = self._pos, self._left
+        if pos + left <= len(self._chunk) and self._regions is None:
+            self._pos, self._left = pos + left, 0
+            return self._view[pos : pos + left]
+        return None
 
     def content(self) -> Iterator[memoryview]:
         """The current member's content (``size`` bytes) as views, valid until the next read."""
