@@ -234,7 +234,7 @@ class ImageTree:
         if node is None:  # an overlay whiteout device
             self._whiteout(path)
             return
-        self._put(path, node)
+        self._put(path, node, parent)
 
     def _node_for(self, reader: LayerReader, member: Member, path: bytes) -> _Node | None:
         layer = self._layer
@@ -296,7 +296,8 @@ class ImageTree:
             head = self._hash_pieces(reader.content(), size, node)
         self.files_hashed += 1
         self.bytes_hashed += size
-        self._warnings.pop(path, None)
+        if self._warnings:
+            self._warnings.pop(path, None)
         if is_candidate(path.rpartition(b"/")[2]):
             peeked = bytes(head[:PEEK_BYTES])
             warning = check_file(path, lambda: peeked)
@@ -357,7 +358,8 @@ class ImageTree:
                 continue
             self._put(path, _Node(EntryType.DIRECTORY, IMPLIED_MODE, 0, 0, layer=layer))
 
-    def _put(self, path: bytes, node: _Node) -> None:
+    def _put(self, path: bytes, node: _Node, parent: bytes | None = None) -> None:
+        """Put ``node`` at ``path`` (whose parent directory exists; ``parent`` if known)."""
         existing = self._nodes.get(path)
         if existing is not None:
             if existing.kind is EntryType.DIRECTORY and node.kind is EntryType.DIRECTORY:
@@ -366,10 +368,10 @@ class ImageTree:
                 return
             self._remove(path)
         self._nodes[path] = node
-        self._children[_parent(path)].add(path)
+        self._children[parent or _parent(path)].add(path)
         if node.kind is EntryType.DIRECTORY:
             self._children[path] = set()
-        if node.kind is not EntryType.REGULAR:
+        elif node.kind is not EntryType.REGULAR and self._warnings:
             self._warnings.pop(path, None)
 
     def _remove(self, path: bytes) -> None:

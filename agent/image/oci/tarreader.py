@@ -165,7 +165,7 @@ class LayerReader:
             yield member
 
     def _next(self) -> Member | None:
-        records: dict[bytes, bytes] = {}
+        records: dict[bytes, bytes] | None = None
         long_name = long_link = None
         while True:
             pos = self._pos + self._left + self._padding
@@ -185,12 +185,12 @@ class LayerReader:
                 return None
             assert block is not None
             kind = header.kind
-            if kind in _KINDS and not records and long_name is None and long_link is None:
+            if kind in _KINDS and records is None and long_name is None and long_link is None:
                 stored = 0 if kind in HEADER_ONLY else header.size  # the usual member
                 self._left, self._padding, self._regions = stored, -stored % BLOCK, None
                 return header
             if kind not in _EXTENDED:
-                return self._member(block, header, records, long_name, long_link)
+                return self._member(block, header, records or {}, long_name, long_link)
             if header.size > MAX_HEADER:
                 raise LayerError(
                     f"extended tar header of {header.size} bytes (more than {MAX_HEADER}): "
