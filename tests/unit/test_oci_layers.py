@@ -228,3 +228,49 @@ def test_garbage_is_not_a_layer() -> None:
 def test_member_path_normalises() -> None:
     assert member_path(b"./etc//hosts") == b"/etc/hosts"
     assert member_path(b"./") == member_path(b".") == b"/"
+
+
+class Trickle(io.RawIOBase):
+    """A layer handed out in reads of at most ``size`` bytes, so contents span many."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        super().__init__()
+        self._data, self._size, self._pos = data, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        out = self._data[self._pos : self._pos + self._size]
+        self._pos += len(out)
+        return out
+
+
+KEY = (
+    b"-----BEGIN OPENSSH PRIVATE KEY-----\n"
+    + b"k" * 40_000
+    + b"\n-----END OPENSSH PRIVATE KEY-----\n"
+)
+
+
+@pytest.mark.parametrize("read_size", [1 << 20, 4096, 333])
+def test_contents_are_hashed_whatever_their_size_and_however_the_stream_is_cut(
+    read_size: int,
+) -> None:
+    big = bytes(range(256)) * 5000  # over a MiB: hashed on the other thread
+    data = layer(
+        M("small", data=b"s" * 3000),
+        M("big", data=big),
+        M("big-link", tarfile.LNKTYPE, link="big"),
+        M("root/.ssh/id_rsa", data=KEY),
+        M("after", data=b"a" * 100_000),
+    ).getvalue()
+    tree = ImageTree()
+    tree.apply(Trickle(data, read_size), "l")
+    entries = {entry.path: entry for entry in tree.entries(EVERYTHING)}
+    for path, content in ((b"/small", b"s" * 3000), (b"/big", big), (b"/root/.ssh/id_rsa", KEY),
+                          (b"/after", b"a" * 100_000)):  # fmt: skip
+        assert entries[path].sha256 == hashlib.sha256(content).digest(), path
+    assert entries[b"/big-link"].sha256 == entries[b"/big"].sha256
+    assert [w.path for w in tree.warnings(list(entries.values()))] == [b"/root/.ssh/id_rsa"]
+    assert (tree.files_hashed, tree.bytes_hashed) == (4, 3000 + len(big) + len(KEY) + 100_000)
