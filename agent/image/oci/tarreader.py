@@ -15,8 +15,9 @@ applied, as Go's ``archive/tar`` hands members to an engine's unpacker:
   size field says;
 - a sparse file (old GNU, or GNU pax 0.0, 0.1, 1.0) reads as its full size,
   with zeros in the holes;
-- the archive ends at the end of the stream or at a zero block, which may be
-  followed by one more zero block only.
+- the archive ends where the stream does, or at a zero block followed by a
+  second one or by the end of the stream (a header right after a single zero
+  block is an error, as in Go); what follows the end is not read here.
 
 A regular member's content comes from :meth:`LayerReader.content` as
 memoryviews of the chunks, without a copy; whatever the caller leaves unread
@@ -301,7 +302,11 @@ class LayerReader:
         return None
 
     def content(self) -> Iterator[memoryview]:
-        """The current member's content (``size`` bytes) as views, valid until the next read."""
+        """The current member's content (``size`` bytes) as views of the chunks read.
+
+        A view keeps its chunk (an immutable ``bytes``) alive, so it may be
+        hashed later, on another thread.
+        """
         if self._regions is None:
             yield from self._pieces(self._left)
             return
