@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 import os
+import struct
 import threading
 import zlib
 
@@ -61,12 +62,44 @@ def test_streams_give_the_tar_and_both_digests(compression: str, blob: bytes) ->
 def test_gzip_members_follow_one_another_and_zeros_may_pad_the_end() -> None:
     halves = gzip.compress(PLAIN[:1000]) + gzip.compress(PLAIN[1000:])
     assert b"".join(gunzip(io.BytesIO(halves + bytes(3000)))) == PLAIN
-    with pytest.raises(zlib.error):
-        b"".join(gunzip(io.BytesIO(halves + b"garbage")))
+    with pytest.raises(zlib.error, match="not a gzip member header"):
+        b"".join(gunzip(io.BytesIO(halves + b"garbage after the members")))
+    with pytest.raises(EOFError, match="inside a member header"):
+        b"".join(gunzip(io.BytesIO(halves + halves[:6])))
+    with pytest.raises(EOFError, match="inside a member trailer"):
+        b"".join(gunzip(io.BytesIO(halves[:-4])))
     with pytest.raises(EOFError, match="ends early"):
         b"".join(gunzip(io.BytesIO(halves[:-100])))
     with pytest.raises(EOFError, match="empty"):
         b"".join(gunzip(io.BytesIO(b"")))
+
+
+def test_gzip_headers_with_every_optional_field_are_skipped() -> None:
+    deflated = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = deflated.compress(PLAIN) + deflated.flush()
+    flags = 0x02 | 0x04 | 0x08 | 0x10  # header CRC, extra field, name, comment
+    header = b"\x1f\x8b\x08" + bytes([flags]) + bytes(6) + b"\x05\x00extra" + b"name\0"
+    header += b"a comment\0" + b"\x00\x00"
+    member = header + body + struct.pack("<II", zlib.crc32(PLAIN), len(PLAIN) & 0xFFFFFFFF)
+    for sizes in (CHUNK, 3):  # the header whole, or cut in every field
+        assert b"".join(gunzip(Trickle(member, sizes))) == PLAIN
+    assert gzip.decompress(member) == PLAIN  # the hand-made member is valid gzip
+
+
+class Trickle(io.RawIOBase):
+    """``data`` in reads of at most ``size`` bytes."""
+
+    def __init__(self, data: bytes, size: int) -> None:
+        super().__init__()
+        self._data, self._size, self._pos = data, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        out = self._data[self._pos : self._pos + self._size]
+        self._pos += len(out)
+        return out
 
 
 def test_zstd_frames_follow_one_another() -> None:
