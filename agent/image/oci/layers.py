@@ -48,7 +48,6 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO
 
 from agent.image.oci.tarheader import (
     BLOCK_DEVICE,
@@ -60,7 +59,7 @@ from agent.image.oci.tarheader import (
     SYMLINK,
     LayerError,
 )
-from agent.image.oci.tarreader import LayerReader, Member, shown
+from agent.image.oci.tarreader import Chunks, LayerReader, Member, shown
 from agent.image.secrets import PEEK_BYTES, SecretWarning, check_file, is_candidate
 from agent.manifest.format import Entry, EntryType
 from agent.manifest.policy import Policy
@@ -187,7 +186,7 @@ class ImageTree:
 
     # -- applying ---------------------------------------------------------------
 
-    def apply(self, stream: IO[bytes], label: str) -> None:
+    def apply(self, stream: Chunks, label: str) -> None:
         """Apply one uncompressed layer tar read from ``stream`` (``label`` names it in errors)."""
         self._layer += 1
         root = self._nodes[ROOT]

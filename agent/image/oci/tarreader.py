@@ -29,7 +29,7 @@ above raises :class:`~agent.image.oci.tarheader.LayerError`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import IO
+from typing import Protocol
 
 from agent.image.oci.tarheader import (
     BLOCK,
@@ -84,10 +84,16 @@ def shown(name: bytes) -> str:
     return repr(name.decode("utf-8", "backslashreplace"))
 
 
+class Chunks(Protocol):
+    """Where the tar comes from: each read returns up to ``size`` bytes, nothing at the end."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
 class LayerReader:
     """Members of the tar read from ``stream``; iterate once, front to back."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: Chunks) -> None:
         self._stream = stream
         self._chunk = b""
         self._view = memoryview(self._chunk)
