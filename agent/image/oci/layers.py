@@ -1,11 +1,14 @@
 """Apply an image's layers, in order, to a tree held in memory: what an unpack would leave.
 
-Each layer is a tar stream read once, front to back (:mod:`tarfile` in stream
-mode): a regular file's content is hashed as it passes and dropped, so memory
-holds one node of metadata per path, never file content. The rules are those
-of the OCI image spec as an overlay-backed engine (Podman's containers/storage,
-Docker's overlay2) applies them, so the tree is exactly the root that engine
-mounts:
+Each layer is a tar stream read once, front to back, in chunks
+(:mod:`agent.image.oci.tarreader`, which parses headers as the engines' Go
+unpacker does): a regular file's content is hashed from views of the chunks
+as they pass and dropped, so memory holds one node of metadata per path,
+never file content. Small files are hashed right there; large ones (at least
+:data:`_HANDOFF` bytes) on a second thread, since :mod:`hashlib` lets go of
+the GIL for them. The rules are those of the OCI image spec as an
+overlay-backed engine (Podman's containers/storage, Docker's overlay2)
+applies them, so the tree is exactly the root that engine mounts:
 
 - ``.wh.NAME`` removes NAME (and everything below it) from the layers beneath;
   ``.wh..wh..opq`` in a directory hides everything the layers beneath put in
@@ -31,24 +34,32 @@ Archives are untrusted: a member name that is absolute or has ``..``, a hard
 link whose target is absolute, escapes or does not exist, a member below a
 non-directory of the same layer (it would be written through a symlink),
 an unknown member type, a path longer than :data:`MAX_PATH`, an extended
-header larger than :data:`MAX_HEADER` or more than ``max_members`` members
-all fail the bake with :class:`LayerError`. Symlink targets are data (nothing
-is ever written through them), so an absolute target is fine.
+header larger than :data:`~agent.image.oci.tarheader.MAX_HEADER`, a malformed
+or truncated header, an owner id beyond 32 bits or more than ``max_members``
+members all fail the bake with :class:`LayerError`. Symlink targets are data
+(nothing is ever written through them), so an absolute target is fine.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import queue
-import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO
 
-from agent.image.oci.tarheader import BoundedInfo, LayerError
+from agent.image.oci.tarheader import (
+    BLOCK_DEVICE,
+    CHAR_DEVICE,
+    DIRECTORY,
+    FIFO,
+    HARD_LINK,
+    REGULAR,
+    SYMLINK,
+    LayerError,
+)
+from agent.image.oci.tarreader import Chunks, LayerReader, Member, shown
 from agent.image.secrets import PEEK_BYTES, SecretWarning, check_file, is_candidate
 from agent.manifest.format import Entry, EntryType
 from agent.manifest.policy import Policy
@@ -62,38 +73,49 @@ MAX_MEMBERS = 5_000_000
 ROOT = b"/"
 ROOT_MODE = 0o555
 IMPLIED_MODE = 0o755
-_CHUNK = 1 << 20
-_BACKGROUND_LIMIT = 64 << 10
-_QUEUED_FILES = 256
+_HANDOFF = 256 << 10
+_QUEUED_PIECES = 16
 _WHITEOUT = b".wh."
 _OPAQUE = b".wh..wh..opq"
 _AUFS_META = b".wh..wh."
+_EMPTY = memoryview(b"")
+_KIND = {
+    DIRECTORY: EntryType.DIRECTORY,
+    SYMLINK: EntryType.SYMLINK,
+    CHAR_DEVICE: EntryType.CHAR_DEVICE,
+    BLOCK_DEVICE: EntryType.BLOCK_DEVICE,
+    FIFO: EntryType.FIFO,
+}
 
 
-class _ContentHasher:
-    """Hashes small files' content on a background thread; each digest lands in its node.
+class _LargeFileHasher:
+    """Hashes large files' content on a second thread; each digest lands in its node.
 
-    The tar stream must be parsed in order on one thread; hashing need not.
-    :mod:`hashlib` releases the GIL on buffers over 2 KiB, so this runs on the
-    other core while parsing goes on. At most :data:`_QUEUED_FILES` files of
-    at most :data:`_BACKGROUND_LIMIT` bytes wait (a few MiB).
+    The tar stream is walked in order on one thread; hashing need not be.
+    :mod:`hashlib` releases the GIL on buffers over 2 KiB, so this runs on
+    another core while the walk goes on. Pieces are views of the stream's
+    chunks; at most :data:`_QUEUED_PIECES` wait (as many chunks held).
     """
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[_Node, bytes] | None] = queue.Queue(maxsize=_QUEUED_FILES)
+        self._queue: queue.Queue[tuple[hashlib._Hash, memoryview, _Node | None] | None] = (
+            queue.Queue(maxsize=_QUEUED_PIECES)
+        )
         self._thread = threading.Thread(target=self._work, name="layer-file-digest", daemon=True)
         self._thread.start()
 
     def _work(self) -> None:
-        sha256 = hashlib.sha256
         while (item := self._queue.get()) is not None:
-            node, data = item
-            node.digest = sha256(data).digest()
+            digest, piece, node = item
+            digest.update(piece)
+            if node is not None:
+                node.digest = digest.digest()
             self._queue.task_done()
         self._queue.task_done()
 
-    def submit(self, node: _Node, data: bytes) -> None:
-        self._queue.put((node, data))
+    def update(self, digest: hashlib._Hash, piece: memoryview, node: _Node | None) -> None:
+        """Add ``piece`` to ``digest``; then, if ``node`` is given, set its digest."""
+        self._queue.put((digest, piece, node))
 
     def wait(self) -> None:
         """Return once every file submitted so far has its digest."""
@@ -119,18 +141,20 @@ class _Node:
     layer: int = -1
 
 
-def member_path(name: str) -> bytes:
+def member_path(name: bytes) -> bytes:
     """A member's name as an absolute path inside the image (``b"/"`` for the root).
 
     Raises LayerError for an absolute name, a ``..`` component or an overlong path.
     """
-    raw = os.fsencode(name)
-    if raw.startswith(b"/"):
-        raise LayerError(f"unsafe member name {name!r}: absolute path")
-    parts = [part for part in raw.split(b"/") if part not in (b"", b".")]
-    if b".." in parts:
-        raise LayerError(f"unsafe member name {name!r}: '..' component")
-    path = b"/" + b"/".join(parts)
+    if name.startswith((b".", b"/")) or b"/." in name or b"//" in name:
+        if name.startswith(b"/"):
+            raise LayerError(f"unsafe member name {shown(name)}: absolute path")
+        parts = [part for part in name.split(b"/") if part not in (b"", b".")]
+        if b".." in parts:
+            raise LayerError(f"unsafe member name {shown(name)}: '..' component")
+        path = b"/" + b"/".join(parts)
+    else:  # the usual "usr/lib/x" or "usr/lib/": no empty, "." or ".." component
+        path = b"/" + (name[:-1] if name.endswith(b"/") else name)
     if len(path) > MAX_PATH:
         raise LayerError(f"member name of {len(path)} bytes (more than {MAX_PATH})")
     return path
@@ -162,103 +186,89 @@ class ImageTree:
 
     # -- applying ---------------------------------------------------------------
 
-    def apply(self, stream: IO[bytes], label: str) -> None:
+    def apply(self, stream: Chunks, label: str) -> None:
         """Apply one uncompressed layer tar read from ``stream`` (``label`` names it in errors)."""
         self._layer += 1
         root = self._nodes[ROOT]
         root.uid = root.gid = 0  # this layer's own directory (mode inherited from below)
         root.layer = self._layer
-        self._hasher = _ContentHasher()
+        self._hasher = _LargeFileHasher()
         try:
-            with tarfile.open(
-                fileobj=stream,
-                mode="r|",
-                tarinfo=BoundedInfo,
-                encoding="utf-8",
-                errors="surrogateescape",
-                bufsize=1 << 14,  # tarfile copies what is left of its buffer on every read
-            ) as archive:
-                for info in archive:
-                    self._member(archive, info)
+            reader = LayerReader(stream)
+            for member in reader:
+                self._member(reader, member)
         except LayerError as exc:
             raise LayerError(f"{label}: {exc}") from None
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise LayerError(f"{label}: not a valid layer tar: {exc}") from exc
         finally:
             self._hasher.close()
 
-    def _member(self, archive: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+    def _member(self, reader: LayerReader, member: Member) -> None:
         self.members += 1
         if self.members > self._max_members:
             raise LayerError(f"more than {self._max_members} members: not a sane image")
         if self._progress is not None and self.members % 1000 == 0:
             self._progress(self.members, self.bytes_hashed)
-        path = member_path(info.name)
+        path = member_path(member.name)
         parent, _, base = path.rpartition(b"/")
         parent = parent or ROOT
         if base.startswith(_WHITEOUT):
             if path == ROOT:
                 return
-            self._ensure_directory(parent, info.name)
+            self._ensure_directory(parent, member.name)
             if base == _OPAQUE:
                 self._make_opaque(parent)
             elif not base.startswith(_AUFS_META):
                 self._whiteout(path[: -len(base)] + base[len(_WHITEOUT) :])
             return
         if path == ROOT:
-            if not info.isdir():
-                raise LayerError(f"member {info.name!r} names the root but is not a directory")
+            if member.kind != DIRECTORY:
+                raise LayerError(
+                    f"member {shown(member.name)} names the root but is not a directory"
+                )
             root = self._nodes[ROOT]
-            root.mode, root.uid, root.gid = info.mode & 0o7777, info.uid, info.gid
+            root.mode, root.uid, root.gid = member.mode & 0o7777, member.uid, member.gid
             return
-        self._ensure_directory(parent, info.name)
-        node = self._node_for(archive, info, path)
+        self._ensure_directory(parent, member.name)
+        node = self._node_for(reader, member, path)
         if node is None:  # an overlay whiteout device
             self._whiteout(path)
             return
-        self._put(path, node)
+        self._put(path, node, parent)
 
-    def _node_for(
-        self, archive: tarfile.TarFile, info: tarfile.TarInfo, path: bytes
-    ) -> _Node | None:
+    def _node_for(self, reader: LayerReader, member: Member, path: bytes) -> _Node | None:
         layer = self._layer
-        mode = info.mode & 0o7777
-        if info.isreg():  # regular, contiguous and sparse files
-            node = _Node(EntryType.REGULAR, mode, info.uid, info.gid, info.size, layer=layer)
-            self._hash(archive, info, path, node)
+        kind = member.kind
+        mode = member.mode & 0o7777
+        if kind == REGULAR:
+            node = _Node(EntryType.REGULAR, mode, member.uid, member.gid, member.size, layer=layer)
+            self._hash(reader, member.size, path, node)
             return node
-        if info.isdir():
-            return _Node(EntryType.DIRECTORY, mode, info.uid, info.gid, layer=layer)
-        if info.issym():
-            target = os.fsencode(info.linkname)
+        if kind == HARD_LINK:
+            return self._hard_link(member, path)
+        if kind == SYMLINK:
+            target = member.link
             digest = hashlib.sha256(target).digest()
             return _Node(
-                EntryType.SYMLINK, 0o777, info.uid, info.gid, 0, digest, target, layer=layer
+                EntryType.SYMLINK, 0o777, member.uid, member.gid, 0, digest, target, layer=layer
             )
-        if info.islnk():
-            return self._hard_link(info, path)
-        if info.ischr() or info.isblk():
-            if info.ischr() and info.devmajor == 0 and info.devminor == 0:
-                return None
-            kind = EntryType.CHAR_DEVICE if info.ischr() else EntryType.BLOCK_DEVICE
-            return _Node(kind, mode, info.uid, info.gid, major=info.devmajor,
-                         minor=info.devminor, layer=layer)  # fmt: skip
-        if info.isfifo():
-            return _Node(EntryType.FIFO, mode, info.uid, info.gid, layer=layer)
-        raise LayerError(f"member {info.name!r} has unsupported type {info.type!r}")
+        if kind == CHAR_DEVICE and member.major == 0 and member.minor == 0:
+            return None
+        return _Node(_KIND[kind], mode, member.uid, member.gid, major=member.major,
+                     minor=member.minor, layer=layer)  # fmt: skip
 
-    def _hard_link(self, info: tarfile.TarInfo, path: bytes) -> _Node:
-        if info.linkname.startswith("/"):
-            raise LayerError(f"hard link {info.name!r} -> {info.linkname!r} leaves the root")
+    def _hard_link(self, member: Member, path: bytes) -> _Node:
+        link = member.link
+        if link.startswith(b"/"):
+            raise LayerError(f"hard link {shown(member.name)} -> {shown(link)} leaves the root")
         try:
-            target_path = member_path(info.linkname)
+            target_path = member_path(link)
         except LayerError as exc:
-            raise LayerError(f"hard link {info.name!r} leaves the root ({exc})") from None
+            raise LayerError(f"hard link {shown(member.name)} leaves the root ({exc})") from None
         target = self._nodes.get(target_path)
         self._hasher.wait()  # the target's digest may still be on its way
         if target is None or target.kind is EntryType.DIRECTORY:
             raise LayerError(
-                f"hard link {info.name!r} -> {info.linkname!r}: no such file in the image"
+                f"hard link {shown(member.name)} -> {shown(link)}: no such file in the image"
             )
         if target_path in self._warnings:
             self._warnings[path] = dataclasses.replace(self._warnings[target_path], path=path)
@@ -275,49 +285,55 @@ class ImageTree:
             self._layer,
         )
 
-    def _hash(
-        self, archive: tarfile.TarFile, info: tarfile.TarInfo, path: bytes, node: _Node
-    ) -> None:
-        """Read the member's content and set ``node.digest`` (now, or soon in the background)."""
-        source = archive.extractfile(info)
-        assert source is not None  # a regular member always has content
-        if info.size <= _BACKGROUND_LIMIT:  # most files: one read, hashed beside the parsing
-            head = source.read(info.size)
-            if len(head) != info.size:
-                raise LayerError(f"member {info.name!r} is truncated")
-            self._hasher.submit(node, head)
+    def _hash(self, reader: LayerReader, size: int, path: bytes, node: _Node) -> None:
+        """Read the member's content and set ``node.digest`` (now, or soon on the other thread)."""
+        view = reader.whole() if size < _HANDOFF else None
+        if view is not None:  # most files: one view, hashed here
+            node.digest = hashlib.sha256(view).digest()
+            head: memoryview | bytes = view
         else:
-            digest = hashlib.sha256()
-            remaining = info.size
-            head = b""
-            while remaining > 0:
-                chunk = source.read(min(_CHUNK, remaining))
-                if not chunk:
-                    raise LayerError(f"member {info.name!r} is truncated")
-                if not head:
-                    head = chunk[:PEEK_BYTES]
-                digest.update(chunk)
-                remaining -= len(chunk)
-            node.digest = digest.digest()
+            head = self._hash_pieces(reader.content(), size, node)
         self.files_hashed += 1
-        self.bytes_hashed += info.size
-        self._warnings.pop(path, None)
+        self.bytes_hashed += size
+        if self._warnings:
+            self._warnings.pop(path, None)
         if is_candidate(path.rpartition(b"/")[2]):
-            first = head[:PEEK_BYTES]
-            warning = check_file(path, lambda: first)
+            peeked = bytes(head[:PEEK_BYTES])
+            warning = check_file(path, lambda: peeked)
             if warning is not None:
                 self._warnings[path] = warning
 
+    def _hash_pieces(self, pieces: Iterator[memoryview], size: int, node: _Node) -> bytes:
+        """Hash a file that is large or spans chunks; returns its first PEEK_BYTES."""
+        digest = hashlib.sha256()
+        head = b""
+        if size < _HANDOFF:
+            for piece in pieces:
+                if len(head) < PEEK_BYTES:
+                    head += bytes(piece[: PEEK_BYTES - len(head)])
+                digest.update(piece)
+            node.digest = digest.digest()
+            return head
+        last = _EMPTY
+        for piece in pieces:  # each goes when the next is known, the last one with the node
+            if len(head) < PEEK_BYTES:
+                head += bytes(piece[: PEEK_BYTES - len(head)])
+            if last:
+                self._hasher.update(digest, last, None)
+            last = piece
+        self._hasher.update(digest, last, node)
+        return head
+
     # -- the tree -------------------------------------------------------------------
 
-    def _ensure_directory(self, directory: bytes, name: str) -> None:
+    def _ensure_directory(self, directory: bytes, name: bytes) -> None:
         """Make ``directory`` a directory of this layer, creating implied ones (0755 0:0)."""
         layer = self._layer
         node = self._nodes.get(directory)
         if node is not None and node.layer == layer:
             if node.kind is not EntryType.DIRECTORY:
                 raise LayerError(
-                    f"member {name!r} lies below {directory.decode(errors='replace')!r}, "
+                    f"member {shown(name)} lies below {directory.decode(errors='replace')!r}, "
                     "which this layer made a non-directory (it would be written through it)"
                 )
             return
@@ -328,7 +344,7 @@ class ImageTree:
             if node is not None and node.layer == layer:
                 if node.kind is not EntryType.DIRECTORY:
                     raise LayerError(
-                        f"member {name!r} lies below {current.decode(errors='replace')!r}, "
+                        f"member {shown(name)} lies below {current.decode(errors='replace')!r}, "
                         "which this layer made a non-directory"
                     )
                 break
@@ -341,7 +357,8 @@ class ImageTree:
                 continue
             self._put(path, _Node(EntryType.DIRECTORY, IMPLIED_MODE, 0, 0, layer=layer))
 
-    def _put(self, path: bytes, node: _Node) -> None:
+    def _put(self, path: bytes, node: _Node, parent: bytes | None = None) -> None:
+        """Put ``node`` at ``path`` (whose parent directory exists; ``parent`` if known)."""
         existing = self._nodes.get(path)
         if existing is not None:
             if existing.kind is EntryType.DIRECTORY and node.kind is EntryType.DIRECTORY:
@@ -350,10 +367,10 @@ class ImageTree:
                 return
             self._remove(path)
         self._nodes[path] = node
-        self._children[_parent(path)].add(path)
+        self._children[parent or _parent(path)].add(path)
         if node.kind is EntryType.DIRECTORY:
             self._children[path] = set()
-        if node.kind is not EntryType.REGULAR:
+        elif node.kind is not EntryType.REGULAR and self._warnings:
             self._warnings.pop(path, None)
 
     def _remove(self, path: bytes) -> None:

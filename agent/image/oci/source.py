@@ -24,22 +24,21 @@ layers are recognised by their first bytes.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import json
 import os
 import platform
-import queue
 import re
 import tarfile
-import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any, cast
+from typing import Any
 
 import zstandard
 
 from agent.image.oci.blobs import ArchiveBlobs, Blobs, DirectoryBlobs, SourceError
+from agent.image.oci.streams import LayerStream
 
 SCHEMES = ("oci-archive", "oci", "docker-archive")
 MAX_DOCUMENT = 4 << 20
@@ -55,10 +54,6 @@ _MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 _REF_NAME = "org.opencontainers.image.ref.name"
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_CHUNK = 1 << 20
-_QUEUED = 8
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
 
 
@@ -282,81 +277,6 @@ def _docker_image(blobs: Blobs, label: str) -> ImageInfo:
     )
 
 
-class _Digesting:
-    """A reader that hashes and counts what passes through it, in a background thread.
-
-    :mod:`hashlib` releases the GIL while it hashes a large buffer, so the
-    digest of a layer blob is computed beside the parsing of its tar stream
-    (on another core) instead of after it. At most :data:`_QUEUED` chunks wait.
-    """
-
-    def __init__(self, inner: IO[bytes] | Any) -> None:
-        self._inner = inner
-        self._hash = hashlib.sha256()
-        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED)
-        self._thread = threading.Thread(target=self._work, name="layer-digest", daemon=True)
-        self._thread.start()
-        self._result: str | None = None
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self.count = 0
-
-    def _work(self) -> None:
-        update = self._hash.update
-        while (chunk := self._chunks.get()) is not None:
-            update(chunk)
-
-    def read(self, size: int = -1) -> bytes:
-        data: bytes = self._inner.read(size)
-        if data:
-            self.count += len(data)
-            self._pending.append(data)
-            self._pending_bytes += len(data)
-            if self._pending_bytes >= _CHUNK:  # one hand-over per MiB, not per small read
-                self._hand_over()
-        return data
-
-    def _hand_over(self) -> None:
-        if self._pending:
-            self._chunks.put(b"".join(self._pending))
-            self._pending, self._pending_bytes = [], 0
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
-
-    def close(self) -> None:
-        """Stop the hashing thread (idempotent); :meth:`digest` is final afterwards."""
-        if self._result is None:
-            self._hand_over()
-            self._chunks.put(None)
-            self._thread.join()
-            self._result = "sha256:" + self._hash.hexdigest()
-
-    def digest(self) -> str:
-        self.close()
-        assert self._result is not None
-        return self._result
-
-
-class _Peeked:
-    """A reader with a few bytes already read put back in front."""
-
-    def __init__(self, head: bytes, inner: _Digesting) -> None:
-        self._head = head
-        self._inner = inner
-
-    def read(self, size: int = -1) -> bytes:
-        if self._head:
-            if size < 0 or size >= len(self._head):
-                head, self._head = self._head, b""
-                rest = self._inner.read(-1 if size < 0 else size - len(head))
-                return head + rest
-            head, self._head = self._head[:size], self._head[size:]
-            return head
-        return self._inner.read(size)
-
-
 class OpenImage:
     """An opened image source: its :class:`ImageInfo` and a way to stream each layer."""
 
@@ -366,45 +286,21 @@ class OpenImage:
         self._blobs = blobs
 
     @contextlib.contextmanager
-    def layer(self, layer: Layer) -> Iterator[IO[bytes]]:
+    def layer(self, layer: Layer) -> Iterator[LayerStream]:
         """The layer's uncompressed tar stream; its digests are checked when the block ends.
 
         The caller reads the tar from the stream; whatever it leaves unread is
         read here before the digests are compared.
         """
-        with contextlib.ExitStack() as stack:
-            raw_handle = stack.enter_context(self._blobs.open(layer.path))
-            raw = _Digesting(raw_handle)
-            stack.callback(raw.close)
-            compression = layer.compression
-            source: Any = raw
-            if compression == "detect":
-                head = raw.read(4)
-                compression = (
-                    "gzip"
-                    if head.startswith(_GZIP_MAGIC)
-                    else "zstd"
-                    if head.startswith(_ZSTD_MAGIC)
-                    else "none"
-                )
-                source = _Peeked(head, raw)
-            plain = raw  # an uncompressed layer's diff_id is its blob digest
-            if compression == "gzip":
-                source = gzip.GzipFile(fileobj=cast(IO[bytes], source), mode="rb")
-            elif compression == "zstd":
-                source = zstandard.ZstdDecompressor().stream_reader(
-                    cast(IO[bytes], source), read_across_frames=True
-                )
-            if compression != "none":
-                plain = _Digesting(source)
-                stack.callback(plain.close)
-                source = plain
+        with self._blobs.open(layer.path) as handle, contextlib.ExitStack() as threads:
             try:
-                yield cast(IO[bytes], source)
-                plain.drain()
-                raw.drain()
-            except (OSError, EOFError, zstandard.ZstdError) as exc:
+                stream = LayerStream(handle, layer.compression)
+                threads.callback(stream.close)
+                yield stream
+                stream.finish()
+            except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
                 raise SourceError(f"{self.label}: layer {layer.path} is corrupt: {exc}") from exc
+        raw, plain = stream.blob, stream.plain
         if layer.digest is not None and raw.digest() != layer.digest:
             raise SourceError(f"{self.label}: layer {layer.path} does not match its digest")
         if layer.size is not None and raw.count != layer.size:
