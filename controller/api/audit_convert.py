@@ -10,12 +10,10 @@ the same chain.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
 from controller.audit.chain import Checkpoint, VerifyResult
-from controller.audit.errors import AuditError
 from controller.audit.queries import (
     Conformance,
     DesiredSpan,
@@ -24,7 +22,8 @@ from controller.audit.queries import (
     InstanceAt,
     InstanceHistory,
 )
-from controller.audit.record import EventKind, Record, canonical_json, trusted_event
+from controller.audit.record import Record, canonical_json
+from controller.audit.row import Row, record_from_row
 from protos.corral.v1 import audit_pb2
 
 # Records per ExportAudit message: well under the default 4 MiB message limit.
@@ -50,30 +49,27 @@ def record_to_proto(record: Record) -> audit_pb2.AuditRecord:
     return message
 
 
-def record_from_proto(message: audit_pb2.AuditRecord) -> Record:
-    """The record as the controller sent it (its hash is checked later, by ``verify``).
-
-    Raises AuditError when the kind is unknown or the data is not JSON.
-    """
-    try:
-        kind = EventKind(message.kind)
-        data = json.loads(message.data_json or "{}")
-    except ValueError as error:
-        raise AuditError(
-            f"record {message.seq} from the controller is malformed: {error}"
-        ) from None
-    event = trusted_event(
-        kind=kind,
-        at_ms=message.at_ms,
-        actor=message.actor,
-        reason=message.reason,
-        instance_id=_opt(message, "instance_id"),
-        related_instance_id=_opt(message, "related_instance_id"),
-        group=_opt(message, "group"),
-        image=_opt(message, "image"),
-        data=data,
+def row_from_proto(message: audit_pb2.AuditRecord) -> Row:
+    """The record as the controller sent it, as a row (its hash is checked later, by ``verify``)."""
+    return (
+        message.seq,
+        message.at_ms,
+        message.kind,
+        message.actor,
+        message.reason,
+        _opt(message, "instance_id"),
+        _opt(message, "related_instance_id"),
+        _opt(message, "group"),
+        _opt(message, "image"),
+        message.data_json or "{}",
+        message.prev_hash,
+        message.hash,
     )
-    return Record(message.seq, message.prev_hash, message.hash, event)
+
+
+def record_from_proto(message: audit_pb2.AuditRecord) -> Record:
+    """The record as the controller sent it; raises AuditError when it cannot be read."""
+    return record_from_row(row_from_proto(message))
 
 
 def checkpoint_to_proto(checkpoint: Checkpoint) -> audit_pb2.AuditCheckpoint:

@@ -15,27 +15,10 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 from controller.audit.errors import InvalidEventError
 from controller.audit.record import GENESIS_HASH
-
-
-class Linked(Protocol):
-    """Anything verifiable: a Record, a stored row, an export line."""
-
-    @property
-    def seq(self) -> int: ...
-
-    @property
-    def prev_hash(self) -> str: ...
-
-    @property
-    def hash(self) -> str: ...
-
-    def digest(self) -> str:
-        """The hash recomputed from the content; raises InvalidEventError if unhashable."""
-        ...
+from controller.audit.row import Row, row_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,76 +80,63 @@ class VerifyResult:
 
 
 def verify_chain(
-    records: Iterable[Linked], *, base: Position = GENESIS, head: Position | None = None
+    rows: Iterable[Row], *, base: Position = GENESIS, head: Position | None = None
 ) -> VerifyResult:
-    """Check that ``records`` (in stored order) follow ``base`` and end at ``head``.
+    """Check that ``rows`` (records as rows, in stored order) follow ``base`` and end at ``head``.
 
-    ``base`` is the position just before the first record; ``head`` the stored
-    latest position (None: do not check the tail). Pure: reads nothing else.
+    Every row's hash is recomputed from its fields (``row.row_digest``), none is
+    trusted. ``base`` is the position just before the first record; ``head``
+    the stored latest position (None: do not check the tail). Pure: reads
+    nothing else.
     """
     expected_seq = base.seq + 1
     prev = base.hash
-    checked = 0
-    for record in records:
-        problem = _check_one(record, expected_seq, prev)
-        if problem:
-            return _broken(
-                base,
-                checked=checked,
-                prev=prev,
-                last_seq=expected_seq - 1,
-                bad=expected_seq,
-                problem=problem,
-            )
-        checked += 1
-        expected_seq += 1
-        prev = record.hash
-    last = Position(expected_seq - 1, prev)
-    if head is not None and head != last:
-        if head.seq > last.seq:
-            problem = f"records {last.seq + 1}..{head.seq} are missing (the head says {head.seq})"
-            return _broken(
-                base,
-                checked=checked,
-                prev=prev,
-                last_seq=last.seq,
-                bad=last.seq + 1,
-                problem=problem,
-            )
-        problem = (
-            f"the stored head (seq {head.seq}, sha256={head.hash}) does not match the last"
-            f" record (seq {last.seq}, sha256={last.hash})"
-        )
-        bad = head.seq + 1 if head.seq < last.seq else last.seq
-        return _broken(
-            base, checked=checked, prev=prev, last_seq=last.seq, bad=bad, problem=problem
-        )
-    return VerifyResult(True, checked, base.seq + 1, last.seq, last.hash)
+    try:
+        for row in rows:
+            if row[0] != expected_seq or row[10] != prev or row_digest(row) != row[11]:
+                return _broken_at(base, expected_seq, prev, _problem(row, expected_seq, prev))
+            expected_seq += 1
+            prev = row[11]
+    except InvalidEventError as error:
+        problem = f"its content is not canonical JSON ({error}): edited"
+        return _broken_at(base, expected_seq, prev, problem)
+    result = VerifyResult(True, expected_seq - 1 - base.seq, base.seq + 1, expected_seq - 1, prev)
+    return result if head is None else check_head(result, head)
 
 
-def _check_one(record: Linked, expected_seq: int, prev: str) -> str:
-    if record.seq != expected_seq:
-        if record.seq > expected_seq:
-            return f"record {expected_seq} is missing (the next stored record is {record.seq})"
-        return f"record {record.seq} appears out of order (expected {expected_seq})"
-    if record.prev_hash != prev:
+def check_head(result: VerifyResult, head: Position) -> VerifyResult:
+    """A chain ``result``, failed unless the stored ``head`` is where its records end."""
+    last = Position(result.last_seq, result.last_hash)
+    if not result.ok or head == last:
+        return result
+    if head.seq > last.seq:
+        problem = f"records {last.seq + 1}..{head.seq} are missing (the head says {head.seq})"
+        return result.failed_at(last.seq + 1, problem)
+    problem = (
+        f"the stored head (seq {head.seq}, sha256={head.hash}) does not match the last"
+        f" record (seq {last.seq}, sha256={last.hash})"
+    )
+    return result.failed_at(head.seq + 1 if head.seq < last.seq else last.seq, problem)
+
+
+def _problem(row: Row, expected_seq: int, prev: str) -> str:
+    """Why ``row`` does not follow record ``expected_seq - 1`` (whose hash is ``prev``)."""
+    seq, prev_hash, stored = row[0], row[10], row[11]
+    if seq != expected_seq:
+        if isinstance(seq, int) and seq > expected_seq:
+            return f"record {expected_seq} is missing (the next stored record is {seq})"
+        return f"record {seq} appears out of order (expected {expected_seq})"
+    if prev_hash != prev:
         return (
-            f"its prev hash {record.prev_hash} does not match record {expected_seq - 1}"
+            f"its prev hash {prev_hash} does not match record {expected_seq - 1}"
             f" (sha256={prev}): a record was reordered, deleted or rewritten"
         )
-    try:
-        actual = record.digest()
-    except InvalidEventError as error:
-        return f"its content is not canonical JSON ({error}): edited"
-    if actual != record.hash:
-        return f"its content hashes to {actual}, not to its stored hash {record.hash}: edited"
-    return ""
+    return f"its content hashes to {row_digest(row)}, not to its stored hash {stored}: edited"
 
 
-def _broken(
-    base: Position, *, checked: int, prev: str, last_seq: int, bad: int, problem: str
-) -> VerifyResult:
-    return VerifyResult(False, checked, base.seq + 1, last_seq, prev, bad, problem)
+def _broken_at(base: Position, bad: int, prev: str, problem: str) -> VerifyResult:
+    """Broken at record ``bad``: every record before it checked, ``prev`` the last good hash."""
+    return VerifyResult(False, bad - 1 - base.seq, base.seq + 1, bad - 1, prev, bad, problem)
 
 
 def key_id(key: bytes) -> str:
@@ -212,9 +182,7 @@ def verify_checkpoints(
     by_seq = {c.seq: c for c in checkpoints}
     if base.seq > 0 and base.seq + 1 not in by_seq:
         problem = f"the log starts at record {base.seq + 1}, which is not a checkpoint"
-        return _broken(
-            base, checked=0, prev=base.hash, last_seq=base.seq, bad=base.seq + 1, problem=problem
-        )
+        return _broken_at(base, base.seq + 1, base.hash, problem)
     for seq in sorted(by_seq):
         checkpoint = by_seq[seq]
         stored = record_hashes.get(seq)

@@ -18,11 +18,13 @@ last hash) with an anchored checkpoint.
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from controller.audit.chain import (
     Checkpoint,
@@ -31,9 +33,11 @@ from controller.audit.chain import (
     verify_chain,
     verify_checkpoints,
 )
-from controller.audit.errors import AuditError, ExportFormatError
+from controller.audit.errors import AuditError, ExportFormatError, InvalidEventError
+from controller.audit.export_read import last_line, line_row, parse_object, trailer_checkpoints
 from controller.audit.ports import AuditLog
-from controller.audit.record import canonical_json, hash_stored_body
+from controller.audit.record import canonical_json
+from controller.audit.row import Row, row_text
 
 FORMAT_VERSION = 1
 
@@ -62,11 +66,11 @@ def export_jsonl(
             digest.update(line + b"\n")
 
         write(canonical_json(header))
-        for record in log.records(since_ms=since_ms, until_ms=until_ms):
-            write(canonical_json(record.to_json()))
+        for row in log.rows(since_ms=since_ms, until_ms=until_ms):
+            write(row_text(row, with_hash=True).encode("utf-8"))
             count += 1
-            first = first or Position(record.seq, record.hash)
-            last = Position(record.seq, record.hash)
+            first = first or Position(row[0], row[11])
+            last = Position(row[0], row[11])
         checkpoints = [
             _checkpoint_json(c)
             for c in log.checkpoints()
@@ -85,92 +89,149 @@ def export_jsonl(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Line:
-    """An exported record line, verifiable without rebuilding an Event."""
-
-    fields: Mapping[str, Any]
-
-    @property
-    def seq(self) -> int:
-        value = self.fields.get("seq")
-        return value if isinstance(value, int) else -1
-
-    @property
-    def prev_hash(self) -> str:
-        return str(self.fields.get("prev"))
-
-    @property
-    def hash(self) -> str:
-        return str(self.fields.get("hash"))
-
-    def digest(self) -> str:
-        return hash_stored_body({k: v for k, v in self.fields.items() if k != "hash"})
-
-
 def verify_export(path: Path, *, key: bytes | None = None) -> VerifyResult:
     """Verify an export file offline; the result names the first bad record or line."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as stream:
+            return verify_export_stream(stream, key=key)
     except OSError as error:
         raise AuditError(f"cannot read {path}: {error.strerror}") from error
-    return verify_export_bytes(data, key=key)
 
 
 def verify_export_bytes(data: bytes, *, key: bytes | None = None) -> VerifyResult:
     """Verify the bytes of an export (see ``verify_export``)."""
-    raw_lines = data.split(b"\n")
-    if len(raw_lines) < 3 or raw_lines[-1] != b"":
+    return verify_export_stream(io.BytesIO(data), key=key)
+
+
+def verify_export_stream(stream: IO[bytes], *, key: bytes | None = None) -> VerifyResult:
+    """Verify an export read from ``stream`` (seekable), one record line at a time.
+
+    Every line must be exactly canonical, every record re-hashes to its
+    ``hash`` and links to the one before, the trailer's count, head and
+    checkpoints match the records, and its digest covers every byte before it.
+    """
+    last = last_line(stream)
+    trailer_at = stream.seek(0, io.SEEK_END) - len(last)
+    stream.seek(0)
+    header_line = stream.readline()
+    if not last.endswith(b"\n") or trailer_at < len(header_line):
         return _bad(None, "the file is truncated or does not end with a newline")
-    lines = raw_lines[:-1]
     try:
-        parsed = [_parse(number, line) for number, line in enumerate(lines, start=1)]
+        header, trailer = _parse("line 1", header_line), _parse("the last line", last)
     except ExportFormatError as error:
         return _bad(None, str(error))
-    header, records, trailer = parsed[0], [_Line(p) for p in parsed[1:-1]], parsed[-1]
     if header.get("corral_audit_export") != FORMAT_VERSION:
         return _bad(None, "line 1 is not a corral audit export header (version 1)")
-    base = Position(records[0].seq - 1, records[0].prev_hash) if records else Position(0, "")
     end = trailer.get("end")
     if not isinstance(end, dict):
         return _bad(None, "the last line is not the export trailer")
+    try:
+        checkpoints = trailer_checkpoints(end)
+    except ExportFormatError:
+        return _bad(None, "the trailer's checkpoints are malformed")
     last_seq, last_hash = end.get("last_seq"), end.get("last_hash")
     head = Position(last_seq, str(last_hash)) if isinstance(last_seq, int) else None
-    result = verify_chain(records, base=base, head=head)
-    if not result.ok:
-        return result
-    if end.get("count") != len(records):
-        return _bad(
-            None, f"the trailer counts {end.get('count')} records, the file has {len(records)}"
-        )
+    lines = _RecordLines(stream, header_line, trailer_at, {c.seq for c in checkpoints})
     try:
-        checkpoints = [Checkpoint(**c) for c in end.get("checkpoints", [])]
-    except TypeError:
-        return _bad(None, "the trailer's checkpoints are malformed")
-    hashes = {r.seq: r.hash for r in records}
-    result = verify_checkpoints(result, checkpoints, hashes, base=Position(0, ""), key=key)
+        rows = lines.rows()
+        first = next(rows, None)
+        if first is None:
+            result = verify_chain((), base=Position(0, ""), head=head)
+        else:
+            base = Position(first[0] - 1, first[10])
+            result = verify_chain(itertools.chain((first,), rows), base=base, head=head)
+    except ExportFormatError as error:
+        return _bad(None, str(error))
     if not result.ok:
         return result
-    digest = hashlib.sha256(b"".join(line + b"\n" for line in lines[:-1]))
-    digest.update(canonical_json(end))
-    if trailer.get("file_sha256") != digest.hexdigest():
+    if end.get("count") != lines.count:
+        return _bad(
+            None, f"the trailer counts {end.get('count')} records, the file has {lines.count}"
+        )
+    result = verify_checkpoints(result, checkpoints, lines.hashes, base=Position(0, ""), key=key)
+    if not result.ok:
+        return result
+    lines.digest.update(canonical_json(end))
+    if trailer.get("file_sha256") != lines.digest.hexdigest():
         return _bad(None, "the file's digest does not match its trailer: a line was edited")
     return result
 
 
-def _parse(number: int, line: bytes) -> dict[str, Any]:
+class _RecordLines:
+    """The record lines between the header and the trailer at ``end``, as verified rows.
+
+    Keeps what the trailer is checked against once they are read: how many
+    there were, the hashes of the records ``wanted`` (the checkpoints), and the
+    digest of every byte before the trailer.
+    """
+
+    def __init__(self, stream: IO[bytes], header: bytes, end: int, wanted: set[int]) -> None:
+        self.stream, self.at, self.end, self.wanted = stream, len(header), end, wanted
+        self.digest = hashlib.sha256(header)
+        self.count = 0
+        self.hashes: dict[int, str] = {}
+
+    def rows(self) -> Iterator[Row]:
+        for number, line in enumerate(self.stream, start=2):
+            self.at += len(line)
+            if self.at > self.end:
+                return
+            self.digest.update(line)
+            row = _record_row(number, line)
+            self.count += 1
+            if row[0] in self.wanted:
+                self.hashes[row[0]] = row[11]
+            yield row
+
+
+def _refuse(text: str) -> None:
+    raise ValueError(f"{text} is not canonical (integers only)")
+
+
+_STRICT = json.JSONDecoder(parse_float=_refuse, parse_constant=_refuse).decode
+_ENCODE = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
+def _record_row(number: int, line: bytes) -> Row:
+    """The record on a line, with ``data`` as its exact text, checked to be canonical.
+
+    The line is canonical when it equals the row's canonical text with the
+    hash (top-level fields in order, nothing missing or extra) and its
+    ``data`` text equals the canonical encoding of the data it holds. The
+    data text sits between the first top-level ``,"data":`` and the last
+    ``,"group":``: before it come only text and a number, after it only
+    scalars, and no string holds an unescaped quote.
+    """
     try:
-        value = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
+        text = line[:-1].decode("utf-8")
+        value = _STRICT(text)
+    except ValueError as error:  # UnicodeDecodeError is one
         raise ExportFormatError(f"line {number} is not JSON: {error}") from error
     if not isinstance(value, dict):
         raise ExportFormatError(f"line {number} is not a JSON object")
+    row = line_row(number, value)
+    data_text = text[text.find(',"data":') + 8 : text.rfind(',"group":')]
+    row = (*row[:9], data_text, *row[10:])
+    try:
+        canonical = row_text(row, with_hash=True) == text and _ENCODE(value["data"]) == data_text
+    except InvalidEventError as error:
+        raise ExportFormatError(f"line {number} is not an audit record: {error}") from error
+    if not canonical:
+        raise ExportFormatError(f"line {number} is not in canonical form: it was edited")
+    return row
+
+
+def _parse(where: str, line: bytes) -> dict[str, Any]:
+    """A header or trailer line, which must be exactly canonical."""
+    value = parse_object(where, line)
     try:
         canonical = canonical_json(value)
     except AuditError as error:
-        raise ExportFormatError(f"line {number} is not canonical JSON: {error}") from error
-    if canonical != line:
-        raise ExportFormatError(f"line {number} is not in canonical form: it was edited")
+        raise ExportFormatError(f"{where} is not canonical JSON: {error}") from error
+    if canonical + b"\n" != line:
+        raise ExportFormatError(f"{where} is not in canonical form: it was edited")
     return value
 
 

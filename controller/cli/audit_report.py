@@ -35,23 +35,23 @@ from typing import Any, TypeVar
 from controller.audit import export as audit_export
 from controller.audit.chain import Checkpoint, VerifyResult, key_id
 from controller.audit.errors import AuditError
-from controller.audit.export_read import export_records, export_trailer
+from controller.audit.export_read import export_rows, export_trailer
 from controller.audit.keys import load_key
 from controller.audit.ports import AuditLog
-from controller.audit.record import Record
 from controller.audit.report import build_report
 from controller.audit.report_facts import Report
 from controller.audit.report_format import percent
 from controller.audit.report_html import render_html
 from controller.audit.report_json import report_json
 from controller.audit.report_proof import ChainCheck, Proof, verify_command
+from controller.audit.row import Row
 from controller.audit.sqlite import SqliteAuditLog
 from controller.cli import audit as audit_cli
 from controller.cli.client import DEFAULT_CONTROLLER
 
 EXPORT_SUFFIX = ".audit.jsonl"
 
-Make = Callable[[Iterable[Record]], Report]
+Make = Callable[[Iterable[Row]], Report]
 T = TypeVar("T")
 # From this size on, the chain is verified in a worker process while the records are folded.
 BACKGROUND_BYTES = 32 * 1024 * 1024
@@ -99,8 +99,8 @@ def run_report(args: argparse.Namespace) -> int:
     if args.file is not None and (args.data_dir is not None or args.controller):
         raise AuditError("give one source: --file EXPORT, --data-dir DIR or --controller")
 
-    def make(records: Iterable[Record]) -> Report:
-        return build_report(records, from_ms=from_ms, to_ms=to_ms, group=args.group)
+    def make(rows: Iterable[Row]) -> Report:
+        return build_report(rows, from_ms=from_ms, to_ms=to_ms, group=args.group)
 
     with _no_cycle_collection():
         if args.file is not None:
@@ -140,7 +140,7 @@ def _from_export(
     path: Path, make: Make, *, key: bytes | None, source: str, checks: tuple[ChainCheck, ...] = ()
 ) -> tuple[Report, Proof]:
     verifying = _verifier(path, audit_export.verify_export, path, key=key)
-    report = make(export_records(path))
+    report = make(export_rows(path))
     result = verifying()
     trailer = export_trailer(path) if result.ok else None
     proof = Proof(
@@ -167,7 +167,7 @@ def _from_data_dir(
             return _from_export(args.export, make, key=key, source=source, checks=(live,))
         store = args.data_dir / audit_cli.STORE_FILE
         verifying = _verifier(store, verify_store, store, key=key)
-        report = make(log.records(until_ms=to_ms))
+        report = make(log.rows(until_ms=to_ms))
     result, checkpoints = verifying()
     proof = Proof(
         source=source,

@@ -74,7 +74,7 @@ def hostile_report() -> Report:
             reason=HOSTILE,
         )
     )
-    return build_report(log.records(), from_ms=0, to_ms=60 * S)
+    return build_report(log.rows(), from_ms=0, to_ms=60 * S)
 
 
 def proof(ok: bool = True) -> Proof:
