@@ -19,8 +19,9 @@ conformant, exactly as ``corral audit conformance`` counts them.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from controller.audit.events import CONFORMANT, RETIRED
@@ -52,47 +53,72 @@ class _Instance:
     run_from: int
 
 
-@dataclass
 class _GroupClock:
-    """Counts of instances per state in one group and the integral so far."""
+    """Counts of instances per state in one group and the integral so far.
 
-    start: int
-    end: int
-    origin: int
-    width: float
-    counts: dict[str, int] = field(default_factory=dict)
-    at: int = 0
-    state_ms: dict[str, int] = field(default_factory=dict)
-    bucket_conformant: list[float] = field(default_factory=list)
-    bucket_existing: list[float] = field(default_factory=list)
+    ``index`` is the chart slice that ``at`` falls in and ``edge`` where that
+    slice ends (infinity for the last), so a step that stays inside the slice,
+    the common case, is added without looking the slice up again.
+    """
+
+    __slots__ = (
+        "at", "bucket_conformant", "bucket_existing", "counts", "edge", "end", "index", "origin",
+        "state_ms", "width",
+    )  # fmt: skip
+
+    def __init__(self, start: int, end: int, origin: int, width: float, buckets: int) -> None:
+        self.end, self.origin, self.width = end, origin, width
+        self.counts: dict[str, int] = {}
+        self.state_ms: dict[str, int] = {}
+        self.bucket_conformant = [0.0] * buckets
+        self.bucket_existing = [0.0] * buckets
+        self.at = start
+        self.index = self.slice_of(start)
+        self.edge = self.slice_end(self.index)
+
+    def slice_of(self, at: float) -> int:
+        return max(0, min(int((at - self.origin) / self.width), len(self.bucket_existing) - 1))
+
+    def slice_end(self, index: int) -> float:
+        """Where chart slice ``index`` ends (infinity for the last: it takes the rest)."""
+        if index == len(self.bucket_existing) - 1:
+            return math.inf
+        return self.origin + (index + 1) * self.width
 
     def advance(self, to: int) -> None:
         """Integrate the current counts from ``self.at`` up to ``to`` (clipped to the period)."""
-        to = min(max(to, self.start), self.end)
-        if to <= self.at:
+        to = min(to, self.end)
+        begin = self.at
+        if to <= begin:  # also before the period: ``at`` starts at its start
             return
         counts = self.counts
         existing = sum(counts.values())
         if existing:
-            span = to - self.at
+            span = to - begin
             state_ms = self.state_ms
             for state, count in counts.items():
                 if count:
                     state_ms[state] = state_ms.get(state, 0) + count * span
-            self._buckets(self.at, to, counts.get(CONFORMANT, 0), existing)
+            conformant = counts.get(CONFORMANT, 0)
+            if to <= self.edge:
+                self.bucket_conformant[self.index] += conformant * span
+                self.bucket_existing[self.index] += existing * span
+            else:
+                self._buckets(begin, to, conformant, existing)
         self.at = to
+        if to >= self.edge:
+            self.index = self.slice_of(to)
+            self.edge = self.slice_end(self.index)
 
     def _buckets(self, begin: float, end: float, conformant: int, existing: int) -> None:
-        last = len(self.bucket_existing) - 1
-        index = max(0, min(int((begin - self.origin) / self.width), last))
-        while begin < end:
-            edge = end if index == last else min(end, self.origin + (index + 1) * self.width)
-            span = edge - begin
-            self.bucket_conformant[index] += conformant * span
-            self.bucket_existing[index] += existing * span
+        index = self.slice_of(begin)
+        while True:
+            edge = min(end, self.slice_end(index))
+            self.bucket_conformant[index] += conformant * (edge - begin)
+            self.bucket_existing[index] += existing * (edge - begin)
+            if edge == end:
+                return
             begin, index = edge, index + 1
-            if index > last:
-                break
 
     def shares(self) -> tuple[float | None, ...]:
         return tuple(
@@ -120,6 +146,7 @@ class _Fold:
         self.changes: list[DesiredChange] = []
         self.breaker: list[BreakerEvent] = []
         self.suspicious: list[str] = []
+        self.moves: dict[str, tuple[str, bool]] = {}
         self.first: Row | None = None
         self.last: Row | None = None
         self.count = 0
@@ -128,10 +155,8 @@ class _Fold:
     def clock(self, group: str) -> _GroupClock:
         found = self.clocks.get(group)
         if found is None:
-            found = self.clocks[group] = _GroupClock(self.start, self.end, self.origin, self.width)
-            found.at = self.start
-            found.bucket_conformant = [0.0] * self.buckets
-            found.bucket_existing = [0.0] * self.buckets
+            found = _GroupClock(self.start, self.end, self.origin, self.width, self.buckets)
+            self.clocks[group] = found
         return found
 
     def set_origin(self, at_ms: int) -> None:
@@ -176,9 +201,9 @@ class _Fold:
 
     def transition(self, row: Row) -> None:
         # The hot path: two thirds of a fleet's records. Locals instead of attributes.
-        _, at, _, _, _, instance, related, group, image, _, _, _ = row
-        data = row_data(row)
-        to = str(data.get("to"))
+        _, at, _, _, _, instance, related, group, image, data, _, _ = row
+        move = self.moves.get(data) if type(data) is str else None
+        to, launch = move if move is not None else self.decode_move(row)
         instance, group, image = instance or "", group or "", image or ""
         before = self.live.get(instance)
         same = False
@@ -202,12 +227,23 @@ class _Fold:
                 before.state = to  # type: ignore[union-attr]
             else:
                 self.live[instance] = _Instance(group, image, to, at)
-        if related and data.get("from") is None:
+        if related and launch:
             self.launched(row, to)
         elif to == CONFORMANT and instance in self.replacements:
             replacement = self.replacements[instance]
             if replacement["conformant_ms"] is None:
                 replacement["conformant_ms"] = at
+
+    def decode_move(self, row: Row) -> tuple[str, bool]:
+        """A transition's target state and whether it has no ``from`` (a launch).
+
+        A fleet's transitions hold few distinct data texts; each is decoded once.
+        """
+        data = row_data(row)
+        move = (str(data.get("to")), data.get("from") is None)
+        if isinstance(row[9], str):
+            self.moves[row[9]] = move
+        return move
 
     def close_run(self, instance: str, state: _Instance, at: int) -> None:
         if at > self.start:
