@@ -23,7 +23,7 @@ from controller.audit.queries import (
     InstanceHistory,
 )
 from controller.audit.record import Record, canonical_json
-from controller.audit.row import Row, record_from_row
+from controller.audit.row import Row, record_from_row, row_of
 from protos.corral.v1 import audit_pb2
 
 # Records per ExportAudit message: well under the default 4 MiB message limit.
@@ -31,22 +31,26 @@ EXPORT_BATCH = 500
 
 
 def record_to_proto(record: Record) -> audit_pb2.AuditRecord:
-    event = record.event
-    message = audit_pb2.AuditRecord(
-        seq=record.seq,
-        prev_hash=record.prev_hash,
-        hash=record.hash,
-        at_ms=event.at_ms,
-        kind=str(event.kind),
-        actor=event.actor,
-        reason=event.reason,
-        data_json=canonical_json(dict(event.data)).decode("utf-8"),
+    return row_to_proto(row_of(record))
+
+
+def row_to_proto(row: Row) -> audit_pb2.AuditRecord:
+    """A record's row as a message; stored ``data`` text travels as it is."""
+    seq, at_ms, kind, actor, reason, instance, related, group, image, data, prev, digest = row
+    return audit_pb2.AuditRecord(
+        seq=seq,
+        prev_hash=prev,
+        hash=digest,
+        at_ms=at_ms,
+        kind=kind,
+        actor=actor,
+        reason=reason,
+        data_json=data if isinstance(data, str) else canonical_json(dict(data)).decode("utf-8"),
+        instance_id=instance,  # None leaves an optional field absent
+        related_instance_id=related,
+        group=group,
+        image=image,
     )
-    for name in ("instance_id", "related_instance_id", "group", "image"):
-        value = getattr(event, name)
-        if value is not None:
-            setattr(message, name, value)
-    return message
 
 
 def row_from_proto(message: audit_pb2.AuditRecord) -> Row:

@@ -27,7 +27,7 @@ from controller.api.counting import method_counters
 from controller.api.edge import served, served_stream
 from controller.api.limits import MAX_TIME_MS
 from controller.audit.ports import AuditLog
-from controller.audit.record import Record
+from controller.audit.row import Row
 from controller.engine.reports import ControllerService
 from controller.security.authz import PACKAGE
 from protos.corral.v1 import audit_pb2, audit_pb2_grpc
@@ -99,9 +99,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             until = check_int("until_ms", request.until_ms, high=MAX_TIME_MS)
         first = last = None
         async for batch in _batches(self._log(), since_ms=since, until_ms=until):
-            first = first if first is not None else batch[0].seq
-            last = batch[-1].seq
-            yield audit_pb2.ExportAuditResponse(records=[convert.record_to_proto(r) for r in batch])
+            first = first if first is not None else batch[0][0]
+            last = batch[-1][0]
+            yield audit_pb2.ExportAuditResponse(records=[convert.row_to_proto(r) for r in batch])
         checkpoints = await self._run(lambda log: log.checkpoints())
         covered = [
             c
@@ -115,17 +115,17 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
 async def _batches(
     log: AuditLog, *, since_ms: int | None, until_ms: int | None
-) -> AsyncIterator[list[Record]]:
-    """The records in batches, read by one worker thread (the log's read lock belongs to it).
+) -> AsyncIterator[list[Row]]:
+    """The records as rows, in batches read by one worker thread (it holds the read lock).
 
     The queue is bounded, so a slow client holds at most a few batches in memory;
     when the client goes away the reader is told to stop and its lock is released.
     """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[list[Record] | BaseException | None] = asyncio.Queue(maxsize=4)
+    queue: asyncio.Queue[list[Row] | BaseException | None] = asyncio.Queue(maxsize=4)
     stop = threading.Event()
 
-    def put(item: list[Record] | BaseException | None) -> None:
+    def put(item: list[Row] | BaseException | None) -> None:
         while not stop.is_set():
             future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
             try:
@@ -136,9 +136,9 @@ async def _batches(
 
     def read() -> None:
         try:
-            batch: list[Record] = []
-            for record in log.records(since_ms=since_ms, until_ms=until_ms):
-                batch.append(record)
+            batch: list[Row] = []
+            for row in log.rows(since_ms=since_ms, until_ms=until_ms):
+                batch.append(row)
                 if len(batch) >= convert.EXPORT_BATCH:
                     put(batch)
                     batch = []

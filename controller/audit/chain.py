@@ -15,6 +15,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import TypeAlias
 
 from controller.audit.errors import InvalidEventError
 from controller.audit.record import GENESIS_HASH
@@ -79,6 +80,10 @@ class VerifyResult:
         return f"audit chain BROKEN at record {self.first_bad_seq}: {self.problem}"
 
 
+Link: TypeAlias = tuple[int, str, str, str]
+"""A record as verification sees it: (seq, prev hash, stored hash, the hash of its content)."""
+
+
 def verify_chain(
     rows: Iterable[Row], *, base: Position = GENESIS, head: Position | None = None
 ) -> VerifyResult:
@@ -89,22 +94,77 @@ def verify_chain(
     the stored latest position (None: do not check the tail). Pure: reads
     nothing else.
     """
-    expected_seq = base.seq + 1
-    prev = base.hash
+    return verify_links(map(row_link, rows), base=base, head=head)
+
+
+def row_link(row: Row) -> Link:
+    """The row's link, its content re-hashed; raises InvalidEventError if it cannot be."""
+    return row[0], row[10], row[11], row_digest(row)
+
+
+def verify_links(
+    links: Iterable[Link], *, base: Position = GENESIS, head: Position | None = None
+) -> VerifyResult:
+    """Check that ``links`` follow ``base`` and end at ``head`` (see :func:`verify_chain`).
+
+    For a reader that hashes each record's content its own way (an export line
+    is hashed as it stands); an InvalidEventError from ``links`` breaks the
+    chain at the record being read.
+    """
+    walk = ChainWalk(base)
     try:
-        for row in rows:
-            if row[0] != expected_seq or row[10] != prev or row_digest(row) != row[11]:
-                return _broken_at(base, expected_seq, prev, _problem(row, expected_seq, prev))
-            expected_seq += 1
-            prev = row[11]
+        for link in links:
+            if not walk.add(link):
+                break
     except InvalidEventError as error:
-        problem = f"its content is not canonical JSON ({error}): edited"
-        return _broken_at(base, expected_seq, prev, problem)
-    result = VerifyResult(True, expected_seq - 1 - base.seq, base.seq + 1, expected_seq - 1, prev)
-    return result if head is None else check_head(result, head)
+        walk.unreadable(error)
+    return walk.result(head)
 
 
-def check_head(result: VerifyResult, head: Position) -> VerifyResult:
+class ChainWalk:
+    """The chain check fed one link at a time: for a reader that sees each record pass once.
+
+    :func:`verify_links` feeds it from an iterable; an export writer feeds it
+    each record it writes.
+    """
+
+    __slots__ = ("base", "broken", "expected_seq", "prev")
+
+    def __init__(self, base: Position) -> None:
+        self.base = base
+        self.expected_seq = base.seq + 1
+        self.prev = base.hash
+        self.broken: VerifyResult | None = None
+
+    def add(self, link: Link) -> bool:
+        """Check the next record; False once the chain is broken (later ones are not looked at)."""
+        if self.broken is not None:
+            return False
+        seq, prev_hash, stored, digest = link
+        if seq != self.expected_seq or prev_hash != self.prev or digest != stored:
+            problem = _problem(link, self.expected_seq, self.prev)
+            self.broken = _broken_at(self.base, self.expected_seq, self.prev, problem)
+            return False
+        self.expected_seq += 1
+        self.prev = stored
+        return True
+
+    def unreadable(self, error: InvalidEventError) -> None:
+        """The next record's content could not be hashed: the chain breaks there."""
+        if self.broken is None:
+            problem = f"its content is not canonical JSON ({error}): edited"
+            self.broken = _broken_at(self.base, self.expected_seq, self.prev, problem)
+
+    def result(self, head: Position | None = None) -> VerifyResult:
+        """The outcome so far; with ``head``, the records must also end there."""
+        if self.broken is not None:
+            return self.broken
+        last = self.expected_seq - 1
+        result = VerifyResult(True, last - self.base.seq, self.base.seq + 1, last, self.prev)
+        return result if head is None else _check_head(result, head)
+
+
+def _check_head(result: VerifyResult, head: Position) -> VerifyResult:
     """A chain ``result``, failed unless the stored ``head`` is where its records end."""
     last = Position(result.last_seq, result.last_hash)
     if not result.ok or head == last:
@@ -119,9 +179,9 @@ def check_head(result: VerifyResult, head: Position) -> VerifyResult:
     return result.failed_at(head.seq + 1 if head.seq < last.seq else last.seq, problem)
 
 
-def _problem(row: Row, expected_seq: int, prev: str) -> str:
-    """Why ``row`` does not follow record ``expected_seq - 1`` (whose hash is ``prev``)."""
-    seq, prev_hash, stored = row[0], row[10], row[11]
+def _problem(link: Link, expected_seq: int, prev: str) -> str:
+    """Why ``link`` does not follow record ``expected_seq - 1`` (whose hash is ``prev``)."""
+    seq, prev_hash, stored, digest = link
     if seq != expected_seq:
         if isinstance(seq, int) and seq > expected_seq:
             return f"record {expected_seq} is missing (the next stored record is {seq})"
@@ -131,7 +191,7 @@ def _problem(row: Row, expected_seq: int, prev: str) -> str:
             f"its prev hash {prev_hash} does not match record {expected_seq - 1}"
             f" (sha256={prev}): a record was reordered, deleted or rewritten"
         )
-    return f"its content hashes to {row_digest(row)}, not to its stored hash {stored}: edited"
+    return f"its content hashes to {digest}, not to its stored hash {stored}: edited"
 
 
 def _broken_at(base: Position, bad: int, prev: str, problem: str) -> VerifyResult:

@@ -22,6 +22,7 @@ from controller.audit.errors import AuditError, ExportFormatError
 from controller.audit.row import Row
 
 _CHUNK = 64 * 1024
+_decode = json.JSONDecoder().decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +91,8 @@ def trailer_checkpoints(end: dict[str, Any]) -> tuple[Checkpoint, ...]:
 def parse_object(where: str, line: bytes) -> dict[str, Any]:
     """The JSON object on one line; raises ExportFormatError naming ``where`` otherwise."""
     try:
-        value = json.loads(line)
-    except ValueError as error:
+        value = _decode(line.decode("utf-8"))
+    except ValueError as error:  # UnicodeDecodeError is one
         raise ExportFormatError(f"{where} is not JSON: {error}") from error
     if not isinstance(value, dict):
         raise ExportFormatError(f"{where} is not a JSON object")

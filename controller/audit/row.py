@@ -41,7 +41,6 @@ KINDS: dict[str, EventKind] = {str(kind): kind for kind in EventKind}
 
 _decode = json.JSONDecoder().raw_decode
 _quote = encode_basestring
-_HASH = '"hash":'
 
 
 def unreadable(seq: object, why: object) -> AuditError:
@@ -102,8 +101,8 @@ def row_of(record: Record) -> Row:
     )
 
 
-def row_text(row: Row, *, with_hash: bool = False) -> str:
-    """The row's canonical body: what its hash covers, or (``with_hash``) its export line.
+def row_text(row: Row) -> str:
+    """The row's canonical body: the text its hash covers.
 
     Built by concatenation in sorted key order: stored ``data`` text is used
     as it is, so for a row an honest writer stored the text is exactly
@@ -111,7 +110,13 @@ def row_text(row: Row, *, with_hash: bool = False) -> str:
     an edited row it differs, as it must. Raises InvalidEventError when a
     field holds something no writer stores.
     """
-    seq, at_ms, kind, actor, reason, instance, related, group, image, data, prev, digest = row
+    head, tail = row_halves(row)
+    return head + tail
+
+
+def row_halves(row: Row) -> tuple[str, str]:
+    """The row's canonical body in two: before and after where an export line has ``"hash"``."""
+    seq, at_ms, kind, actor, reason, instance, related, group, image, data, prev, _ = row
     try:
         if type(seq) is not int or type(at_ms) is not int:
             raise TypeError("seq and at_ms must be integers")
@@ -120,22 +125,37 @@ def row_text(row: Row, *, with_hash: bool = False) -> str:
         return (
             f'{{"actor":{_quote(actor)},"at_ms":{at_ms},'
             f'"data":{data if type(data) is str else _data(data)},'
-            f'"group":{"null" if group is None else _quote(group)},'
-            f"{f'{_HASH}{_quote(digest)},' if with_hash else ''}"
+            f'"group":{"null" if group is None else _quote(group)},',
             f'"image":{"null" if image is None else _quote(image)},'
             f'"instance":{"null" if instance is None else _quote(instance)},'
             f'"kind":{_quote(kind)},"prev":{_quote(prev)},"reason":{_quote(reason)},'
             f'"related":{"null" if related is None else _quote(related)},"seq":{seq},'
-            f'"v":{ENCODING_VERSION}}}'
+            f'"v":{ENCODING_VERSION}}}',
         )
     except TypeError as error:
         raise InvalidEventError(f"a stored field is not text or integer: {error}") from error
 
 
+def export_line(head: str, tail: str, digest: str) -> str:
+    """A record's export line: its body's halves (:func:`row_halves`) around its hash.
+
+    Raises InvalidEventError when ``digest`` is not text (a stored row can hold anything).
+    """
+    try:
+        return f'{head}"hash":{_quote(digest)},{tail}'
+    except TypeError as error:
+        raise InvalidEventError(f"the stored hash is not text: {error}") from error
+
+
 def row_digest(row: Row) -> str:
     """The hash of the row's content, recomputed (verification compares it with ``hash``)."""
+    return text_digest(row_text(row))
+
+
+def text_digest(body: str) -> str:
+    """The hash of a record whose canonical body is ``body``."""
     try:
-        return hashlib.sha256(row_text(row).encode("utf-8")).hexdigest()
+        return hashlib.sha256(body.encode("utf-8")).hexdigest()
     except UnicodeEncodeError as error:
         raise InvalidEventError(f"a stored field is not UTF-8 text: {error}") from error
 

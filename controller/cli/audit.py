@@ -211,6 +211,9 @@ def run_export(args: argparse.Namespace) -> int:
         f"exported {summary.count} records (seq {summary.first_seq}..{summary.last_seq})"
         f" to {args.out}; last sha256={summary.last_hash}"
     )
+    if not summary.chain.ok:
+        print(f"corral: the exported records: {summary.chain.describe()}", file=sys.stderr)
+        return EXIT_BROKEN
     return EXIT_OK
 
 

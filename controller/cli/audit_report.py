@@ -3,10 +3,11 @@
 Three sources, as for the other audit commands:
 
 - the controller (default): the records up to ``--to`` are exported over the
-  API to a file beside the report (``--export``, default ``REPORT.audit.jsonl``),
-  the file is verified here and the report is computed from it, so the
-  auditor keeps exactly what the report was made from; the controller's own
-  verification of its live chain is shown too;
+  API to a file beside the report (``--export``, default ``REPORT.audit.jsonl``)
+  and the report is computed from the very records written to it, their
+  chain checked here as they are written, so the auditor keeps exactly what
+  the report was made from; the controller's own verification of its live
+  chain (asked for while the records stream) is shown too;
 - ``--data-dir DIR``: the store file, read directly; the live chain is verified
   (``--export FILE`` also writes and uses an export, as above);
 - ``--file EXPORT``: an export written earlier, verified and read offline.
@@ -18,6 +19,7 @@ top); the exit code is then 1, as for ``corral audit verify``.
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import gc
 import json
@@ -26,7 +28,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,13 +162,15 @@ def _from_data_dir(
 ) -> tuple[Report, Proof]:
     source = f"the data dir {args.data_dir}"
     what = f"the audit log in {args.data_dir}"
+    store = args.data_dir / audit_cli.STORE_FILE
     with audit_cli.open_log(args) as log:
-        if args.export is not None:
-            live = ChainCheck(what, log.verify(key=key))
-            _export(log, args.export, until_ms=to_ms)
-            return _from_export(args.export, make, key=key, source=source, checks=(live,))
-        store = args.data_dir / audit_cli.STORE_FILE
         verifying = _verifier(store, verify_store, store, key=key)
+        if args.export is not None:
+
+            def live() -> ChainCheck:
+                return ChainCheck(what, verifying()[0])
+
+            return _exported(log, args.export, make, key=key, to_ms=to_ms, source=source, live=live)
         report = make(log.rows(until_ms=to_ms))
     result, checkpoints = verifying()
     proof = Proof(
@@ -187,24 +191,66 @@ def _from_controller(
     if args.out == "-" and args.export is None:
         raise AuditError("with --out - give --export FILE: the report is made from that export")
     export = args.export or Path(str(Path(args.out).with_suffix("")) + EXPORT_SUFFIX)
-    with audit_cli.open_log(args) as log:
-        _export(log, export, until_ms=to_ms)
-        live = ChainCheck("the controller's audit log (VerifyAudit)", log.verify(key=key))
     address = args.controller or os.environ.get("CORRAL_CONTROLLER") or DEFAULT_CONTROLLER
-    source = f"the controller at {address}"
-    return _from_export(export, make, key=key, source=source, checks=(live,))
+    with audit_cli.open_log(args) as log, ThreadPoolExecutor(max_workers=1) as pool:
+        # The controller re-hashes its chain while it streams the records.
+        verifying = pool.submit(log.verify, key=key)
+
+        def live() -> ChainCheck:
+            return ChainCheck("the controller's audit log (VerifyAudit)", verifying.result())
+
+        source = f"the controller at {address}"
+        return _exported(log, export, make, key=key, to_ms=to_ms, source=source, live=live)
 
 
-def _export(log: AuditLog, path: Path, *, until_ms: int) -> None:
-    """Export every retained record up to ``until_ms``; no half-written file is left behind."""
+def _exported(
+    log: AuditLog,
+    path: Path,
+    make: Make,
+    *,
+    key: bytes | None,
+    to_ms: int,
+    source: str,
+    live: Callable[[], ChainCheck],
+) -> tuple[Report, Proof]:
+    """Export every retained record up to ``to_ms`` to ``path``, the report made from the
+    records as they are written; ``live`` is the check of the log they came from.
+
+    The export's own check is that of the records written, over the text of
+    each line (:class:`audit_export.ExportWriter`), so the file is not read
+    back; ``corral audit verify --file`` re-checks it offline. No half-written
+    file is left behind.
+    """
     partial = path.with_name(f".{path.name}.partial")
     try:
-        audit_export.export_jsonl(log, partial, until_ms=until_ms)
+        with partial.open("wb") as stream:
+            writer = audit_export.ExportWriter(stream, since_ms=None, until_ms=to_ms)
+            rows = _writing(writer, log.rows(until_ms=to_ms))
+            report = make(rows)
+            collections.deque(rows, maxlen=0)  # whatever the report did not read is written too
+            summary = writer.finish(log.checkpoints(), key=key)
+        checks = (live(), ChainCheck(f"the export file {path}", summary.chain))
         partial.replace(path)
     except OSError as error:
         raise AuditError(f"cannot write the export {path}: {error.strerror}") from error
     finally:
         partial.unlink(missing_ok=True)
+    proof = Proof(
+        source=source,
+        checks=checks,
+        checkpoints=summary.checkpoints,
+        key_id=key_id(key) if key is not None else None,
+        export_path=str(path),
+        export_sha256=summary.file_sha256,
+        command=verify_command(export=str(path), keyed=key is not None),
+    )
+    return report, proof
+
+
+def _writing(writer: audit_export.ExportWriter, rows: Iterable[Row]) -> Iterator[Row]:
+    for row in rows:
+        writer.write(row)
+        yield row
 
 
 def verify_store(path: Path, *, key: bytes | None) -> tuple[VerifyResult, tuple[Checkpoint, ...]]:
