@@ -25,6 +25,7 @@ import gc
 import json
 import multiprocessing
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -163,15 +164,25 @@ def _from_data_dir(
     source = f"the data dir {args.data_dir}"
     what = f"the audit log in {args.data_dir}"
     store = args.data_dir / audit_cli.STORE_FILE
-    with audit_cli.open_log(args) as log:
-        verifying = _verifier(store, verify_store, store, key=key)
-        if args.export is not None:
+    with audit_cli.open_log(args, integrity=False) as log:
+        # The store's integrity check reads the whole file, as verification does: both
+        # are the worker's (its other checks were made before it was opened).
+        verifying = _verifier(store, verify_store, args.data_dir, key=key)
+        try:
+            if args.export is not None:
 
-            def live() -> ChainCheck:
-                return ChainCheck(what, verifying()[0])
+                def live() -> ChainCheck:
+                    return ChainCheck(what, verifying()[0])
 
-            return _exported(log, args.export, make, key=key, to_ms=to_ms, source=source, live=live)
-        report = make(log.rows(until_ms=to_ms))
+                return _exported(
+                    log, args.export, make, key=key, to_ms=to_ms, source=source, live=live
+                )
+            report = make(log.rows(until_ms=to_ms))
+        except (AuditError, sqlite3.Error) as error:
+            verifying()  # a damaged store is refused for what its check found
+            if isinstance(error, AuditError):
+                raise
+            raise AuditError(f"cannot read the audit log in {store}: {error}") from error
     result, checkpoints = verifying()
     proof = Proof(
         source=source,
@@ -253,9 +264,16 @@ def _writing(writer: audit_export.ExportWriter, rows: Iterable[Row]) -> Iterator
         yield row
 
 
-def verify_store(path: Path, *, key: bytes | None) -> tuple[VerifyResult, tuple[Checkpoint, ...]]:
-    """Verify the store file's chain and list its checkpoints (runs in a worker process)."""
-    log = SqliteAuditLog.open(path, read_only=True)
+def verify_store(
+    data_dir: Path, *, key: bytes | None
+) -> tuple[VerifyResult, tuple[Checkpoint, ...]]:
+    """Check the store in ``data_dir``, verify its chain and list its checkpoints.
+
+    Runs in a worker process for a large store. Raises AuditError when the store
+    is emptied, cut or damaged (:func:`audit_cli.check_store`).
+    """
+    audit_cli.check_store(data_dir)
+    log = SqliteAuditLog.open(data_dir / audit_cli.STORE_FILE, read_only=True)
     try:
         return log.verify(key=key), tuple(log.checkpoints())
     finally:
