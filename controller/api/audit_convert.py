@@ -26,8 +26,10 @@ from controller.audit.record import Record, canonical_json
 from controller.audit.row import Row, record_from_row, row_of
 from protos.corral.v1 import audit_pb2
 
-# Records per ExportAudit message: well under the default 4 MiB message limit.
+# Records per ExportAudit message, and the bytes at which one is sent sooner (a
+# checkpoint's fleet snapshot can be MiBs): well under the default 4 MiB message limit.
 EXPORT_BATCH = 500
+EXPORT_BATCH_BYTES = 1024 * 1024
 
 
 def record_to_proto(record: Record) -> audit_pb2.AuditRecord:

@@ -2,10 +2,11 @@
 
 ``build_report`` folds the records of a log as rows (``row.Row``, chain
 order, from its start or its pruning checkpoint) once, up to the end of the
-period, and returns a frozen :class:`Report`: who existed in the period, the time-weighted share
-conformant per group, every taint with its evidence and the replacement that
-followed, image runs, rollouts and rollbacks, breaker openings. Pure: no I/O,
-no clock; the CLI adds the proof (chain verification) and renders it.
+period, and returns a frozen :class:`Report`: who existed in the period, the
+time-weighted share conformant per group, every taint with its evidence and
+the replacement that followed, image runs, rollouts and rollbacks, breaker
+openings. Pure: no I/O, no clock; the CLI adds the proof (chain
+verification) and renders it.
 
 Time-weighted conformance (docs/audit.md, "Conformance reports"): an
 instance's state holds from its transition record up to its next one (the

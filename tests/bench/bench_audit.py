@@ -200,7 +200,9 @@ class ReportSources:
 
     def __init__(self, path: Path, last_ms: int, paths: list[str]) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="corral-bench-report-"))
-        self.env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        # The processes run this tree's code (``-m`` puts the working directory first).
+        self.tree = Path(__file__).resolve().parents[2]
+        self.env = {**os.environ, "PYTHONPATH": str(self.tree)}
         self.data_dir = self.root / "data"
         self.data_dir.mkdir()
         (self.data_dir / "corral.db").symlink_to(path.resolve())
@@ -219,7 +221,9 @@ class ReportSources:
 
     def corral(self, *argv: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "controller.cli.main", *argv]
-        done = subprocess.run(command, capture_output=True, text=True, env=self.env, check=False)
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=self.env, cwd=self.tree, check=False
+        )
         if done.returncode != 0:
             raise SystemExit(f"corral {' '.join(argv[:2])} failed: {done.stderr.strip()}")
         return done
@@ -244,7 +248,9 @@ class ReportSources:
             sys.executable, "-m", "controller.cli.serve", "serve", "--data-dir", str(store_dir),
             "--listen", self.address, "--metrics-listen", "",
         ]  # fmt: skip
-        self.server = subprocess.Popen(command, env=self.env, stderr=subprocess.DEVNULL)
+        self.server = subprocess.Popen(
+            command, env=self.env, cwd=self.tree, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 120
         while True:  # serving once it accepts connections
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from controller.audit import events as ev
+from controller.audit.errors import AuditError
 from controller.audit.memory import MemoryAuditLog
 from controller.audit.report import build_report
 from controller.audit.row import Row
@@ -269,3 +270,12 @@ def test_the_chart_starts_at_the_first_record_when_the_period_starts_before_the_
     assert late.chart_from_ms == 100 * S
     assert late.groups[0].buckets == (1.0, 1.0, 0.0, 0.0)  # 100..125..150..175..200 s
     assert late.groups[0].state_ms["conformant"] == 50 * S
+
+
+def test_a_row_of_no_known_kind_is_unreadable_not_skipped() -> None:
+    h = History()
+    h.move(1, "i-1", "conformant")
+    rows = h.rows()
+    rows.insert(2, (*rows[1][:2], "instance.teleported", *rows[1][3:]))
+    with pytest.raises(AuditError, match=r"unknown kind 'instance\.teleported'"):
+        build_report(rows, from_ms=0, to_ms=10 * S)
