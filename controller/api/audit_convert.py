@@ -10,12 +10,10 @@ the same chain.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
 from controller.audit.chain import Checkpoint, VerifyResult
-from controller.audit.errors import AuditError
 from controller.audit.queries import (
     Conformance,
     DesiredSpan,
@@ -24,56 +22,60 @@ from controller.audit.queries import (
     InstanceAt,
     InstanceHistory,
 )
-from controller.audit.record import EventKind, Record, canonical_json, trusted_event
+from controller.audit.record import Record, canonical_json
+from controller.audit.row import Row, record_from_row, row_of
 from protos.corral.v1 import audit_pb2
 
-# Records per ExportAudit message: well under the default 4 MiB message limit.
+# Records per ExportAudit message, and the bytes at which one is sent sooner (a
+# checkpoint's fleet snapshot can be MiBs): well under the default 4 MiB message limit.
 EXPORT_BATCH = 500
+EXPORT_BATCH_BYTES = 1024 * 1024
 
 
 def record_to_proto(record: Record) -> audit_pb2.AuditRecord:
-    event = record.event
-    message = audit_pb2.AuditRecord(
-        seq=record.seq,
-        prev_hash=record.prev_hash,
-        hash=record.hash,
-        at_ms=event.at_ms,
-        kind=str(event.kind),
-        actor=event.actor,
-        reason=event.reason,
-        data_json=canonical_json(dict(event.data)).decode("utf-8"),
+    return row_to_proto(row_of(record))
+
+
+def row_to_proto(row: Row) -> audit_pb2.AuditRecord:
+    """A record's row as a message; stored ``data`` text travels as it is."""
+    seq, at_ms, kind, actor, reason, instance, related, group, image, data, prev, digest = row
+    return audit_pb2.AuditRecord(
+        seq=seq,
+        prev_hash=prev,
+        hash=digest,
+        at_ms=at_ms,
+        kind=kind,
+        actor=actor,
+        reason=reason,
+        data_json=data if isinstance(data, str) else canonical_json(dict(data)).decode("utf-8"),
+        instance_id=instance,  # None leaves an optional field absent
+        related_instance_id=related,
+        group=group,
+        image=image,
     )
-    for name in ("instance_id", "related_instance_id", "group", "image"):
-        value = getattr(event, name)
-        if value is not None:
-            setattr(message, name, value)
-    return message
+
+
+def row_from_proto(message: audit_pb2.AuditRecord) -> Row:
+    """The record as the controller sent it, as a row (its hash is checked later, by ``verify``)."""
+    return (
+        message.seq,
+        message.at_ms,
+        message.kind,
+        message.actor,
+        message.reason,
+        _opt(message, "instance_id"),
+        _opt(message, "related_instance_id"),
+        _opt(message, "group"),
+        _opt(message, "image"),
+        message.data_json or "{}",
+        message.prev_hash,
+        message.hash,
+    )
 
 
 def record_from_proto(message: audit_pb2.AuditRecord) -> Record:
-    """The record as the controller sent it (its hash is checked later, by ``verify``).
-
-    Raises AuditError when the kind is unknown or the data is not JSON.
-    """
-    try:
-        kind = EventKind(message.kind)
-        data = json.loads(message.data_json or "{}")
-    except ValueError as error:
-        raise AuditError(
-            f"record {message.seq} from the controller is malformed: {error}"
-        ) from None
-    event = trusted_event(
-        kind=kind,
-        at_ms=message.at_ms,
-        actor=message.actor,
-        reason=message.reason,
-        instance_id=_opt(message, "instance_id"),
-        related_instance_id=_opt(message, "related_instance_id"),
-        group=_opt(message, "group"),
-        image=_opt(message, "image"),
-        data=data,
-    )
-    return Record(message.seq, message.prev_hash, message.hash, event)
+    """The record as the controller sent it; raises AuditError when it cannot be read."""
+    return record_from_row(row_from_proto(message))
 
 
 def checkpoint_to_proto(checkpoint: Checkpoint) -> audit_pb2.AuditCheckpoint:

@@ -27,7 +27,6 @@ from controller.api.counting import method_counters
 from controller.api.edge import served, served_stream
 from controller.api.limits import MAX_TIME_MS
 from controller.audit.ports import AuditLog
-from controller.audit.record import Record
 from controller.engine.reports import ControllerService
 from controller.security.authz import PACKAGE
 from protos.corral.v1 import audit_pb2, audit_pb2_grpc
@@ -101,7 +100,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         async for batch in _batches(self._log(), since_ms=since, until_ms=until):
             first = first if first is not None else batch[0].seq
             last = batch[-1].seq
-            yield audit_pb2.ExportAuditResponse(records=[convert.record_to_proto(r) for r in batch])
+            yield audit_pb2.ExportAuditResponse(records=batch)
         checkpoints = await self._run(lambda log: log.checkpoints())
         covered = [
             c
@@ -115,17 +114,21 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
 async def _batches(
     log: AuditLog, *, since_ms: int | None, until_ms: int | None
-) -> AsyncIterator[list[Record]]:
-    """The records in batches, read by one worker thread (the log's read lock belongs to it).
+) -> AsyncIterator[list[audit_pb2.AuditRecord]]:
+    """The records as messages, in batches made by one worker thread (it holds the read lock).
 
-    The queue is bounded, so a slow client holds at most a few batches in memory;
+    A batch ends at ``EXPORT_BATCH`` records or ``EXPORT_BATCH_BYTES``, so it
+    stays under the message limit unless one record alone exceeds it. The
+    queue is bounded, so a slow client holds at most a few batches in memory;
     when the client goes away the reader is told to stop and its lock is released.
     """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[list[Record] | BaseException | None] = asyncio.Queue(maxsize=4)
+    queue: asyncio.Queue[list[audit_pb2.AuditRecord] | BaseException | None] = asyncio.Queue(
+        maxsize=4
+    )
     stop = threading.Event()
 
-    def put(item: list[Record] | BaseException | None) -> None:
+    def put(item: list[audit_pb2.AuditRecord] | BaseException | None) -> None:
         while not stop.is_set():
             future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
             try:
@@ -136,12 +139,15 @@ async def _batches(
 
     def read() -> None:
         try:
-            batch: list[Record] = []
-            for record in log.records(since_ms=since_ms, until_ms=until_ms):
-                batch.append(record)
-                if len(batch) >= convert.EXPORT_BATCH:
+            batch: list[audit_pb2.AuditRecord] = []
+            size = 0
+            for row in log.rows(since_ms=since_ms, until_ms=until_ms):
+                message = convert.row_to_proto(row)
+                batch.append(message)
+                size += message.ByteSize()
+                if len(batch) >= convert.EXPORT_BATCH or size >= convert.EXPORT_BATCH_BYTES:
                     put(batch)
-                    batch = []
+                    batch, size = [], 0
                 if stop.is_set():
                     return
             if batch:

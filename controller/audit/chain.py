@@ -15,27 +15,11 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TypeAlias
 
 from controller.audit.errors import InvalidEventError
 from controller.audit.record import GENESIS_HASH
-
-
-class Linked(Protocol):
-    """Anything verifiable: a Record, a stored row, an export line."""
-
-    @property
-    def seq(self) -> int: ...
-
-    @property
-    def prev_hash(self) -> str: ...
-
-    @property
-    def hash(self) -> str: ...
-
-    def digest(self) -> str:
-        """The hash recomputed from the content; raises InvalidEventError if unhashable."""
-        ...
+from controller.audit.row import Row, row_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,77 +80,123 @@ class VerifyResult:
         return f"audit chain BROKEN at record {self.first_bad_seq}: {self.problem}"
 
 
+Link: TypeAlias = tuple[int, str, str, str]
+"""A record as verification sees it: (seq, prev hash, stored hash, the hash of its content)."""
+
+
 def verify_chain(
-    records: Iterable[Linked], *, base: Position = GENESIS, head: Position | None = None
+    rows: Iterable[Row], *, base: Position = GENESIS, head: Position | None = None
 ) -> VerifyResult:
-    """Check that ``records`` (in stored order) follow ``base`` and end at ``head``.
+    """Check that ``rows`` (records as rows, in stored order) follow ``base`` and end at ``head``.
 
-    ``base`` is the position just before the first record; ``head`` the stored
-    latest position (None: do not check the tail). Pure: reads nothing else.
+    Every row's hash is recomputed from its fields (``row.row_digest``), none is
+    trusted. ``base`` is the position just before the first record; ``head``
+    the stored latest position (None: do not check the tail). Pure: reads
+    nothing else.
     """
-    expected_seq = base.seq + 1
-    prev = base.hash
-    checked = 0
-    for record in records:
-        problem = _check_one(record, expected_seq, prev)
-        if problem:
-            return _broken(
-                base,
-                checked=checked,
-                prev=prev,
-                last_seq=expected_seq - 1,
-                bad=expected_seq,
-                problem=problem,
-            )
-        checked += 1
-        expected_seq += 1
-        prev = record.hash
-    last = Position(expected_seq - 1, prev)
-    if head is not None and head != last:
-        if head.seq > last.seq:
-            problem = f"records {last.seq + 1}..{head.seq} are missing (the head says {head.seq})"
-            return _broken(
-                base,
-                checked=checked,
-                prev=prev,
-                last_seq=last.seq,
-                bad=last.seq + 1,
-                problem=problem,
-            )
-        problem = (
-            f"the stored head (seq {head.seq}, sha256={head.hash}) does not match the last"
-            f" record (seq {last.seq}, sha256={last.hash})"
-        )
-        bad = head.seq + 1 if head.seq < last.seq else last.seq
-        return _broken(
-            base, checked=checked, prev=prev, last_seq=last.seq, bad=bad, problem=problem
-        )
-    return VerifyResult(True, checked, base.seq + 1, last.seq, last.hash)
+    return verify_links(map(row_link, rows), base=base, head=head)
 
 
-def _check_one(record: Linked, expected_seq: int, prev: str) -> str:
-    if record.seq != expected_seq:
-        if record.seq > expected_seq:
-            return f"record {expected_seq} is missing (the next stored record is {record.seq})"
-        return f"record {record.seq} appears out of order (expected {expected_seq})"
-    if record.prev_hash != prev:
+def row_link(row: Row) -> Link:
+    """The row's link, its content re-hashed; raises InvalidEventError if it cannot be."""
+    return row[0], row[10], row[11], row_digest(row)
+
+
+def verify_links(
+    links: Iterable[Link], *, base: Position = GENESIS, head: Position | None = None
+) -> VerifyResult:
+    """Check that ``links`` follow ``base`` and end at ``head`` (see :func:`verify_chain`).
+
+    For a reader that hashes each record's content its own way (an export line
+    is hashed as it stands); an InvalidEventError from ``links`` breaks the
+    chain at the record being read.
+    """
+    walk = ChainWalk(base)
+    try:
+        for link in links:
+            if not walk.add(link):
+                break
+    except InvalidEventError as error:
+        walk.unreadable(error)
+    return walk.result(head)
+
+
+class ChainWalk:
+    """The chain check fed one link at a time: for a reader that sees each record pass once.
+
+    :func:`verify_links` feeds it from an iterable; an export writer feeds it
+    each record it writes.
+    """
+
+    __slots__ = ("base", "broken", "expected_seq", "prev")
+
+    def __init__(self, base: Position) -> None:
+        self.base = base
+        self.expected_seq = base.seq + 1
+        self.prev = base.hash
+        self.broken: VerifyResult | None = None
+
+    def add(self, link: Link) -> bool:
+        """Check the next record; False once the chain is broken (later ones are not looked at)."""
+        if self.broken is not None:
+            return False
+        seq, prev_hash, stored, digest = link
+        if seq != self.expected_seq or prev_hash != self.prev or digest != stored:
+            problem = _problem(link, self.expected_seq, self.prev)
+            self.broken = _broken_at(self.base, self.expected_seq, self.prev, problem)
+            return False
+        self.expected_seq += 1
+        self.prev = stored
+        return True
+
+    def unreadable(self, error: InvalidEventError) -> None:
+        """The next record's content could not be hashed: the chain breaks there."""
+        if self.broken is None:
+            problem = f"its content is not canonical JSON ({error}): edited"
+            self.broken = _broken_at(self.base, self.expected_seq, self.prev, problem)
+
+    def result(self, head: Position | None = None) -> VerifyResult:
+        """The outcome so far; with ``head``, the records must also end there."""
+        if self.broken is not None:
+            return self.broken
+        last = self.expected_seq - 1
+        result = VerifyResult(True, last - self.base.seq, self.base.seq + 1, last, self.prev)
+        return result if head is None else _check_head(result, head)
+
+
+def _check_head(result: VerifyResult, head: Position) -> VerifyResult:
+    """A chain ``result``, failed unless the stored ``head`` is where its records end."""
+    last = Position(result.last_seq, result.last_hash)
+    if not result.ok or head == last:
+        return result
+    if head.seq > last.seq:
+        problem = f"records {last.seq + 1}..{head.seq} are missing (the head says {head.seq})"
+        return result.failed_at(last.seq + 1, problem)
+    problem = (
+        f"the stored head (seq {head.seq}, sha256={head.hash}) does not match the last"
+        f" record (seq {last.seq}, sha256={last.hash})"
+    )
+    return result.failed_at(head.seq + 1 if head.seq < last.seq else last.seq, problem)
+
+
+def _problem(link: Link, expected_seq: int, prev: str) -> str:
+    """Why ``link`` does not follow record ``expected_seq - 1`` (whose hash is ``prev``)."""
+    seq, prev_hash, stored, digest = link
+    if seq != expected_seq:
+        if isinstance(seq, int) and seq > expected_seq:
+            return f"record {expected_seq} is missing (the next stored record is {seq})"
+        return f"record {seq} appears out of order (expected {expected_seq})"
+    if prev_hash != prev:
         return (
-            f"its prev hash {record.prev_hash} does not match record {expected_seq - 1}"
+            f"its prev hash {prev_hash} does not match record {expected_seq - 1}"
             f" (sha256={prev}): a record was reordered, deleted or rewritten"
         )
-    try:
-        actual = record.digest()
-    except InvalidEventError as error:
-        return f"its content is not canonical JSON ({error}): edited"
-    if actual != record.hash:
-        return f"its content hashes to {actual}, not to its stored hash {record.hash}: edited"
-    return ""
+    return f"its content hashes to {digest}, not to its stored hash {stored}: edited"
 
 
-def _broken(
-    base: Position, *, checked: int, prev: str, last_seq: int, bad: int, problem: str
-) -> VerifyResult:
-    return VerifyResult(False, checked, base.seq + 1, last_seq, prev, bad, problem)
+def _broken_at(base: Position, bad: int, prev: str, problem: str) -> VerifyResult:
+    """Broken at record ``bad``: every record before it checked, ``prev`` the last good hash."""
+    return VerifyResult(False, bad - 1 - base.seq, base.seq + 1, bad - 1, prev, bad, problem)
 
 
 def key_id(key: bytes) -> str:
@@ -212,9 +242,7 @@ def verify_checkpoints(
     by_seq = {c.seq: c for c in checkpoints}
     if base.seq > 0 and base.seq + 1 not in by_seq:
         problem = f"the log starts at record {base.seq + 1}, which is not a checkpoint"
-        return _broken(
-            base, checked=0, prev=base.hash, last_seq=base.seq, bad=base.seq + 1, problem=problem
-        )
+        return _broken_at(base, base.seq + 1, base.hash, problem)
     for seq in sorted(by_seq):
         checkpoint = by_seq[seq]
         stored = record_hashes.get(seq)

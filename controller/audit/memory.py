@@ -23,6 +23,7 @@ from controller.audit.chain import (
 )
 from controller.audit.errors import CheckpointError
 from controller.audit.record import Event, EventKind, Record, make_record
+from controller.audit.row import Row, row_of
 from controller.audit.snapshot import checkpoint_event, clamp
 
 
@@ -81,11 +82,14 @@ class MemoryAuditLog:
             if (since_ms is None or at >= since_ms) and (until_ms is None or at <= until_ms):
                 yield record
 
+    def rows(self, *, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[Row]:
+        return map(row_of, self.records(since_ms=since_ms, until_ms=until_ms))
+
     def verify(self, *, key: bytes | None = None) -> VerifyResult:
         with self._lock:
             records, base, head = list(self._records), self._base, self._head
             checkpoints = list(self._checkpoints.values())
-        result = verify_chain(records, base=base, head=head)
+        result = verify_chain(map(row_of, records), base=base, head=head)
         wanted = {c.seq for c in checkpoints}
         hashes = {r.seq: r.hash for r in records if r.seq in wanted}
         return verify_checkpoints(result, checkpoints, hashes, base=base, key=key)

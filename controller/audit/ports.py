@@ -16,6 +16,7 @@ from typing import Protocol
 from controller.audit.chain import Checkpoint, Position, VerifyResult
 from controller.audit.queries import Conformance, ImageHistory, InstanceHistory
 from controller.audit.record import Event, Record
+from controller.audit.row import Row
 
 
 class AuditLog(Protocol):
@@ -38,6 +39,10 @@ class AuditLog(Protocol):
         self, *, since_ms: int | None = None, until_ms: int | None = None
     ) -> Iterator[Record]:
         """Retained records with ``since_ms <= at_ms <= until_ms`` (bounds optional), seq order."""
+        ...
+
+    def rows(self, *, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[Row]:
+        """The same records as ``records()``, as rows: what readers of a whole log take."""
         ...
 
     def verify(self, *, key: bytes | None = None) -> VerifyResult:

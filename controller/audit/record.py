@@ -16,7 +16,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from json.encoder import encode_basestring
 from typing import Any, TypeAlias
 
 from controller.audit.errors import InvalidEventError
@@ -97,10 +96,6 @@ class Record:
         """Every hashed field, as the JSON object the canonical encoding serialises."""
         return record_body(self.seq, self.prev_hash, self.event)
 
-    def digest(self) -> str:
-        """Recompute the hash from the content (verification compares it with ``hash``)."""
-        return hash_body(self.body())
-
     def to_json(self) -> dict[str, JsonValue]:
         """The body plus ``hash``: one line of an export."""
         out = self.body()
@@ -141,76 +136,6 @@ def hash_body(body: Mapping[str, JsonValue]) -> str:
     return hashlib.sha256(canonical_json(dict(body))).hexdigest()
 
 
-def hash_stored_body(body: Mapping[str, Any]) -> str:
-    """The hash of a body read back from storage, for verification.
-
-    Skips the type walk of ``canonical_json`` (the hot loop of verifying a
-    million records): a value no canonical writer produces (a float, NaN) only
-    yields a hash that cannot match. Raises InvalidEventError if not JSON at all.
-    """
-    try:
-        text = json.dumps(
-            body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
-    except (TypeError, ValueError, UnicodeEncodeError) as error:
-        raise InvalidEventError(f"value is not JSON: {error}") from error
-
-
-def stored_body_hash(
-    *,
-    seq: object,
-    prev: object,
-    at_ms: object,
-    kind: object,
-    actor: object,
-    reason: object,
-    instance: object,
-    related: object,
-    group: object,
-    image: object,
-    data_text: object,
-) -> str:
-    """The hash of a stored row whose ``data`` is kept as canonical JSON text.
-
-    Builds the canonical body by concatenation in sorted key order instead of
-    parsing and re-encoding ``data``: for a row an honest writer stored, the
-    bytes are identical to ``canonical_json(record_body(...))`` (a test holds
-    them equal); for an edited row they differ, as they must. Raises
-    InvalidEventError when a column holds something no writer stores.
-    """
-    try:
-        text = (
-            f'{{"actor":{_text(actor)},"at_ms":{_int(at_ms)},"data":{_raw(data_text)},'
-            f'"group":{_text(group)},"image":{_text(image)},"instance":{_text(instance)},'
-            f'"kind":{_text(kind)},"prev":{_text(prev)},"reason":{_text(reason)},'
-            f'"related":{_text(related)},"seq":{_int(seq)},"v":{ENCODING_VERSION}}}'
-        )
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
-    except (TypeError, UnicodeEncodeError) as error:
-        raise InvalidEventError(f"a stored column is not text or integer: {error}") from error
-
-
-def _text(value: object) -> str:
-    if value is None:
-        return "null"
-    if not isinstance(value, str):
-        raise TypeError(f"expected text, found {type(value).__name__}")
-    return str(encode_basestring(value))
-
-
-def _int(value: object) -> str:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"expected an integer, found {type(value).__name__}")
-    return str(value)
-
-
-def _raw(value: object) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected JSON text, found {type(value).__name__}")
-    return value
-
-
 def trusted_event(
     *,
     kind: EventKind,
@@ -225,7 +150,8 @@ def trusted_event(
 ) -> Event:
     """Rebuild an event read back from storage without re-validating it (queries only).
 
-    Verification never uses this: it re-hashes the stored columns themselves.
+    Verification never uses this: it re-hashes the stored fields themselves
+    (``row.row_digest``).
     """
     event = _new(Event)
     _set(event, "kind", kind)
@@ -240,7 +166,7 @@ def trusted_event(
     return event
 
 
-# Bound once: trusted_event runs for every record a query or report reads back.
+# Bound once: trusted_event runs for every record a query reads back.
 _new = object.__new__
 _set = object.__setattr__
 

@@ -1,11 +1,12 @@
 """The facts of a conformance report, computed from audit records alone.
 
-``build_report`` folds the records of a log (chain order, from its start or
-its pruning checkpoint) once, up to the end of the period, and returns a
-frozen :class:`Report`: who existed in the period, the time-weighted share
-conformant per group, every taint with its evidence and the replacement that
-followed, image runs, rollouts and rollbacks, breaker openings. Pure: no I/O,
-no clock; the CLI adds the proof (chain verification) and renders it.
+``build_report`` folds the records of a log as rows (``row.Row``, chain
+order, from its start or its pruning checkpoint) once, up to the end of the
+period, and returns a frozen :class:`Report`: who existed in the period, the
+time-weighted share conformant per group, every taint with its evidence and
+the replacement that followed, image runs, rollouts and rollbacks, breaker
+openings. Pure: no I/O, no clock; the CLI adds the proof (chain
+verification) and renders it.
 
 Time-weighted conformance (docs/audit.md, "Conformance reports"): an
 instance's state holds from its transition record up to its next one (the
@@ -18,12 +19,14 @@ conformant, exactly as ``corral audit conformance`` counts them.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from controller.audit.events import CONFORMANT, RETIRED
-from controller.audit.record import GENESIS_HASH, EventKind, Record
+from controller.audit.record import GENESIS_HASH, EventKind
 from controller.audit.report_facts import (
     CHART_BUCKETS,
     REPORT_STATES,
@@ -38,6 +41,7 @@ from controller.audit.report_facts import (
     Report,
     TaintFact,
 )
+from controller.audit.row import KINDS, Row, row_data, unreadable
 
 DESIRED_CHANGES = (EventKind.GROUP_CREATED, EventKind.ROLLOUT, EventKind.ROLLBACK)
 
@@ -50,47 +54,72 @@ class _Instance:
     run_from: int
 
 
-@dataclass
 class _GroupClock:
-    """Counts of instances per state in one group and the integral so far."""
+    """Counts of instances per state in one group and the integral so far.
 
-    start: int
-    end: int
-    origin: int
-    width: float
-    counts: dict[str, int] = field(default_factory=dict)
-    at: int = 0
-    state_ms: dict[str, int] = field(default_factory=dict)
-    bucket_conformant: list[float] = field(default_factory=list)
-    bucket_existing: list[float] = field(default_factory=list)
+    ``index`` is the chart slice that ``at`` falls in and ``edge`` where that
+    slice ends (infinity for the last), so a step that stays inside the slice,
+    the common case, is added without looking the slice up again.
+    """
+
+    __slots__ = (
+        "at", "bucket_conformant", "bucket_existing", "counts", "edge", "end", "index", "origin",
+        "state_ms", "width",
+    )  # fmt: skip
+
+    def __init__(self, start: int, end: int, origin: int, width: float, buckets: int) -> None:
+        self.end, self.origin, self.width = end, origin, width
+        self.counts: dict[str, int] = {}
+        self.state_ms: dict[str, int] = {}
+        self.bucket_conformant = [0.0] * buckets
+        self.bucket_existing = [0.0] * buckets
+        self.at = start
+        self.index = self.slice_of(start)
+        self.edge = self.slice_end(self.index)
+
+    def slice_of(self, at: float) -> int:
+        return max(0, min(int((at - self.origin) / self.width), len(self.bucket_existing) - 1))
+
+    def slice_end(self, index: int) -> float:
+        """Where chart slice ``index`` ends (infinity for the last: it takes the rest)."""
+        if index == len(self.bucket_existing) - 1:
+            return math.inf
+        return self.origin + (index + 1) * self.width
 
     def advance(self, to: int) -> None:
         """Integrate the current counts from ``self.at`` up to ``to`` (clipped to the period)."""
-        to = min(max(to, self.start), self.end)
-        if to <= self.at:
+        to = min(to, self.end)
+        begin = self.at
+        if to <= begin:  # also before the period: ``at`` starts at its start
             return
         counts = self.counts
         existing = sum(counts.values())
         if existing:
-            span = to - self.at
+            span = to - begin
             state_ms = self.state_ms
             for state, count in counts.items():
                 if count:
                     state_ms[state] = state_ms.get(state, 0) + count * span
-            self._buckets(self.at, to, counts.get(CONFORMANT, 0), existing)
+            conformant = counts.get(CONFORMANT, 0)
+            if to <= self.edge:
+                self.bucket_conformant[self.index] += conformant * span
+                self.bucket_existing[self.index] += existing * span
+            else:
+                self._buckets(begin, to, conformant, existing)
         self.at = to
+        if to >= self.edge:
+            self.index = self.slice_of(to)
+            self.edge = self.slice_end(self.index)
 
     def _buckets(self, begin: float, end: float, conformant: int, existing: int) -> None:
-        last = len(self.bucket_existing) - 1
-        index = max(0, min(int((begin - self.origin) / self.width), last))
-        while begin < end:
-            edge = end if index == last else min(end, self.origin + (index + 1) * self.width)
-            span = edge - begin
-            self.bucket_conformant[index] += conformant * span
-            self.bucket_existing[index] += existing * span
+        index = self.slice_of(begin)
+        while True:
+            edge = min(end, self.slice_end(index))
+            self.bucket_conformant[index] += conformant * (edge - begin)
+            self.bucket_existing[index] += existing * (edge - begin)
+            if edge == end:
+                return
             begin, index = edge, index + 1
-            if index > last:
-                break
 
     def shares(self) -> tuple[float | None, ...]:
         return tuple(
@@ -118,18 +147,17 @@ class _Fold:
         self.changes: list[DesiredChange] = []
         self.breaker: list[BreakerEvent] = []
         self.suspicious: list[str] = []
-        self.first: Record | None = None
-        self.last: Record | None = None
+        self.moves: dict[str, tuple[str, bool]] = {}
+        self.first: Row | None = None
+        self.last: Row | None = None
         self.count = 0
         self.complete = True
 
     def clock(self, group: str) -> _GroupClock:
         found = self.clocks.get(group)
         if found is None:
-            found = self.clocks[group] = _GroupClock(self.start, self.end, self.origin, self.width)
-            found.at = self.start
-            found.bucket_conformant = [0.0] * self.buckets
-            found.bucket_existing = [0.0] * self.buckets
+            found = _GroupClock(self.start, self.end, self.origin, self.width, self.buckets)
+            self.clocks[group] = found
         return found
 
     def set_origin(self, at_ms: int) -> None:
@@ -141,9 +169,9 @@ class _Fold:
     def in_period(self, at_ms: int) -> bool:
         return self.start <= at_ms <= self.end
 
-    def handlers(self) -> dict[EventKind, Callable[[Record], None]]:
-        """Which method folds each kind of record (kinds not listed change nothing here)."""
-        return {
+    def handlers(self) -> dict[str, Callable[[Row], None] | None]:
+        """Which method folds each kind of record (None: that kind changes nothing here)."""
+        return dict.fromkeys(KINDS, None) | {
             EventKind.INSTANCE_STATE: self.transition,
             EventKind.TAINT: self.taint,
             EventKind.DRIFT_EVIDENCE: self.evidence,
@@ -157,27 +185,27 @@ class _Fold:
             EventKind.CHECKPOINT: self.snapshot,
         }
 
-    def image(self, record: Record) -> None:
-        event = record.event
-        digest = event.data.get("digest")
-        if event.image is not None:
+    def image(self, row: Row) -> None:
+        image = row[8]
+        if image is not None:
+            digest = row_data(row).get("digest")
             self.registered.setdefault(
-                event.image, (digest if isinstance(digest, str) else None, event.at_ms, event.actor)
+                image, (digest if isinstance(digest, str) else None, row[1], row[3])
             )
 
-    def flagged(self, record: Record) -> None:
-        if self.in_period(record.event.at_ms) and record.event.group is not None:
-            self.suspicious.append(record.event.group)
+    def flagged(self, row: Row) -> None:
+        group = row[7]
+        if self.in_period(row[1]) and group is not None:
+            self.suspicious.append(group)
 
     # Instances ------------------------------------------------------------------
 
-    def transition(self, record: Record) -> None:
+    def transition(self, row: Row) -> None:
         # The hot path: two thirds of a fleet's records. Locals instead of attributes.
-        event = record.event
-        data = event.data
-        at, instance = event.at_ms, event.instance_id or ""
-        to = str(data.get("to"))
-        group, image = event.group or "", event.image or ""
+        _, at, _, _, _, instance, related, group, image, data, _, _ = row
+        move = self.moves.get(data) if type(data) is str else None
+        to, launch = move if move is not None else self.decode_move(row)
+        instance, group, image = instance or "", group or "", image or ""
         before = self.live.get(instance)
         same = False
         if before is not None:
@@ -200,45 +228,57 @@ class _Fold:
                 before.state = to  # type: ignore[union-attr]
             else:
                 self.live[instance] = _Instance(group, image, to, at)
-        if event.related_instance_id and data.get("from") is None:
-            self.launched(record)
+        if related and launch:
+            self.launched(row, to)
         elif to == CONFORMANT and instance in self.replacements:
-            row = self.replacements[instance]
-            if row["conformant_ms"] is None:
-                row["conformant_ms"] = at
+            replacement = self.replacements[instance]
+            if replacement["conformant_ms"] is None:
+                replacement["conformant_ms"] = at
+
+    def decode_move(self, row: Row) -> tuple[str, bool]:
+        """A transition's target state and whether it has no ``from`` (a launch).
+
+        A fleet's transitions hold few distinct data texts; each is decoded once.
+        """
+        data = row_data(row)
+        move = (str(data.get("to")), data.get("from") is None)
+        if isinstance(row[9], str):
+            self.moves[row[9]] = move
+        return move
 
     def close_run(self, instance: str, state: _Instance, at: int) -> None:
         if at > self.start:
             run = ImageRun(instance, state.group, state.run_from, at)
             self.runs.setdefault(state.image, []).append(run)
 
-    def launched(self, record: Record) -> None:
-        event = record.event
-        new, old = event.instance_id or "", event.related_instance_id or ""
+    def launched(self, row: Row, to: str) -> None:
+        _, at, _, _, _, new, old, group, image, _, _, _ = row
+        new, old = new or "", old or ""
         self.replacement_of.setdefault(old, new)
         self.replacements[new] = {
             "instance_id": new,
             "replaces": old,
-            "group": event.group or "",
-            "image": event.image or "",
-            "launched_ms": event.at_ms,
-            "conformant_ms": event.at_ms if event.data.get("to") == CONFORMANT else None,
+            "group": group or "",
+            "image": image or "",
+            "launched_ms": at,
+            "conformant_ms": at if to == CONFORMANT else None,
         }
 
-    def snapshot(self, record: Record) -> None:
-        snapshot = record.event.data.get("snapshot")
+    def snapshot(self, row: Row) -> None:
+        at = row[1]
+        snapshot = row_data(row).get("snapshot")
         if not isinstance(snapshot, dict):
             return
-        rows = snapshot.get("instances")
-        for row in rows if isinstance(rows, list) else ():
-            if not isinstance(row, list) or len(row) != 6:
+        entries = snapshot.get("instances")
+        for entry in entries if isinstance(entries, list) else ():
+            if not isinstance(entry, list) or len(entry) != 6:
                 continue
-            instance, group, image, state = (str(v) for v in row[:4])
-            since = row[4] if isinstance(row[4], int) else record.event.at_ms
+            instance, group, image, state = (str(v) for v in entry[:4])
+            since = entry[4] if isinstance(entry[4], int) else at
             if instance in self.live or state == RETIRED:
                 continue
             clock = self.clock(group)
-            clock.advance(record.event.at_ms)
+            clock.advance(at)
             clock.counts[state] = clock.counts.get(state, 0) + 1
             self.live[instance] = _Instance(group, image, state, since)
         images = snapshot.get("images")
@@ -251,33 +291,34 @@ class _Fold:
 
     # Taints and evidence -----------------------------------------------------------
 
-    def taint(self, record: Record) -> None:
-        event = record.event
-        instance = event.instance_id or ""
+    def taint(self, row: Row) -> None:
+        seq, at, _, actor, reason, instance, _, group, image, _, _, _ = row
+        instance = instance or ""
         evidence = self.pending_evidence.pop(instance, None)
-        if not self.in_period(event.at_ms):
+        if not self.in_period(at):
             return
+        data = row_data(row)
         self.open_taint.setdefault(instance, []).append(len(self.taints))
         self.taints.append(
             {
-                "seq": record.seq,
-                "at_ms": event.at_ms,
+                "seq": seq,
+                "at_ms": at,
                 "instance_id": instance,
-                "group": event.group or "",
-                "image": event.image or "",
-                "kind": str(event.data.get("drift", "")),
-                "source": str(event.data.get("source", "")),
-                "actor": event.actor,
-                "reason": event.reason,
+                "group": group or "",
+                "image": image or "",
+                "kind": str(data.get("drift", "")),
+                "source": str(data.get("source", "")),
+                "actor": actor,
+                "reason": reason,
                 "evidence": evidence,
             }
         )
 
-    def evidence(self, record: Record) -> None:
-        event, data = record.event, record.event.data
+    def evidence(self, row: Row) -> None:
+        data = row_data(row)
         paths = data.get("first_paths")
         evidence = Evidence(
-            seq=record.seq,
+            seq=row[0],
             drift=str(data.get("drift", "")),
             added=_int(data.get("added")),
             removed=_int(data.get("removed")),
@@ -286,7 +327,7 @@ class _Fold:
             paths_truncated=bool(data.get("paths_truncated")),
             verified=bool(data.get("evidence_verified")),
         )
-        instance = event.instance_id or ""
+        instance = row[5] or ""
         opened = self.open_taint.get(instance)
         if opened and self.taints[opened[-1]]["evidence"] is None:
             self.taints[opened[-1]]["evidence"] = evidence
@@ -295,40 +336,40 @@ class _Fold:
 
     # Groups ------------------------------------------------------------------------
 
-    def desired(self, record: Record) -> None:
-        event = record.event
-        if not self.in_period(event.at_ms) or event.group is None or event.image is None:
+    def desired(self, row: Row) -> None:
+        seq, at, kind, actor, reason, _, _, group, image, _, _, _ = row
+        if not self.in_period(at) or group is None or image is None:
             return
-        previous = event.data.get("from")
+        previous = row_data(row).get("from")
         self.changes.append(
             DesiredChange(
-                seq=record.seq,
-                at_ms=event.at_ms,
-                kind=str(event.kind),
-                group=event.group,
+                seq=seq,
+                at_ms=at,
+                kind=kind,
+                group=group,
                 from_image=previous if isinstance(previous, str) else None,
-                to_image=event.image,
-                actor=event.actor,
-                reason=event.reason,
+                to_image=image,
+                actor=actor,
+                reason=reason,
             )
         )
 
-    def breaker_event(self, record: Record) -> None:
-        event = record.event
-        if not self.in_period(event.at_ms) or event.group is None:
+    def breaker_event(self, row: Row) -> None:
+        seq, at, kind, actor, reason, _, _, group, _, _, _, _ = row
+        if not self.in_period(at) or group is None:
             return
-        opened = event.kind is EventKind.BREAKER_OPEN
-        tainted, size = event.data.get("tainted"), event.data.get("size")
+        data = row_data(row)
+        tainted, size = data.get("tainted"), data.get("size")
         self.breaker.append(
             BreakerEvent(
-                seq=record.seq,
-                at_ms=event.at_ms,
-                group=event.group,
-                opened=opened,
+                seq=seq,
+                at_ms=at,
+                group=group,
+                opened=kind == EventKind.BREAKER_OPEN,
                 tainted=tainted if isinstance(tainted, int) else None,
                 size=size if isinstance(size, int) else None,
-                actor=event.actor,
-                reason=event.reason,
+                actor=actor,
+                reason=reason,
             )
         )
 
@@ -385,10 +426,10 @@ class _Fold:
             breaker=tuple(b for b in self.breaker if wanted(b.group)),
             suspicious=sum(1 for g in self.suspicious if wanted(g)),
             coverage=Coverage(
-                first_seq=self.first.seq if self.first else None,
-                last_seq=self.last.seq if self.last else None,
-                last_hash=self.last.hash if self.last else None,
-                first_ms=self.first.event.at_ms if self.first else None,
+                first_seq=self.first[0] if self.first else None,
+                last_seq=self.last[0] if self.last else None,
+                last_hash=self.last[11] if self.last else None,
+                first_ms=self.first[1] if self.first else None,
                 records=self.count,
                 complete=self.complete or self._starts_with_checkpoint(),
             ),
@@ -398,11 +439,7 @@ class _Fold:
 
     def _starts_with_checkpoint(self) -> bool:
         first = self.first
-        return (
-            first is not None
-            and first.event.kind is EventKind.CHECKPOINT
-            and first.event.at_ms <= self.start
-        )
+        return first is not None and first[2] == EventKind.CHECKPOINT and first[1] <= self.start
 
     def _taint(self, row: dict[str, Any], replacements: dict[str, Replacement]) -> TaintFact:
         new = self.replacement_of.get(row["instance_id"])
@@ -440,46 +477,47 @@ class _Fold:
 
 
 def build_report(
-    records: Iterable[Record],
+    rows: Iterable[Row],
     *,
     from_ms: int,
     to_ms: int,
     group: str | None = None,
     buckets: int = CHART_BUCKETS,
 ) -> Report:
-    """Fold ``records`` (chain order, from the log's start) into the report of ``[from, to]``.
+    """Fold ``rows`` (chain order, from the log's start) into the report of ``[from, to]``.
 
-    Records after ``to_ms`` are not read. Raises ValueError for an empty or
-    inverted period or a bucket count below 1.
+    Rows after ``to_ms`` are not read. Raises ValueError for an empty or
+    inverted period or a bucket count below 1, AuditError for a row of no
+    known kind or whose data is not JSON.
     """
     if to_ms <= from_ms:
         raise ValueError("the report period must end after it starts (--to after --from)")
     if buckets < 1:
         raise ValueError("the chart needs at least one bucket")
     fold = _Fold(from_ms, to_ms, buckets)
-    handlers = fold.handlers()
-    stream = iter(records)
+    handler_of = fold.handlers().get
+    stream = iter(rows)
     first = next(stream, None)
-    if first is not None and first.event.at_ms <= to_ms:
-        fold.first = first
-        fold.complete = first.seq == 1 and first.prev_hash == GENESIS_HASH
-        fold.set_origin(first.event.at_ms)
-        fold.last, fold.count = first, 1
-        handler = handlers.get(first.event.kind)
+    if first is None or first[1] > to_ms:
+        return fold.finish(group)
+    fold.first = last = first
+    fold.complete = first[0] == 1 and first[10] == GENESIS_HASH
+    fold.set_origin(first[1])
+    count = 0
+    for row in itertools.chain((first,), stream):
+        if row[1] > to_ms:
+            break
+        last = row
+        count += 1
+        handler = handler_of(row[2], _unknown)
         if handler is not None:
-            handler(first)
-        count = 1
-        for record in stream:
-            event = record.event
-            if event.at_ms > to_ms:
-                break
-            fold.last = record
-            count += 1
-            handler = handlers.get(event.kind)
-            if handler is not None:
-                handler(record)
-        fold.count = count
+            handler(row)
+    fold.last, fold.count = last, count
     return fold.finish(group)
+
+
+def _unknown(row: Row) -> None:
+    raise unreadable(row[0], f"unknown kind {row[2]!r}")
 
 
 def _int(value: object) -> int:

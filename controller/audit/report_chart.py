@@ -3,8 +3,9 @@
 One series per group (its time-weighted share conformant in each bucket of
 the period, drawn as steps; gaps where the group had no instance), a strip
 of taint counts per bucket below the plot, and markers for the buckets in
-which a rollout or rollback happened. Coordinates are in the SVG's viewBox
-units; nothing here writes markup.
+which a rollout or rollback happened and for those in which the breaker
+opened. Coordinates are in the SVG's viewBox units; nothing here writes
+markup.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from controller.audit.record import EventKind
-from controller.audit.report_facts import Report
+from controller.audit.report_facts import BreakerEvent, Report
 from controller.audit.report_format import iso
 
 WIDTH, HEIGHT = 760, 300
@@ -24,6 +25,7 @@ PALETTE = (
     "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
 )  # fmt: skip
 DASHES = ("", "6 3", "2 2")
+_HOW = {str(EventKind.ROLLOUT): "rollout", str(EventKind.ROLLBACK): "rollback"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ class Chart:
     series: tuple[Series, ...]
     taints: tuple[Marker, ...]
     changes: tuple[Marker, ...]
+    breakers: tuple[Marker, ...]
     x_ticks: tuple[Tick, ...]
     y_ticks: tuple[Tick, ...]
 
@@ -87,9 +90,6 @@ def chart(report: Report) -> Chart:
         for n, group in enumerate(report.groups)
     )
     taints = _counts([t.at_ms for t in report.taints], report)
-    changes = _counts(
-        [c.at_ms for c in report.changes if c.kind != EventKind.GROUP_CREATED], report
-    )
     most = max((c for c in taints.values()), default=0)
     taint_markers = tuple(
         Marker(
@@ -101,14 +101,20 @@ def chart(report: Report) -> Chart:
         )
         for i, count in sorted(taints.items())
     )
-    kinds = _change_kinds(report)
-    change_markers = tuple(
-        Marker(LEFT + (i + 0.5) * step, step, count, 0.0, kinds[i])
-        for i, count in sorted(changes.items())
-    )
+    changes = [
+        (c.at_ms, f"{_HOW[c.kind]} {c.group} at {iso(c.at_ms)} to {c.to_image}")
+        for c in report.changes
+        if c.kind != EventKind.GROUP_CREATED
+    ]
+    openings = [
+        (b.at_ms, f"breaker opened in {b.group} at {iso(b.at_ms)}{_tainted(b)}")
+        for b in report.breaker
+        if b.opened
+    ]
     return Chart(
         WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM, STRIP_TOP, STRIP_BOTTOM,
-        series, taint_markers, change_markers, _x_ticks(report), _y_ticks(),
+        series, taint_markers, _markers(changes, report, step), _markers(openings, report, step),
+        _x_ticks(report), _y_ticks(),
     )  # fmt: skip
 
 
@@ -154,16 +160,31 @@ def _counts(times: list[int], report: Report) -> dict[int, int]:
     return counts
 
 
-def _change_kinds(report: Report) -> dict[int, str]:
-    """A title per bucket: ``rollout web → app@sha256:…`` lines for its changes."""
+def _markers(events: list[tuple[int, str]], report: Report, step: float) -> tuple[Marker, ...]:
+    """A marker mid-bucket for each bucket in which one of ``events`` (time, what) happened.
+
+    Its title says what happened there: the first five, then ``…``.
+    """
     lines: dict[int, list[str]] = {}
-    for change in report.changes:
-        if change.kind == EventKind.GROUP_CREATED:
-            continue
-        how = "rollback" if change.kind == EventKind.ROLLBACK else "rollout"
-        text = f"{how} {change.group} at {iso(change.at_ms)} to {change.to_image}"
-        lines.setdefault(_bucket_of(report, change.at_ms), []).append(text)
-    return {i: "; ".join(rows[:5]) + (" …" if len(rows) > 5 else "") for i, rows in lines.items()}
+    for at, text in events:
+        if report.chart_from_ms <= at <= report.to_ms:
+            lines.setdefault(_bucket_of(report, at), []).append(text)
+    return tuple(
+        Marker(
+            LEFT + (i + 0.5) * step,
+            step,
+            len(rows),
+            0.0,
+            "; ".join(rows[:5]) + (" …" if len(rows) > 5 else ""),
+        )
+        for i, rows in sorted(lines.items())
+    )
+
+
+def _tainted(event: BreakerEvent) -> str:
+    if event.tainted is None or event.size is None:
+        return ""
+    return f" ({event.tainted} of {event.size} tainted)"
 
 
 def _x_ticks(report: Report, count: int = 5) -> tuple[Tick, ...]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from controller.audit import queries
@@ -29,10 +28,20 @@ from controller.audit.chain import (
     verify_checkpoints,
 )
 from controller.audit.errors import AuditError, CheckpointError
-from controller.audit.record import Event, Record, canonical_json, make_record, stored_body_hash
+from controller.audit.record import Event, Record, canonical_json, make_record
+from controller.audit.row import Row, record_from_row
 from controller.audit.snapshot import checkpoint_event, clamp
 
 INSERT_RECORD = f"INSERT INTO audit_records ({sq.COLUMNS}) VALUES ({', '.join('?' * 12)})"
+RECORDS = (
+    f"SELECT {sq.COLUMNS} FROM audit_records WHERE seq BETWEEN"
+    " (SELECT MIN(seq) FROM audit_records{index} WHERE at_ms >= ?)"
+    " AND (SELECT MAX(seq) FROM audit_records{index} WHERE at_ms <= ?)"
+    " AND +at_ms BETWEEN ? AND ? ORDER BY seq"
+)
+"""Records in a time range, in chain order: the seq range of that time (its ends found
+by the time index) read in seq order, each time checked again (``+at_ms`` keeps the
+planner on the seq order; by the time index every row found would be sorted again)."""
 UPDATE_HEAD = "UPDATE audit_head SET seq = ?, hash = ?, at_ms = ? WHERE id = 1"
 MISSING_HEAD = "the audit_head row is missing: the log was tampered with"
 
@@ -165,17 +174,17 @@ class SqlAuditLog(Generic[C]):
             seq, digest, _ = read_head(conn)
         return Position(seq, digest)
 
+    def rows(self, *, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[Row]:
+        low = since_ms if since_ms is not None else -1
+        high = until_ms if until_ms is not None else 2**62
+        query = self.dialect.sql(RECORDS.format(index=self.dialect.time_index))
+        with self._read() as conn:
+            yield from self._stream(conn, query, (low, high, low, high), name="corral_audit_rows")
+
     def records(
         self, *, since_ms: int | None = None, until_ms: int | None = None
     ) -> Iterator[Record]:
-        low = since_ms if since_ms is not None else -1
-        high = until_ms if until_ms is not None else 2**62
-        query = f"SELECT {sq.COLUMNS} FROM audit_records WHERE at_ms BETWEEN ? AND ? ORDER BY seq"
-        with self._read() as conn:
-            for row in self._stream(
-                conn, self.dialect.sql(query), (low, high), name="corral_audit_records"
-            ):
-                yield sq.record_from_row(row)
+        return map(record_from_row, self.rows(since_ms=since_ms, until_ms=until_ms))
 
     def verify(self, *, key: bytes | None = None) -> VerifyResult:
         with self._read() as conn:
@@ -190,7 +199,7 @@ class SqlAuditLog(Generic[C]):
                 f"SELECT {sq.COLUMNS} FROM audit_records ORDER BY seq",
                 name="corral_audit_verify",
             )
-            result = verify_chain((_StoredRow(r) for r in stored), base=base, head=head)
+            result = verify_chain(stored, base=base, head=head)
             checkpoints = _checkpoints(conn)
             hashes = {
                 int(seq): str(digest)
@@ -272,38 +281,3 @@ def _checkpoints(conn: sq.Connection) -> list[Checkpoint]:
         "SELECT seq, hash, at_ms, key_id, signature FROM audit_checkpoints ORDER BY seq"
     ).fetchall()
     return [Checkpoint(int(seq), h, int(at), k, s) for seq, h, at, k, s in rows]
-
-
-@dataclass(frozen=True, slots=True)
-class _StoredRow:
-    """A row as stored, hashed without trusting any column (verification only)."""
-
-    row: tuple[Any, ...]
-
-    @property
-    def seq(self) -> int:
-        return int(self.row[0])
-
-    @property
-    def prev_hash(self) -> str:
-        return str(self.row[10])
-
-    @property
-    def hash(self) -> str:
-        return str(self.row[11])
-
-    def digest(self) -> str:
-        seq, at_ms, kind, actor, reason, instance, related, group, image, data, prev, _ = self.row
-        return stored_body_hash(
-            seq=seq,
-            prev=prev,
-            at_ms=at_ms,
-            kind=kind,
-            actor=actor,
-            reason=reason,
-            instance=instance,
-            related=related,
-            group=group,
-            image=image,
-            data_text=data,
-        )

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from controller.audit import queries
-from controller.audit.errors import AuditError
-from controller.audit.record import EventKind, Record, trusted_event
+from controller.audit.record import EventKind
+from controller.audit.row import record_from_row
 
 COLUMNS = (
     "seq, at_ms, kind, actor, reason, instance_id, related_instance_id, group_name, image,"
@@ -61,6 +61,8 @@ class Dialect:
     """``COLUMNS`` of each group's latest desired-image record with ``seq <= ?``."""
     kind_index: str = ""
     """An index hint after ``FROM audit_records`` for scans by kind."""
+    time_index: str = ""
+    """An index hint after ``FROM audit_records`` for the first or last seq of a time."""
     lock: str = ""
     """Appended to a read of the head row to lock it until the transaction ends."""
 
@@ -161,28 +163,3 @@ def _apply_transitions(state: queries.FleetReplay, rows: Iterable[tuple[Any, ...
             at_ms=int(at_ms),
             to=str(to),
         )
-
-
-_KINDS = {str(kind): kind for kind in EventKind}
-
-
-def record_from_row(row: tuple[Any, ...]) -> Record:
-    """A stored row (``COLUMNS``) as a record; raises AuditError when it cannot be read."""
-    seq, at_ms, kind, actor, reason, instance, related, group, image, data, prev, digest = row
-    try:
-        event = trusted_event(
-            kind=_KINDS.get(kind) or EventKind(kind),
-            at_ms=int(at_ms),
-            actor=actor,
-            reason=reason,
-            instance_id=instance,
-            related_instance_id=related,
-            group=group,
-            image=image,
-            data=json.loads(data),
-        )
-    except ValueError as error:
-        raise AuditError(
-            f"record {seq} is unreadable ({error}); run `corral audit verify`"
-        ) from error
-    return Record(int(seq), prev, digest, event)

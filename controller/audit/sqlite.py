@@ -44,6 +44,7 @@ DIALECT = Dialect(
         " GROUP BY group_name)"
     ),
     kind_index=" INDEXED BY audit_records_kind",
+    time_index=" INDEXED BY audit_records_at",
 )
 """SQLite's spellings; the write lock is ``BEGIN IMMEDIATE``'s, so head reads take none."""
 

@@ -211,6 +211,9 @@ def run_export(args: argparse.Namespace) -> int:
         f"exported {summary.count} records (seq {summary.first_seq}..{summary.last_seq})"
         f" to {args.out}; last sha256={summary.last_hash}"
     )
+    if not summary.chain.ok:
+        print(f"corral: the exported records: {summary.chain.describe()}", file=sys.stderr)
+        return EXIT_BROKEN
     return EXIT_OK
 
 
@@ -266,8 +269,15 @@ class _OpenLog:
         self.log.close()
 
 
-def open_log(args: argparse.Namespace, *, writable: bool = False) -> _OpenLog:
-    """``--data-dir`` opens the store file; otherwise the controller's API is asked."""
+def open_log(
+    args: argparse.Namespace, *, writable: bool = False, integrity: bool = True
+) -> _OpenLog:
+    """``--data-dir`` opens the store file; otherwise the controller's API is asked.
+
+    The store is checked first (:func:`check_store`); ``integrity=False`` leaves
+    its whole-file integrity check to the caller (the report runs it in its
+    verifying worker, beside the fold).
+    """
     if args.data_dir is None:
         if writable:
             raise AuditError("this writes the store file: give --data-dir DIR")
@@ -279,11 +289,19 @@ def open_log(args: argparse.Namespace, *, writable: bool = False) -> _OpenLog:
     path = args.data_dir / STORE_FILE
     if not path.exists():
         raise AuditError(f"no controller store at {path}")
-    # An emptied or damaged store is evidence of nothing: say so, never "ok, 0 records".
-    problem = diagnose(args.data_dir, tables=AUDIT_TABLES)
+    check_store(args.data_dir, integrity=integrity)
+    return _OpenLog(SqliteAuditLog.open(path, read_only=not writable))
+
+
+def check_store(data_dir: Path, *, integrity: bool = True) -> None:
+    """Refuse an emptied, cut or damaged store in ``data_dir`` with AuditError naming why.
+
+    It is evidence of nothing: say so, never "ok, 0 records". The integrity
+    check reads the whole file; ``integrity=False`` leaves it out.
+    """
+    problem = diagnose(data_dir, tables=AUDIT_TABLES, integrity=integrity)
     if problem is not None:
         raise AuditError(problem)
-    return _OpenLog(SqliteAuditLog.open(path, read_only=not writable))
 
 
 def parse_time(text: str, *, now_ms: int) -> int:

@@ -21,6 +21,7 @@ from controller.audit.chain import Checkpoint, Position, VerifyResult, check_che
 from controller.audit.errors import AuditError
 from controller.audit.queries import Conformance, ImageHistory, InstanceHistory
 from controller.audit.record import Event, Record
+from controller.audit.row import Row, record_from_row
 from controller.cli.client import FleetClient
 from controller.security.tls import TlsFiles
 from protos.corral.v1 import audit_pb2, audit_pb2_grpc
@@ -33,8 +34,8 @@ class AuditClient(FleetClient):
         super().__init__(address, timeout=timeout, tls=tls)
         self.audit = audit_pb2_grpc.AuditServiceStub(self._channel)
 
-    def stream_records(self, request: audit_pb2.ExportAuditRequest) -> Iterator[Record]:
-        """The records of an ExportAudit stream; the checkpoints go to :attr:`last_checkpoints`.
+    def stream_rows(self, request: audit_pb2.ExportAuditRequest) -> Iterator[Row]:
+        """An ExportAudit stream's records as rows; its checkpoints go to :attr:`last_checkpoints`.
 
         Raises ClientError (as :meth:`call` does) when the stream fails.
         """
@@ -43,8 +44,7 @@ class AuditClient(FleetClient):
             for message in self.audit.ExportAudit(
                 request, timeout=self.timeout, metadata=self._metadata
             ):
-                for record in message.records:
-                    yield convert.record_from_proto(record)
+                yield from map(convert.row_from_proto, message.records)
                 self.last_checkpoints.extend(
                     convert.checkpoint_from_proto(c) for c in message.checkpoints
                 )
@@ -81,18 +81,21 @@ class RemoteAuditLog:
     def records(
         self, *, since_ms: int | None = None, until_ms: int | None = None
     ) -> Iterator[Record]:
+        return map(record_from_row, self.rows(since_ms=since_ms, until_ms=until_ms))
+
+    def rows(self, *, since_ms: int | None = None, until_ms: int | None = None) -> Iterator[Row]:
         request = audit_pb2.ExportAuditRequest()
         if since_ms is not None:
             request.since_ms = since_ms
         if until_ms is not None:
             request.until_ms = until_ms
-        yield from self._client.stream_records(request)
+        yield from self._client.stream_rows(request)
         self._checkpoints = list(self._client.last_checkpoints)
 
     def checkpoints(self) -> list[Checkpoint]:
-        """The checkpoints the controller sent with the last :meth:`records` or :meth:`verify`."""
+        """The checkpoints the controller sent with the last :meth:`rows` or :meth:`verify`."""
         if self._checkpoints is None:
-            raise AuditError("checkpoints come with records() or verify() over the API")
+            raise AuditError("checkpoints come with records(), rows() or verify() over the API")
         return list(self._checkpoints)
 
     def verify(self, *, key: bytes | None = None) -> VerifyResult:

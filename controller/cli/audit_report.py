@@ -3,10 +3,11 @@
 Three sources, as for the other audit commands:
 
 - the controller (default): the records up to ``--to`` are exported over the
-  API to a file beside the report (``--export``, default ``REPORT.audit.jsonl``),
-  the file is verified here and the report is computed from it, so the
-  auditor keeps exactly what the report was made from; the controller's own
-  verification of its live chain is shown too;
+  API to a file beside the report (``--export``, default ``REPORT.audit.jsonl``)
+  and the report is computed from the very records written to it, their
+  chain checked here as they are written, so the auditor keeps exactly what
+  the report was made from; the controller's own verification of its live
+  chain (asked for while the records stream) is shown too;
 - ``--data-dir DIR``: the store file, read directly; the live chain is verified
   (``--export FILE`` also writes and uses an export, as above);
 - ``--file EXPORT``: an export written earlier, verified and read offline.
@@ -18,15 +19,17 @@ top); the exit code is then 1, as for ``corral audit verify``.
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import gc
 import json
 import multiprocessing
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,23 +38,23 @@ from typing import Any, TypeVar
 from controller.audit import export as audit_export
 from controller.audit.chain import Checkpoint, VerifyResult, key_id
 from controller.audit.errors import AuditError
-from controller.audit.export_read import export_records, export_trailer
+from controller.audit.export_read import export_rows, export_trailer
 from controller.audit.keys import load_key
 from controller.audit.ports import AuditLog
-from controller.audit.record import Record
 from controller.audit.report import build_report
 from controller.audit.report_facts import Report
 from controller.audit.report_format import percent
 from controller.audit.report_html import render_html
 from controller.audit.report_json import report_json
 from controller.audit.report_proof import ChainCheck, Proof, verify_command
+from controller.audit.row import Row
 from controller.audit.sqlite import SqliteAuditLog
 from controller.cli import audit as audit_cli
 from controller.cli.client import DEFAULT_CONTROLLER
 
 EXPORT_SUFFIX = ".audit.jsonl"
 
-Make = Callable[[Iterable[Record]], Report]
+Make = Callable[[Iterable[Row]], Report]
 T = TypeVar("T")
 # From this size on, the chain is verified in a worker process while the records are folded.
 BACKGROUND_BYTES = 32 * 1024 * 1024
@@ -99,8 +102,8 @@ def run_report(args: argparse.Namespace) -> int:
     if args.file is not None and (args.data_dir is not None or args.controller):
         raise AuditError("give one source: --file EXPORT, --data-dir DIR or --controller")
 
-    def make(records: Iterable[Record]) -> Report:
-        return build_report(records, from_ms=from_ms, to_ms=to_ms, group=args.group)
+    def make(rows: Iterable[Row]) -> Report:
+        return build_report(rows, from_ms=from_ms, to_ms=to_ms, group=args.group)
 
     with _no_cycle_collection():
         if args.file is not None:
@@ -140,7 +143,7 @@ def _from_export(
     path: Path, make: Make, *, key: bytes | None, source: str, checks: tuple[ChainCheck, ...] = ()
 ) -> tuple[Report, Proof]:
     verifying = _verifier(path, audit_export.verify_export, path, key=key)
-    report = make(export_records(path))
+    report = make(export_rows(path))
     result = verifying()
     trailer = export_trailer(path) if result.ok else None
     proof = Proof(
@@ -160,14 +163,26 @@ def _from_data_dir(
 ) -> tuple[Report, Proof]:
     source = f"the data dir {args.data_dir}"
     what = f"the audit log in {args.data_dir}"
-    with audit_cli.open_log(args) as log:
-        if args.export is not None:
-            live = ChainCheck(what, log.verify(key=key))
-            _export(log, args.export, until_ms=to_ms)
-            return _from_export(args.export, make, key=key, source=source, checks=(live,))
-        store = args.data_dir / audit_cli.STORE_FILE
-        verifying = _verifier(store, verify_store, store, key=key)
-        report = make(log.records(until_ms=to_ms))
+    store = args.data_dir / audit_cli.STORE_FILE
+    with audit_cli.open_log(args, integrity=False) as log:
+        # The store's integrity check reads the whole file, as verification does: both
+        # are the worker's (its other checks were made before it was opened).
+        verifying = _verifier(store, verify_store, args.data_dir, key=key)
+        try:
+            if args.export is not None:
+
+                def live() -> ChainCheck:
+                    return ChainCheck(what, verifying()[0])
+
+                return _exported(
+                    log, args.export, make, key=key, to_ms=to_ms, source=source, live=live
+                )
+            report = make(log.rows(until_ms=to_ms))
+        except (AuditError, sqlite3.Error) as error:
+            verifying()  # a damaged store is refused for what its check found
+            if isinstance(error, AuditError):
+                raise
+            raise AuditError(f"cannot read the audit log in {store}: {error}") from error
     result, checkpoints = verifying()
     proof = Proof(
         source=source,
@@ -187,29 +202,78 @@ def _from_controller(
     if args.out == "-" and args.export is None:
         raise AuditError("with --out - give --export FILE: the report is made from that export")
     export = args.export or Path(str(Path(args.out).with_suffix("")) + EXPORT_SUFFIX)
-    with audit_cli.open_log(args) as log:
-        _export(log, export, until_ms=to_ms)
-        live = ChainCheck("the controller's audit log (VerifyAudit)", log.verify(key=key))
     address = args.controller or os.environ.get("CORRAL_CONTROLLER") or DEFAULT_CONTROLLER
-    source = f"the controller at {address}"
-    return _from_export(export, make, key=key, source=source, checks=(live,))
+    with audit_cli.open_log(args) as log, ThreadPoolExecutor(max_workers=1) as pool:
+        # The controller re-hashes its chain while it streams the records.
+        verifying = pool.submit(log.verify, key=key)
+
+        def live() -> ChainCheck:
+            return ChainCheck("the controller's audit log (VerifyAudit)", verifying.result())
+
+        source = f"the controller at {address}"
+        return _exported(log, export, make, key=key, to_ms=to_ms, source=source, live=live)
 
 
-def _export(log: AuditLog, path: Path, *, until_ms: int) -> None:
-    """Export every retained record up to ``until_ms``; no half-written file is left behind."""
+def _exported(
+    log: AuditLog,
+    path: Path,
+    make: Make,
+    *,
+    key: bytes | None,
+    to_ms: int,
+    source: str,
+    live: Callable[[], ChainCheck],
+) -> tuple[Report, Proof]:
+    """Export every retained record up to ``to_ms`` to ``path``, the report made from the
+    records as they are written; ``live`` is the check of the log they came from.
+
+    The export's own check is that of the records written, over the text of
+    each line (:class:`audit_export.ExportWriter`), so the file is not read
+    back; ``corral audit verify --file`` re-checks it offline. No half-written
+    file is left behind.
+    """
     partial = path.with_name(f".{path.name}.partial")
     try:
-        audit_export.export_jsonl(log, partial, until_ms=until_ms)
+        with partial.open("wb") as stream:
+            writer = audit_export.ExportWriter(stream, since_ms=None, until_ms=to_ms)
+            rows = _writing(writer, log.rows(until_ms=to_ms))
+            report = make(rows)
+            collections.deque(rows, maxlen=0)  # whatever the report did not read is written too
+            summary = writer.finish(log.checkpoints(), key=key)
+        checks = (live(), ChainCheck(f"the export file {path}", summary.chain))
         partial.replace(path)
     except OSError as error:
         raise AuditError(f"cannot write the export {path}: {error.strerror}") from error
     finally:
         partial.unlink(missing_ok=True)
+    proof = Proof(
+        source=source,
+        checks=checks,
+        checkpoints=summary.checkpoints,
+        key_id=key_id(key) if key is not None else None,
+        export_path=str(path),
+        export_sha256=summary.file_sha256,
+        command=verify_command(export=str(path), keyed=key is not None),
+    )
+    return report, proof
 
 
-def verify_store(path: Path, *, key: bytes | None) -> tuple[VerifyResult, tuple[Checkpoint, ...]]:
-    """Verify the store file's chain and list its checkpoints (runs in a worker process)."""
-    log = SqliteAuditLog.open(path, read_only=True)
+def _writing(writer: audit_export.ExportWriter, rows: Iterable[Row]) -> Iterator[Row]:
+    for row in rows:
+        writer.write(row)
+        yield row
+
+
+def verify_store(
+    data_dir: Path, *, key: bytes | None
+) -> tuple[VerifyResult, tuple[Checkpoint, ...]]:
+    """Check the store in ``data_dir``, verify its chain and list its checkpoints.
+
+    Runs in a worker process for a large store. Raises AuditError when the store
+    is emptied, cut or damaged (:func:`audit_cli.check_store`).
+    """
+    audit_cli.check_store(data_dir)
+    log = SqliteAuditLog.open(data_dir / audit_cli.STORE_FILE, read_only=True)
     try:
         return log.verify(key=key), tuple(log.checkpoints())
     finally:

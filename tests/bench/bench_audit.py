@@ -8,14 +8,18 @@ transaction, but every record is hashed and chained exactly as ``append`` does,
 and the benchmark verifies the whole chain at the end.
 
 Target (issue 15): ``corral audit report`` over the whole 1,000,000-record
-history in at most 10 s. The report is timed as an auditor runs it (a fresh
-``corral audit report --data-dir`` process writing the HTML page, chain
-verification included), in rounds alternating with a baseline measured in
-the same run: reading every record through ``AuditLog.records()``, the floor
-any report over the port pays. Medians and their ratio are printed.
+history in at most 10 s, from each of its sources: the store file
+(``--data-dir``), an export of it (``--file``, written once by ``corral audit
+export``) and a controller serving a copy of it (``--controller``, started here
+on a loopback port). Each report is timed as an auditor runs it (a fresh
+``corral audit report`` process writing the HTML page, chain verification
+included), in rounds alternating with a baseline measured in the same run:
+reading every record through ``AuditLog.records()``. Medians, their ratio to
+the baseline and the CPU the report used are printed.
 
 Usage: ``python tests/bench/bench_audit.py [--records N] [--db FILE] [--keep]
-[--report-rounds N]`` (``--report-rounds 0`` skips the report).
+[--report-rounds N] [--report-from data-dir,file,controller]``
+(``--report-rounds 0`` skips the report).
 Prints generation, query, checkpoint, report and verification times; exits 1
 if the chain does not verify (timings are reported, not enforced).
 """
@@ -23,10 +27,12 @@ if the chain does not verify (timings are reported, not enforced).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import resource
+import shutil
+import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -41,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from controller.audit import events as ev
 from controller.audit.record import Event
 from controller.audit.sqlite import SqliteAuditLog
+from controller.store.sqlite import SqliteStore
 
 GROUPS = [f"group-{n}" for n in range(20)]
 IMAGES = [f"app@sha256:{n:064x}" for n in range(1, 6)]
@@ -185,58 +192,144 @@ def timed(label: str, fn: Callable[[], T], repeat: int = 1) -> T:
     return result
 
 
-def bench_report(
-    log: SqliteAuditLog, path: Path, first_ms: int, last_ms: int, *, rounds: int
-) -> None:
-    """``corral audit report`` over the whole history vs reading every record, alternating."""
-    data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-report-"))
-    (data_dir / "corral.db").symlink_to(path.resolve())
-    out = data_dir / "report.html"
-    command = [
-        sys.executable, "-m", "controller.cli.main", "audit", "report",
-        "--data-dir", str(data_dir), "--from", str(first_ms), "--to", str(last_ms),
-        "--out", str(out),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    reads: list[float] = []
-    reports: list[float] = []
-    cpus: list[float] = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        count = sum(1 for _ in log.records(until_ms=last_ms))
-        reads.append(time.perf_counter() - start)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-        reports.append(time.perf_counter() - start)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        # CPU of the report and its verifying worker: what the machine's load cannot inflate.
-        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+REPORT_PATHS = ("data-dir", "file", "controller")
+
+
+class ReportSources:
+    """The three places a report is made from, over the same records: the store file
+    (``--data-dir``), an export of it (``--file``) and a controller serving a copy of it
+    (``--controller``, started here on a loopback port and stopped at the end)."""
+
+    def __init__(self, path: Path, last_ms: int, paths: list[str]) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="corral-bench-report-"))
+        # The processes run this tree's code (``-m`` puts the working directory first).
+        self.tree = Path(__file__).resolve().parents[2]
+        self.env = {**os.environ, "PYTHONPATH": str(self.tree)}
+        self.data_dir = self.root / "data"
+        self.data_dir.mkdir()
+        (self.data_dir / "corral.db").symlink_to(path.resolve())
+        self.export = self.root / "all.audit.jsonl"
+        self.server: subprocess.Popen[bytes] | None = None
+        self.address = ""
+        if "file" in paths:
+            start = time.perf_counter()
+            self.corral(
+                "audit", "export", "--data-dir", str(self.data_dir), "--since", "0",
+                "--until", str(last_ms), "--out", str(self.export),
+            )  # fmt: skip
+            print(f"{'corral audit export (the --file source)':<52} {_ms(start)}")
+        if "controller" in paths:
+            self.serve(path)
+
+    def corral(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "controller.cli.main", *argv]
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=self.env, cwd=self.tree, check=False
+        )
         if done.returncode != 0:
-            raise SystemExit(f"corral audit report failed: {done.stderr.strip()}")
-    read, report = statistics.median(reads), statistics.median(reports)
-    print(f"{'baseline: read every record (records())':<52} {read * 1000:10.2f} ms  ({count:,})")
-    print(
-        f"{'corral audit report --data-dir, HTML, whole history':<52} {report * 1000:10.2f} ms"
-        f"  (median of {rounds}, {report / read:.2f}x the baseline)"
-    )
-    print(f"  ... {done.stdout.strip().splitlines()[0]}")
-    print(f"  ... CPU {statistics.median(cpus):.1f} s (report and verifying worker together)")
-    print(f"  ... page {out.stat().st_size / 1e6:.0f} MB; target <= 10 s: {report <= 10}")
-    json_out = data_dir / "report.json"
-    start = time.perf_counter()
-    subprocess.run([*command[:-1], str(json_out), "--format", "json"], env=env, check=True,
-                   capture_output=True)  # fmt: skip
-    summary = json.loads(json_out.read_text())["summary"]
-    print(
-        f"{'corral audit report --format json (one run)':<52}"
-        f" {(time.perf_counter() - start) * 1000:10.2f} ms"
-        f"  ({summary['taints']['total']:,} taints, share {summary['share_conformant']:.4f})"
-    )
-    out.unlink()
-    json_out.unlink()
-    (data_dir / "corral.db").unlink()
-    data_dir.rmdir()
+            raise SystemExit(f"corral {' '.join(argv[:2])} failed: {done.stderr.strip()}")
+        return done
+
+    def serve(self, path: Path) -> None:
+        """A controller store holding a copy of the audit records, served on a free port."""
+        store_dir = self.root / "controller"
+        SqliteStore(store_dir).close()
+        with sqlite3.connect(store_dir / "corral.db", isolation_level=None) as conn:
+            conn.execute("ATTACH ? AS bench", (str(path),))
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO audit_records SELECT * FROM bench.audit_records")
+            conn.execute("INSERT INTO audit_checkpoints SELECT * FROM bench.audit_checkpoints")
+            conn.execute("DELETE FROM audit_head")
+            conn.execute("INSERT INTO audit_head SELECT * FROM bench.audit_head")
+            conn.execute("COMMIT")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.address = f"127.0.0.1:{port}"
+        command = [
+            sys.executable, "-m", "controller.cli.serve", "serve", "--data-dir", str(store_dir),
+            "--listen", self.address, "--metrics-listen", "",
+        ]  # fmt: skip
+        self.server = subprocess.Popen(
+            command, env=self.env, cwd=self.tree, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 120
+        while True:  # serving once it accepts connections
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                if self.server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the controller did not start") from None
+                time.sleep(0.1)
+
+    def report(self, where: str, first_ms: int, last_ms: int, *extra: str) -> str:
+        """Run ``corral audit report`` from ``where``; return its first line of output."""
+        source = {
+            "data-dir": ("--data-dir", str(self.data_dir)),
+            "file": ("--file", str(self.export)),
+            "controller": ("--controller", self.address, "--timeout", "600"),
+        }[where]
+        out = self.root / f"report-{where}.{'json' if 'json' in extra else 'html'}"
+        argv = ("--from", str(first_ms), "--to", str(last_ms), "--out", str(out), *extra)
+        done = self.corral("audit", "report", *source, *argv)
+        return done.stdout.strip().splitlines()[0]
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            self.server.wait(timeout=60)
+        shutil.rmtree(self.root)
+
+
+def bench_report(
+    log: SqliteAuditLog, path: Path, first_ms: int, last_ms: int, *, rounds: int, paths: list[str]
+) -> None:
+    """``corral audit report`` from each source vs reading every record, alternating rounds."""
+    last_ms = max(last_ms, first_ms + 1)
+    sources = ReportSources(path, last_ms, paths)
+    try:
+        reads: list[float] = []
+        walls: dict[str, list[float]] = {where: [] for where in paths}
+        cpus: dict[str, list[float]] = {where: [] for where in paths}
+        lines: dict[str, str] = {}
+        for _ in range(rounds):
+            start = time.perf_counter()
+            count = sum(1 for _ in log.records(until_ms=last_ms))
+            reads.append(time.perf_counter() - start)
+            for where in paths:
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                start = time.perf_counter()
+                lines[where] = sources.report(where, first_ms, last_ms)
+                walls[where].append(time.perf_counter() - start)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                # CPU of the report and its verifying worker (not the controller's):
+                # what the machine's load cannot inflate.
+                used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+                cpus[where].append(used)
+        read = statistics.median(reads)
+        print(
+            f"{'baseline: read every record (records())':<52} {read * 1000:10.2f} ms  ({count:,})"
+        )
+        for where in paths:
+            wall = statistics.median(walls[where])
+            print(
+                f"{f'corral audit report from the {where}, HTML':<52} {wall * 1000:10.2f} ms"
+                f"  (median of {rounds}, {wall / read:.2f}x the baseline; target <= 10 s:"
+                f" {wall <= 10})"
+            )
+            print(f"  ... {lines[where]}")
+            print(f"  ... CPU {statistics.median(cpus[where]):.1f} s (the report and its worker)")
+        start = time.perf_counter()
+        line = sources.report(paths[0], first_ms, last_ms, "--format", "json")
+        print(f"{f'corral audit report from the {paths[0]}, JSON (one run)':<52} {_ms(start)}")
+        print(f"  ... {line}")
+    finally:
+        sources.close()
+
+
+def _ms(start: float) -> str:
+    return f"{(time.perf_counter() - start) * 1000:10.2f} ms"
 
 
 def main() -> int:
@@ -245,6 +338,11 @@ def main() -> int:
     parser.add_argument("--db", type=Path, help="reuse or create this file")
     parser.add_argument("--keep", action="store_true", help="keep the generated file")
     parser.add_argument("--report-rounds", type=int, default=3, help="report rounds (0: skip)")
+    parser.add_argument(
+        "--report-from",
+        default=",".join(REPORT_PATHS),
+        help=f"the report's sources, comma-separated (default: {','.join(REPORT_PATHS)})",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="corral-bench-audit-"))
     path = args.db or workdir / "corral.db"
@@ -298,7 +396,10 @@ def main() -> int:
     images = timed("images (registrations, runs, desired spans)", log.image_history)
     print(f"  ... {len(images)} images, {sum(len(i.runs) for i in images):,} runs")
     if args.report_rounds > 0:
-        bench_report(log, path, first_ms, last_ms, rounds=args.report_rounds)
+        paths = [p for p in args.report_from.split(",") if p]
+        if not paths or set(paths) - set(REPORT_PATHS):
+            parser.error(f"--report-from takes some of {', '.join(REPORT_PATHS)}")
+        bench_report(log, path, first_ms, last_ms, rounds=args.report_rounds, paths=paths)
     checkpoint = timed(
         "checkpoint (snapshot of the fleet + append)",
         lambda: log.checkpoint(at_ms=last_ms, actor="bench", key=b"bench-key-0123456789"),

@@ -79,6 +79,32 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
     return lines
 
 
+def expected_breaker_marks(document: dict[str, Any]) -> list[tuple[str, float]]:
+    """Where the chart must mark the breaker: mid-slice of each opening, from the JSON."""
+    chart = document["chart"]
+    step = (744 - 56) / chart["buckets"]  # the plot's left and right edges in the viewBox
+    return [
+        (
+            f"breaker opened in {b['group']} at {b['at']} ({b['tainted']} of {b['size']} tainted)",
+            round(56 + (int((b["at_ms"] - chart["from_ms"]) / chart["bucket_ms"]) + 0.5) * step, 2),
+        )
+        for b in document["breaker"]
+        if b["opened"]
+    ]
+
+
+def drawn_breaker_marks(browser: Browser) -> list[tuple[str, float]]:
+    """Each breaker mark as laid out: its title and its line's x (the line and diamond drawn)."""
+    marks = browser.evaluate(
+        "[...document.querySelectorAll('svg.chart g.breakers > g')].map(g => {"
+        " const line = g.querySelector('line.breaker').getBBox();"
+        " const mark = g.querySelector('polygon.breaker-mark').getBBox();"
+        " return [g.querySelector('title').textContent, line.x, line.height, mark.width]; })"
+    )
+    assert all(height > 100 and width > 0 for _, _, height, width in marks), marks
+    return [(title, round(x, 2)) for title, x, _, _ in marks]
+
+
 def test_the_page_loads_with_no_error_no_request_and_draws_one_series_per_group(
     made: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -96,6 +122,11 @@ def test_the_page_loads_with_no_error_no_request_and_draws_one_series_per_group(
         )
         assert [g for g, _ in series] == [g["group"] for g in document["groups"]] == ["api", "web"]
         assert all(length > 0 for _, length in series)
+        breaker_marks = expected_breaker_marks(document)
+        assert len(breaker_marks) == 1 and drawn_breaker_marks(browser) == breaker_marks
+        assert browser.evaluate(
+            "[...document.querySelectorAll('ul.legend li')].map(li => li.innerText.trim())"
+        )[-3:] == ["rollout or rollback", "breaker opened", "taints"]
         assert browser.evaluate("document.scripts.length") == 0
         assert browser.evaluate("document.querySelectorAll('img, b, iframe, object').length") == 0
         text = browser.evaluate("document.body.innerText")

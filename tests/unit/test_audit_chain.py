@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from controller.audit import events as ev
 from controller.audit.chain import GENESIS, Position, verify_chain
 from controller.audit.record import Record, make_record
+from controller.audit.row import Row, row_of
 
 
-def chain(count: int) -> list[Record]:
+def chain(count: int) -> list[Row]:
     records: list[Record] = []
     prev = GENESIS.hash
     for seq in range(1, count + 1):
         event = ev.breaker_resume("web", at_ms=seq, actor="operator:alice", reason=f"n{seq}")
         records.append(make_record(seq, prev, event))
         prev = records[-1].hash
-    return records
+    return [row_of(record) for record in records]
 
 
-def head(records: list[Record]) -> Position:
-    return Position(records[-1].seq, records[-1].hash)
+def head(rows: list[Row]) -> Position:
+    return Position(rows[-1][0], rows[-1][11])
 
 
 def test_intact_chain() -> None:
     records = chain(5)
     result = verify_chain(records, head=head(records))
-    assert result.ok and result.checked == 5 and result.last_hash == records[-1].hash
+    assert result.ok and result.checked == 5 and result.last_hash == records[-1][11]
     assert "intact" in result.describe()
 
 
@@ -37,7 +36,7 @@ def test_empty_log_matches_the_genesis_head() -> None:
 def test_edited_content_is_named() -> None:
     records = chain(5)
     head_before = head(records)
-    records[2] = replace(records[2], event=replace(records[2].event, reason="rewritten"))
+    records[2] = (*records[2][:4], "rewritten", *records[2][5:])
     result = verify_chain(records, head=head_before)
     assert not result.ok and result.first_bad_seq == 3 and "edited" in result.problem
 
@@ -63,13 +62,13 @@ def test_a_missing_tail_is_caught_by_the_head() -> None:
 
 def test_records_beyond_the_head_are_named() -> None:
     records = chain(5)
-    result = verify_chain(records, head=Position(3, records[2].hash))
+    result = verify_chain(records, head=Position(3, records[2][11]))
     assert not result.ok and result.first_bad_seq == 4
 
 
 def test_a_pruned_chain_starts_at_its_base() -> None:
     records = chain(6)
-    base = Position(3, records[2].hash)
+    base = Position(3, records[2][11])
     assert verify_chain(records[3:], base=base, head=head(records)).ok
     wrong = verify_chain(records[3:], base=Position(3, "f" * 64), head=head(records))
     assert not wrong.ok and wrong.first_bad_seq == 4

@@ -131,6 +131,23 @@ def test_export_then_verify_offline(
     assert code == 1 and "BROKEN" in err
 
 
+def test_an_export_of_an_edited_log_is_written_and_says_broken(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn = sqlite3.connect(data_dir / "corral.db")
+    conn.execute("DROP TRIGGER audit_records_no_update")
+    conn.execute("UPDATE audit_records SET reason = 'rewritten' WHERE seq = 4")
+    conn.commit()
+    conn.close()
+    out_file = tmp_path / "export.jsonl"
+    argv = ("--data-dir", str(data_dir), "--since", "0", "--until", "now", "--out", str(out_file))
+    code, out, err = run(capsys, "export", *argv)
+    assert code == 1 and "exported 5 records" in out
+    assert "BROKEN at record 4" in err and "not to its stored hash" in err
+    code, _, err = run(capsys, "verify", "--file", str(out_file))  # the file says the same
+    assert code == 1 and "BROKEN at record 4" in err
+
+
 def test_verify_names_the_edited_record(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "verify", "--data-dir", str(data_dir))[0] == 0
     conn = sqlite3.connect(data_dir / "corral.db")

@@ -17,10 +17,9 @@ from controller.audit.record import (
     EventKind,
     JsonValue,
     canonical_json,
-    hash_stored_body,
     make_record,
-    stored_body_hash,
 )
+from controller.audit.row import export_line, row_digest, row_halves, row_text
 
 
 def test_hash_is_sha256_of_sorted_compact_utf8_json() -> None:
@@ -168,7 +167,7 @@ json_values = st.recursive(
     image=optional,
     data=st.dictionaries(texts, json_values, max_size=5),
 )
-def test_the_stored_row_hash_equals_the_record_hash(
+def test_the_stored_row_hash_and_export_line_equal_the_records(
     seq: int,
     at_ms: int,
     kind: EventKind,
@@ -195,17 +194,11 @@ def test_the_stored_row_hash_equals_the_record_hash(
     except InvalidEventError:
         return  # e.g. a lone surrogate: refused before it could be stored
     record = make_record(seq, "ab" * 32, event)
-    stored = stored_body_hash(
-        seq=seq,
-        prev="ab" * 32,
-        at_ms=at_ms,
-        kind=str(kind),
-        actor=actor,
-        reason=reason,
-        instance=instance,
-        related=related,
-        group=group,
-        image=image,
-        data_text=canonical_json(data).decode("utf-8"),
-    )
-    assert stored == record.hash == hash_stored_body(record.body())
+    stored = (seq, at_ms, str(kind), actor, reason, instance, related, group, image)
+    row = (*stored, canonical_json(data).decode("utf-8"), "ab" * 32, record.hash)
+    assert row_digest(row) == record.hash
+    assert row_text(row).encode("utf-8") == canonical_json(record.body())
+    line = export_line(*row_halves(row), record.hash)
+    assert line.encode("utf-8") == canonical_json(record.to_json())
+    as_object = (*stored, data, "ab" * 32, record.hash)  # data decoded, as an export line has it
+    assert row_text(as_object) == row_text(row)

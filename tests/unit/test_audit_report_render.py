@@ -74,7 +74,13 @@ def hostile_report() -> Report:
             reason=HOSTILE,
         )
     )
-    return build_report(log.records(), from_ms=0, to_ms=60 * S)
+    log.append(
+        ev.breaker_open(
+            HOSTILE, at_ms=30 * S, actor=f"controller:{HOSTILE}", tainted=1, size=1, reason=HOSTILE
+        )
+    )
+    log.append(ev.breaker_resume(HOSTILE, at_ms=40 * S, actor="operator:a"))
+    return build_report(log.rows(), from_ms=0, to_ms=60 * S)
 
 
 def proof(ok: bool = True) -> Proof:
@@ -144,6 +150,38 @@ def test_the_chart_draws_one_series_per_group_with_escaped_names() -> None:
     assert sorted(a["data-group"] or "" for a in series) == sorted(g.group for g in report.groups)
     assert all((a.get("d") or "").startswith("M") for a in series)
     assert sum(m.count for m in chart(report).taints) == 2  # both taints are marked
+
+
+def test_the_chart_marks_where_the_breaker_opened_with_an_escaped_title_and_a_legend() -> None:
+    report = hostile_report()
+    (mark,) = chart(report).breakers  # the opening at 30 s; the resume is not marked
+    assert mark.count == 1 and mark.x == 56 + 120.5 * (744 - 56) / 240  # mid-slice 120 of 240
+    assert mark.title.startswith(f"breaker opened in {HOSTILE} at 1970-01-01T00:00:30.000Z")
+    assert mark.title.endswith("(1 of 1 tainted)")
+    elements = parse(render_html(report, proof(), generated_ms=0))
+    lines = [a for t, a in elements.tags if t == "line" and a.get("class") == "breaker"]
+    assert [(a["x1"], a["x2"]) for a in lines] == [(str(mark.x), str(mark.x))]
+    assert [t for t, a in elements.tags if a.get("class") == "breaker-mark"] == ["polygon"]
+    legend = [a for t, a in elements.tags if t == "li" and a.get("data-legend") == "breakers"]
+    assert len(legend) == 1
+    text = "".join(elements.text)
+    assert mark.title in text and "breaker opened" in text  # the title and the legend, as text
+
+
+def test_breaker_marks_name_at_most_five_openings_per_slice() -> None:
+    log = MemoryAuditLog()
+    log.append(ev.group_created("web", at_ms=0, actor="operator:a", image=V1, mode="enforce"))
+    for n in range(7):
+        log.append(
+            ev.breaker_open(
+                f"g{n}", at_ms=10 * S + n, actor="controller", tainted=2, size=3, reason="r"
+            )
+        )
+    outside = build_report(log.rows(), from_ms=20 * S, to_ms=60 * S)
+    assert chart(outside).breakers == ()  # before the period: nothing to mark
+    (mark,) = chart(build_report(log.rows(), from_ms=0, to_ms=60 * S)).breakers
+    assert mark.count == 7 and mark.title.count("breaker opened") == 5
+    assert mark.title.endswith(" …")
 
 
 def test_the_proof_names_the_command_the_key_and_a_break() -> None:

@@ -16,7 +16,7 @@ import pytest
 from controller.audit import events as ev
 from controller.audit.errors import AuditError
 from controller.audit.record import make_record
-from controller.audit.sql_queries import record_from_row
+from controller.audit.row import record_from_row
 from controller.audit.sqlite import SqliteAuditLog, append_in, install_schema
 
 IMAGE = "web@sha256:" + "a" * 64

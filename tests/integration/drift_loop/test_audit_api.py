@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from controller.api import audit_convert as convert
 from controller.cli.main import main
 from controller.security.authz import allowed
 from controller.security.identity import Role
@@ -145,3 +146,17 @@ def test_auditors_may_call_every_audit_rpc_agents_may_not() -> None:
         method = f"/corral.v1.AuditService/{name}"
         assert allowed(Role.AUDITOR, method) and allowed(Role.OPERATOR, method)
         assert not allowed(Role.AGENT, method)
+
+
+def test_export_messages_end_at_a_byte_budget(
+    running: RunningController, history: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message closes once its records reach EXPORT_BATCH_BYTES (fleet snapshots are MiBs)."""
+    assert running.channel is not None
+    stub = audit_pb2_grpc.AuditServiceStub(running.channel)
+    whole = list(stub.ExportAudit(audit_pb2.ExportAuditRequest(), timeout=5))
+    assert len(whole) == 2 and len(whole[0].records) == 7  # the records, then the checkpoints
+    monkeypatch.setattr(convert, "EXPORT_BATCH_BYTES", whole[0].records[0].ByteSize() + 1)
+    split = list(stub.ExportAudit(audit_pb2.ExportAuditRequest(), timeout=5))
+    assert all(0 < len(m.records) <= 2 for m in split[:-1]) and not split[-1].records
+    assert [r for m in split for r in m.records] == list(whole[0].records)
