@@ -49,7 +49,7 @@ from controller.audit.report_json import report_json
 from controller.audit.report_proof import ChainCheck, Proof, verify_command
 from controller.audit.row import Row
 from controller.audit.sqlite import SqliteAuditLog
-from controller.cli import audit as audit_cli
+from controller.cli import audit_source
 from controller.cli.client import DEFAULT_CONTROLLER
 
 EXPORT_SUFFIX = ".audit.jsonl"
@@ -91,11 +91,11 @@ def add_parser(
     report.set_defaults(handler=run_report)
 
 
-@audit_cli.guarded
+@audit_source.guarded
 def run_report(args: argparse.Namespace) -> int:
     now = int(time.time() * 1000)
-    from_ms = audit_cli.parse_time(args.since, now_ms=now)
-    to_ms = audit_cli.parse_time(args.until, now_ms=now)
+    from_ms = audit_source.parse_time(args.since, now_ms=now)
+    to_ms = audit_source.parse_time(args.until, now_ms=now)
     if to_ms <= from_ms:
         raise AuditError("--to must be after --from")
     key = load_key(args.key_file, os.environ)
@@ -135,8 +135,8 @@ def run_report(args: argparse.Namespace) -> int:
         for check in proof.checks:
             if not check.result.ok:
                 print(f"corral: {check.what}: {check.result.describe()}", file=sys.stderr)
-        return audit_cli.EXIT_BROKEN
-    return audit_cli.EXIT_OK
+        return audit_source.EXIT_BROKEN
+    return audit_source.EXIT_OK
 
 
 def _from_export(
@@ -163,8 +163,8 @@ def _from_data_dir(
 ) -> tuple[Report, Proof]:
     source = f"the data dir {args.data_dir}"
     what = f"the audit log in {args.data_dir}"
-    store = args.data_dir / audit_cli.STORE_FILE
-    with audit_cli.open_log(args, integrity=False) as log:
+    store = args.data_dir / audit_source.STORE_FILE
+    with audit_source.open_log(args, integrity=False) as log:
         # The store's integrity check reads the whole file, as verification does: both
         # are the worker's (its other checks were made before it was opened).
         verifying = _verifier(store, verify_store, args.data_dir, key=key)
@@ -203,7 +203,7 @@ def _from_controller(
         raise AuditError("with --out - give --export FILE: the report is made from that export")
     export = args.export or Path(str(Path(args.out).with_suffix("")) + EXPORT_SUFFIX)
     address = args.controller or os.environ.get("CORRAL_CONTROLLER") or DEFAULT_CONTROLLER
-    with audit_cli.open_log(args) as log, ThreadPoolExecutor(max_workers=1) as pool:
+    with audit_source.open_log(args) as log, ThreadPoolExecutor(max_workers=1) as pool:
         # The controller re-hashes its chain while it streams the records.
         verifying = pool.submit(log.verify, key=key)
 
@@ -270,10 +270,10 @@ def verify_store(
     """Check the store in ``data_dir``, verify its chain and list its checkpoints.
 
     Runs in a worker process for a large store. Raises AuditError when the store
-    is emptied, cut or damaged (:func:`audit_cli.check_store`).
+    is emptied, cut or damaged (:func:`audit_source.check_store`).
     """
-    audit_cli.check_store(data_dir)
-    log = SqliteAuditLog.open(data_dir / audit_cli.STORE_FILE, read_only=True)
+    audit_source.check_store(data_dir)
+    log = SqliteAuditLog.open(data_dir / audit_source.STORE_FILE, read_only=True)
     try:
         return log.verify(key=key), tuple(log.checkpoints())
     finally:
