@@ -13,6 +13,7 @@ from agent.image.oci.layers import ImageTree, member_path
 from agent.image.oci.tarheader import MAX_HEADER, LayerError
 from agent.manifest.format import Entry, EntryType
 from agent.manifest.policy import Policy
+from tests.fixtures.trickle import Trickle
 
 EVERYTHING = Policy(exclude=())
 
@@ -228,22 +229,6 @@ def test_garbage_is_not_a_layer() -> None:
 def test_member_path_normalises() -> None:
     assert member_path(b"./etc//hosts") == b"/etc/hosts"
     assert member_path(b"./") == member_path(b".") == b"/"
-
-
-class Trickle(io.RawIOBase):
-    """A layer handed out in reads of at most ``size`` bytes, so contents span many."""
-
-    def __init__(self, data: bytes, size: int) -> None:
-        super().__init__()
-        self._data, self._size, self._pos = data, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        out = self._data[self._pos : self._pos + self._size]
-        self._pos += len(out)
-        return out
 
 
 KEY = (

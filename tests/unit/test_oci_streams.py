@@ -18,6 +18,7 @@ import pytest
 import zstandard
 
 from agent.image.oci.streams import CHUNK, LayerStream, Pipe, gunzip, unzstd
+from tests.fixtures.trickle import Trickle
 
 PLAIN = os.urandom(3 * CHUNK + 12345)
 
@@ -84,22 +85,6 @@ def test_gzip_headers_with_every_optional_field_are_skipped() -> None:
     for sizes in (CHUNK, 3):  # the header whole, or cut in every field
         assert b"".join(gunzip(Trickle(member, sizes))) == PLAIN
     assert gzip.decompress(member) == PLAIN  # the hand-made member is valid gzip
-
-
-class Trickle(io.RawIOBase):
-    """``data`` in reads of at most ``size`` bytes."""
-
-    def __init__(self, data: bytes, size: int) -> None:
-        super().__init__()
-        self._data, self._size, self._pos = data, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        out = self._data[self._pos : self._pos + self._size]
-        self._pos += len(out)
-        return out
 
 
 def test_zstd_frames_follow_one_another() -> None:
