@@ -57,16 +57,17 @@ def row_to_proto(row: Row) -> audit_pb2.AuditRecord:
 
 def row_from_proto(message: audit_pb2.AuditRecord) -> Row:
     """The record as the controller sent it, as a row (its hash is checked later, by ``verify``)."""
+    has = message.HasField  # a million times for a large export: no helper call per field
     return (
         message.seq,
         message.at_ms,
         message.kind,
         message.actor,
         message.reason,
-        _opt(message, "instance_id"),
-        _opt(message, "related_instance_id"),
-        _opt(message, "group"),
-        _opt(message, "image"),
+        message.instance_id if has("instance_id") else None,
+        message.related_instance_id if has("related_instance_id") else None,
+        message.group if has("group") else None,
+        message.image if has("image") else None,
         message.data_json or "{}",
         message.prev_hash,
         message.hash,

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from controller.audit.events import CONFORMANT, RETIRED
-from controller.audit.record import GENESIS_HASH, EventKind
+from controller.audit.record import GENESIS_HASH, EventKind, JsonValue
 from controller.audit.report_facts import (
     CHART_BUCKETS,
     REPORT_STATES,
@@ -203,8 +203,11 @@ class _Fold:
     def transition(self, row: Row) -> None:
         # The hot path: two thirds of a fleet's records. Locals instead of attributes.
         _, at, _, _, _, instance, related, group, image, data, _, _ = row
-        move = self.moves.get(data) if type(data) is str else None
-        to, launch = move if move is not None else self.decode_move(row)
+        if isinstance(data, str):  # stored text: each distinct one decoded once
+            move = self.moves.get(data) or self.decode_move(row, data)
+        else:
+            move = _move(data)
+        to, launch = move
         instance, group, image = instance or "", group or "", image or ""
         before = self.live.get(instance)
         same = False
@@ -235,15 +238,12 @@ class _Fold:
             if replacement["conformant_ms"] is None:
                 replacement["conformant_ms"] = at
 
-    def decode_move(self, row: Row) -> tuple[str, bool]:
-        """A transition's target state and whether it has no ``from`` (a launch).
+    def decode_move(self, row: Row, text: str) -> tuple[str, bool]:
+        """The move of transition ``row`` whose data is ``text``, remembered for the next one.
 
-        A fleet's transitions hold few distinct data texts; each is decoded once.
+        A fleet's transitions hold few distinct data texts.
         """
-        data = row_data(row)
-        move = (str(data.get("to")), data.get("from") is None)
-        if isinstance(row[9], str):
-            self.moves[row[9]] = move
+        move = self.moves[text] = _move(row_data(row))
         return move
 
     def close_run(self, instance: str, state: _Instance, at: int) -> None:
@@ -514,6 +514,11 @@ def build_report(
             handler(row)
     fold.last, fold.count = last, count
     return fold.finish(group)
+
+
+def _move(data: Mapping[str, JsonValue]) -> tuple[str, bool]:
+    """A transition's target state and whether it has no ``from`` (a launch)."""
+    return str(data.get("to")), data.get("from") is None
 
 
 def _unknown(row: Row) -> None:
