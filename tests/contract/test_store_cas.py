@@ -37,14 +37,13 @@ from hypothesis import strategies as st
 from controller.audit import Event
 from controller.audit.record import EventKind
 from controller.domain.model import DriftKind, Instance, InstanceState, Taint
-from controller.domain.replacement_actions import Kind, Phase, Strategy
-from controller.domain.replacement_record import ReplacementRecord
+from controller.domain.replacement_actions import Phase
 from controller.errors import ConflictError
 from controller.ports import Store
 from controller.store.memory import MemoryStore
 from controller.store.sqlite import SqliteStore
 from tests.fixtures.postgres import connect, fresh_schema, postgres_dsn
-from tests.fixtures.records import GROUP, IMAGE, instance
+from tests.fixtures.records import GROUP, IMAGE, instance, replacement
 
 FINAL = (InstanceState.TAINTED, InstanceState.REPLACING, InstanceState.RETIRED)
 """States a row never leaves for one outside this set (retired: never leaves at all)."""
@@ -265,17 +264,7 @@ def test_a_stale_replacement_update_conflicts_and_changes_nothing(
 ) -> None:
     store = backend.store
     key = f"rpl-{_fresh_id()}"
-    record = ReplacementRecord(
-        replacement_id=key,
-        group=GROUP.name,
-        instance_id="i-old",
-        kind=Kind.TAINT,
-        strategy=Strategy.SURGE,
-        phase=Phase.RECORDED,
-        image_ref=IMAGE.ref,
-        started_at=1.0,
-        recorded_at=2.0,
-    )
+    record = replacement(replacement_id=key, instance_id="i-old")
     assert store.add_replacement(record)
     current = store.get_replacement(key)
     assert current is not None and current.version == 1

@@ -12,13 +12,12 @@ from agent.manifest.diff import Change, ChangeKind
 from agent.manifest.format import Entry, EntryType
 from controller.audit import install_schema
 from controller.domain.model import DriftKind, Group, GroupMode, ImageRecord, InstanceState, Taint
-from controller.domain.replacement_actions import Kind, Phase, Strategy
-from controller.domain.replacement_record import ReplacementRecord
+from controller.domain.replacement_actions import Phase
 from controller.errors import AlreadyExistsError, NotFoundError
 from controller.ports import Store
 from controller.store.codec import INSTANCE_COLUMNS, instance_from_row
 from controller.store.sqlite import SqliteStore
-from tests.fixtures.records import GROUP, IMAGE, instance
+from tests.fixtures.records import GROUP, IMAGE, instance, replacement
 
 
 class TestImages:
@@ -159,17 +158,7 @@ class TestSqliteDurability:
         db.close()
 
 
-RECORD = ReplacementRecord(
-    replacement_id="rpl-i-1-1000",
-    group="web",
-    instance_id="i-1",
-    kind=Kind.TAINT,
-    strategy=Strategy.SURGE,
-    phase=Phase.RECORDED,
-    image_ref=IMAGE.ref,
-    started_at=1.0,
-    recorded_at=2.0,
-)
+RECORD = replacement()
 ENGINE_GROUP = replace(
     GROUP,
     max_concurrent_replacements=0,
