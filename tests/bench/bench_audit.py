@@ -344,8 +344,7 @@ def main() -> int:
         help=f"the report's sources, comma-separated (default: {','.join(REPORT_PATHS)})",
     )
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="corral-bench-audit-"))
-    path = args.db or workdir / "corral.db"
+    path = args.db or Path(tempfile.mkdtemp(prefix="corral-bench-audit-")) / "corral.db"
     log = SqliteAuditLog.open(path)
     if log.head().seq == 0:
         start = time.perf_counter()
@@ -410,6 +409,7 @@ def main() -> int:
     log.close()
     if not args.keep and args.db is None:
         path.unlink()
+        path.parent.rmdir()
     return 0 if result.ok else 1
 
 
