@@ -316,10 +316,15 @@ def test_sigterm_stops_a_running_agent_cleanly(serve: Serve, tmp_path: Path) -> 
     agent = subprocess.Popen(
         _agent_command(serve(servicer), tmp_path), cwd=REPO, stderr=subprocess.PIPE
     )
-    assert wait_for(lambda: bool(servicer.reports), timeout=20)
-    agent.send_signal(signal.SIGTERM)
-    # Within 20 s although the next scan is 30 s away: SIGTERM does not wait for it.
-    _out, err = agent.communicate(timeout=20)
+    try:
+        assert wait_for(lambda: bool(servicer.reports), timeout=20)
+        agent.send_signal(signal.SIGTERM)
+        # Within 20 s although the next scan is 30 s away: SIGTERM does not wait for it.
+        _out, err = agent.communicate(timeout=20)
+    finally:
+        if agent.poll() is None:  # the test failed before the agent stopped: leave none behind
+            agent.kill()
+            agent.wait()
     assert agent.returncode == 0, err.decode()
     assert len(servicer.reports) == 1
     assert b"stopping on SIGTERM" in err
