@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from controller.audit import events as ev
 from controller.audit.record import Event
 from controller.audit.sqlite import SqliteAuditLog
+from controller.demo.fleet import free_port, wait_for
 from controller.store.sqlite import SqliteStore
 
 GROUPS = [f"group-{n}" for n in range(20)]
@@ -242,9 +243,7 @@ class ReportSources:
             conn.execute("DELETE FROM audit_head")
             conn.execute("INSERT INTO audit_head SELECT * FROM bench.audit_head")
             conn.execute("COMMIT")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         self.address = f"127.0.0.1:{port}"
         command = [
             sys.executable, "-m", "controller.cli.serve", "serve", "--data-dir", str(store_dir),
@@ -253,15 +252,19 @@ class ReportSources:
         self.server = subprocess.Popen(
             command, env=self.env, cwd=self.tree, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + 120
-        while True:  # serving once it accepts connections
+        server = self.server
+
+        def accepting() -> bool:  # serving once it accepts connections
+            if server.poll() is not None:
+                raise SystemExit("the controller did not start")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
             except OSError:
-                if self.server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the controller did not start") from None
-                time.sleep(0.1)
+                return False
+            return True
+
+        if not wait_for(accepting, timeout=120, step=0.1):
+            raise SystemExit("the controller did not start")
 
     def report(self, where: str, first_ms: int, last_ms: int, *extra: str) -> str:
         """Run ``corral audit report`` from ``where``; return its first line of output."""
