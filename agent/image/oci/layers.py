@@ -46,7 +46,7 @@ import dataclasses
 import hashlib
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from agent.image.oci.tarheader import (
@@ -229,20 +229,22 @@ class ImageTree:
             root.mode, root.uid, root.gid = member.mode & 0o7777, member.uid, member.gid
             return
         self._ensure_directory(parent, member.name)
-        node = self._node_for(reader, member, path)
-        if node is None:  # an overlay whiteout device
+        if member.kind == REGULAR:  # most members: the fast way
+            node = _Node(EntryType.REGULAR, member.mode & 0o7777, member.uid, member.gid,
+                         member.size, layer=self._layer)  # fmt: skip
+            self._hash(reader, path, base, node)
+        elif (other := self._other_node(member, path)) is not None:
+            node = other
+        else:  # an overlay whiteout device
             self._whiteout(path)
             return
         self._put(path, node, parent)
 
-    def _node_for(self, reader: LayerReader, member: Member, path: bytes) -> _Node | None:
+    def _other_node(self, member: Member, path: bytes) -> _Node | None:
+        """The node for a member that is not a regular file; None for an overlay whiteout."""
         layer = self._layer
         kind = member.kind
         mode = member.mode & 0o7777
-        if kind == REGULAR:
-            node = _Node(EntryType.REGULAR, mode, member.uid, member.gid, member.size, layer=layer)
-            self._hash(reader, member.size, path, node)
-            return node
         if kind == HARD_LINK:
             return self._hard_link(member, path)
         if kind == SYMLINK:
@@ -285,8 +287,9 @@ class ImageTree:
             self._layer,
         )
 
-    def _hash(self, reader: LayerReader, size: int, path: bytes, node: _Node) -> None:
-        """Read the member's content and set ``node.digest`` (now, or soon on the other thread)."""
+    def _hash(self, reader: LayerReader, path: bytes, name: bytes, node: _Node) -> None:
+        """Read the file's content and set ``node.digest`` (now, or soon on the other thread)."""
+        size = node.size
         view = reader.whole() if size < _HANDOFF else None
         if view is not None:  # most files: one view, hashed here
             node.digest = hashlib.sha256(view).digest()
@@ -297,7 +300,7 @@ class ImageTree:
         self.bytes_hashed += size
         if self._warnings:
             self._warnings.pop(path, None)
-        if is_candidate(path.rpartition(b"/")[2]):
+        if is_candidate(name):
             peeked = bytes(head[:PEEK_BYTES])
             warning = check_file(path, lambda: peeked)
             if warning is not None:
@@ -330,13 +333,8 @@ class ImageTree:
         """Make ``directory`` a directory of this layer, creating implied ones (0755 0:0)."""
         layer = self._layer
         node = self._nodes.get(directory)
-        if node is not None and node.layer == layer:
-            if node.kind is not EntryType.DIRECTORY:
-                raise LayerError(
-                    f"member {shown(name)} lies below {directory.decode(errors='replace')!r}, "
-                    "which this layer made a non-directory (it would be written through it)"
-                )
-            return
+        if node is not None and node.layer == layer and node.kind is EntryType.DIRECTORY:
+            return  # nearly always
         chain: list[bytes] = []
         current = directory
         while True:
@@ -345,7 +343,7 @@ class ImageTree:
                 if node.kind is not EntryType.DIRECTORY:
                     raise LayerError(
                         f"member {shown(name)} lies below {current.decode(errors='replace')!r}, "
-                        "which this layer made a non-directory"
+                        "which this layer made a non-directory (it would be written through it)"
                     )
                 break
             chain.append(current)
@@ -410,31 +408,24 @@ class ImageTree:
     def entries(self, policy: Policy) -> list[Entry]:
         """The entries a scan of the unpacked root under ``policy`` records, sorted by path."""
         exclusions = Exclusions(policy)
-        strip = ignoring(policy)
-        out: list[Entry] = []
+        nodes, children = self._nodes, self._children
+        paths: list[bytes] = []
         for start in include_roots(policy):
-            node = self._nodes.get(start)
-            if node is None:
+            if start not in nodes:
                 continue
-            if node.kind is not EntryType.DIRECTORY:
-                out.append(_entry(start, node))
-                continue
-            stack = [start]
-            out.append(_entry(start, node))
+            paths.append(start)
+            stack = [start] if start in children else []
             while stack:
                 directory = stack.pop()
-                check = exclusions.may_exclude(directory)
-                for child in self._children[directory]:
-                    if check and policy.excludes(child):
-                        continue
-                    node = self._nodes[child]
-                    out.append(_entry(child, node))
-                    if node.kind is EntryType.DIRECTORY:
-                        stack.append(child)
-        if strip is not None:
-            out = [strip(entry) for entry in out]
-        out.sort(key=lambda entry: entry.path)
-        return out
+                below: Iterable[bytes] = children[directory]
+                if exclusions.may_exclude(directory):
+                    below = [child for child in below if not policy.excludes(child)]
+                paths.extend(below)
+                stack.extend(child for child in below if child in children)
+        paths.sort()  # bytes sort faster than entries by key
+        out = [_entry(path, nodes[path]) for path in paths]
+        strip = ignoring(policy)
+        return out if strip is None else [strip(entry) for entry in out]
 
     def warnings(self, entries: list[Entry]) -> list[SecretWarning]:
         """Secret warnings for the regular files among ``entries``, by path."""

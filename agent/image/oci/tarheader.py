@@ -65,8 +65,7 @@ _FIELDS = struct.Struct("100s8s8s8s12s12x8sc100s8s64x8s8s155s12x")
 _SIGNED = struct.Struct("148b8x356b")
 _CHECKSUM_FIELD = slice(148, 156)
 _CHECKSUM_SPACES = 8 * 0x20
-_MAX_CHECKSUM = BLOCK * 0xFF
-_ADLER_MODULUS = 65521  # zlib.adler32's low half is 1 + the byte sum, modulo this prime
+_HALF = BLOCK // 2
 _GNU_SPARSE_ENTRIES = 4
 _GNU_SPARSE_AT = 386
 _GNU_EXTENDED_AT = 482
@@ -123,21 +122,20 @@ def number(field: bytes, what: str) -> int:
     raise malformed(f"{what} {field!r} in a header is not an octal number")
 
 
-def _unsigned_sum_is(block: bytes, stored: int) -> bool:
-    """Whether ``stored`` is the block's byte sum with the checksum field read as spaces.
+def _unsigned_sum(block: bytes) -> int:
+    """The block's byte sum with the checksum field read as spaces.
 
     Summing 512 bytes in Python costs more than parsing the rest of the
-    header, so the sum is known from two remainders C computes: modulo 65521
-    (:func:`zlib.adler32`) and modulo 255 (the block as a base-256 number,
-    since 256 = 1 modulo 255). The moduli are coprime and their product is
-    far above the largest possible sum, so both matching means equality.
+    header, so C sums them: :func:`zlib.adler32`'s low half is 1 + the byte
+    sum modulo 65521, which is the sum itself for 256 bytes (at most 65,280).
     """
-    if not 0 <= stored <= _MAX_CHECKSUM:
-        return False
-    field = sum(block[_CHECKSUM_FIELD]) - _CHECKSUM_SPACES
-    adler = ((zlib.adler32(block) & 0xFFFF) - 1 - field) % _ADLER_MODULUS
-    digits = (int.from_bytes(block, "little") - field) % 255
-    return stored % _ADLER_MODULUS == adler and stored % 255 == digits
+    return (
+        (zlib.adler32(block[:_HALF]) & 0xFFFF)
+        + (zlib.adler32(block[_HALF:]) & 0xFFFF)
+        - 2
+        - sum(block[_CHECKSUM_FIELD])
+        + _CHECKSUM_SPACES
+    )
 
 
 def parse_header(block: bytes) -> Header | None:
@@ -147,9 +145,7 @@ def parse_header(block: bytes) -> Header | None:
     (name, mode, uid, gid, size, checksum, kind, link, magic, major, minor,
      prefix) = _FIELDS.unpack(block)  # fmt: skip
     stored = number(checksum, "checksum")
-    if not _unsigned_sum_is(block, stored) and sum(_SIGNED.unpack(block)) + _CHECKSUM_SPACES != (
-        stored
-    ):
+    if stored != _unsigned_sum(block) and sum(_SIGNED.unpack(block)) + _CHECKSUM_SPACES != stored:
         raise malformed("a header's checksum does not match")
     name = name.partition(b"\0")[0]
     posix = magic == _POSIX_MAGIC
