@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import hashlib
 import io
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import zstandard
 
+from agent.errors import AgentError
 from agent.image.bake import bake
 from agent.image.oci.blobs import SourceError
 from agent.image.oci.source import (
@@ -292,6 +294,24 @@ def test_bake_of_a_layout_names_it_and_warns_of_secrets(tmp_path: Path) -> None:
     with pytest.raises(SecretsFoundError):
         bake(f"oci:{layout.root}", str(tmp_path / "strict"), policy=Policy(), strict=True)
     assert not (tmp_path / "strict").exists()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_bake_leaves_the_cycle_collector_as_it_found_it(tmp_path: Path, enabled: bool) -> None:
+    layout = Layout(tmp_path / "layout")
+    layout.image([(secret_layer({"etc/app.conf": b"x"}), "gzip")], ref="app:1")
+    broken = Layout(tmp_path / "broken")
+    broken.image([(b"not a tar" * 100, "none")], ref="app:1")
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        bake(f"oci:{layout.root}", str(tmp_path / "out"), policy=Policy())
+        assert gc.isenabled() is enabled
+        with pytest.raises(AgentError):
+            bake(f"oci:{broken.root}", str(tmp_path / "out"), policy=Policy())
+        assert gc.isenabled() is enabled  # a failed bake too
+    finally:
+        (gc.enable if was else gc.disable)()
 
 
 def test_cli_refuses_an_unsafe_archive_in_one_line(

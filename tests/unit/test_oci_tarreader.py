@@ -264,7 +264,8 @@ def test_headers_follow_go_for_prefixes_numbers_and_checksums() -> None:
 @FUZZ
 @given(st.binary(min_size=512, max_size=512), st.integers(-3, 3), st.integers(-3, 3))
 def test_the_checksum_test_is_exact(raw: bytes, laps: int, steps: int) -> None:
-    """Off by multiples of the two moduli the fast check uses, a checksum still fails."""
+    """A checksum off by multiples of 65521 (adler32's modulus, which the fast sum relies on)
+    or of 255 still fails: the sum is exact, not a remainder."""
     data = bytearray(raw)
     for at, width in ((100, 8), (108, 8), (116, 8), (124, 12), (329, 8), (337, 8)):
         data[at : at + width] = b"0" * (width - 1) + b"\0"  # only the checksum can be wrong
