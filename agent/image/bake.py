@@ -300,8 +300,8 @@ def _collector_paused() -> Iterator[None]:
 
     An image tree is a node per path, hundreds of thousands of them, none ever
     part of a reference cycle; yet every collection their allocation sets off
-    walks them all again. Pausing it saves a tenth of a bake (100,000 files:
-    0.3 s of 2.6). Reference counting still frees everything as it goes.
+    walks them all again (100,000 files: listing the tree's entries took 0.31 s
+    with it, 0.16 s without). Reference counting still frees everything.
     """
     enabled = gc.isenabled()
     gc.disable()

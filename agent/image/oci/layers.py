@@ -229,15 +229,16 @@ class ImageTree:
             root.mode, root.uid, root.gid = member.mode & 0o7777, member.uid, member.gid
             return
         self._ensure_directory(parent, member.name)
-        if member.kind == REGULAR:  # most members: the fast way
+        node: _Node | None
+        if member.kind == REGULAR:  # most members: the short way
             node = _Node(EntryType.REGULAR, member.mode & 0o7777, member.uid, member.gid,
                          member.size, layer=self._layer)  # fmt: skip
             self._hash(reader, path, base, node)
-        elif (other := self._other_node(member, path)) is not None:
-            node = other
-        else:  # an overlay whiteout device
-            self._whiteout(path)
-            return
+        else:
+            node = self._other_node(member, path)
+            if node is None:  # an overlay whiteout device
+                self._whiteout(path)
+                return
         self._put(path, node, parent)
 
     def _other_node(self, member: Member, path: bytes) -> _Node | None:
