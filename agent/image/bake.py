@@ -20,17 +20,15 @@ sees half a file. Secret-looking files are reported as warnings; with
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from agent.collector import collector_paused
 from agent.errors import AgentError
 from agent.image.oci.blobs import SourceError
 from agent.image.oci.layers import MAX_MEMBERS, ROOT_MODE, ImageTree
@@ -294,24 +292,6 @@ def image_source_document(
     return document
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cycle collector off for the block, back on (if it was) after.
-
-    An image tree is a node per path, hundreds of thousands of them, none ever
-    part of a reference cycle; yet every collection their allocation sets off
-    walks them all again (100,000 files: listing the tree's entries took 0.31 s
-    with it, 0.16 s without). Reference counting still frees everything.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def bake_image(
     spec: str,
     out_dir: str,
@@ -336,7 +316,9 @@ def bake_image(
     started = time.monotonic()
     tree = ImageTree(root_mode=root_mode, max_members=max_members, progress=progress)
     try:
-        with _collector_paused():
+        # an image tree: a node per path (100,000 files: listing its entries took
+        # 0.31 s with the collector running, 0.16 s without)
+        with collector_paused():
             with open_image(spec) as image:
                 identity = _identity_from_source(image.info, spec, name, version)
                 check_identity(identity.name, identity.version)
