@@ -14,25 +14,12 @@ from pathlib import Path
 import pytest
 
 from agent.manifest.report import Footprint
-from controller.domain.model import DriftKind, Group, Instance, InstanceState, Taint
+from controller.domain.model import DriftKind, Instance, InstanceState, Taint
 from controller.errors import ControllerError
 from controller.store.sqlite import SqliteStore
+from tests.fixtures import records
 
-GROUP = Group(name="web", desired_image_ref="web@sha256:" + "a" * 64)
-BASE = Instance(
-    id="i-1",
-    group="web",
-    state=InstanceState.CONFORMANT,
-    image_ref="web@sha256:" + "a" * 64,
-    image_digest="sha256:" + "a" * 64,
-    root=b"\x01" * 32,
-    first_seen=1.0,
-    last_report=2.0,
-    seq=3,
-    boot_id="boot-1",
-    scanned_at_ms=1500,
-    footprint=Footprint(rss_bytes=10, cpu_millis=20),
-)
+BASE = records.instance(boot_id="boot-1")
 
 
 def _beat(instance: Instance, n: int) -> Instance:
@@ -50,7 +37,7 @@ def _beat(instance: Instance, n: int) -> Instance:
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqliteStore]:
     opened = SqliteStore(tmp_path)
-    opened.add_group(GROUP)
+    opened.add_group(records.GROUP)
     yield opened
     opened.close()  # releases the data dir's lock (a no-op when the test closed it)
 
