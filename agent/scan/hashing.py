@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import stat
 from collections.abc import Sequence
@@ -31,6 +32,13 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 
 FileJob = tuple[bytes, int, int]
 """A file to hash: (absolute path, inode from lstat, size from lstat)."""
+
+Ranges = list[tuple[int, int]]
+"""Where a file's content lies in a larger file, in order: (offset, length) pairs; an
+offset of -1 stands for ``length`` zero bytes (a hole of a sparse file)."""
+
+RangeBatch = tuple[bytes, int, int, list[Ranges]]
+"""Files stored inside one file: (its path, device, inode, each file's :data:`Ranges`)."""
 
 Outcome = bytes | int
 """A 32-byte SHA-256 digest, or an :class:`EntryError` value when the file could not be read."""
@@ -130,6 +138,68 @@ def _read_digest(fd: int, size: int, view: memoryview) -> bytes:
         if count < capacity and total >= size:
             break
     return digest.digest()
+
+
+def hash_ranges(path: bytes, device: int, inode: int, files: Sequence[Ranges]) -> list[Outcome]:
+    """SHA-256 of each file stored as ``ranges`` of the file at ``path`` (a layer blob).
+
+    The file must still be the one the caller saw (``device`` and ``inode``)
+    and hold every range; if not, every outcome is VANISHED or UNREADABLE: the
+    caller cannot trust what it would read. The span the batch covers is
+    mapped, not read: SHA-256 runs over the page cache itself, with no copy.
+    (A file cut short after the check would end this worker with SIGBUS; its
+    caller sees a worker die, and fails as for an unreadable file.)
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        return [_open_error(exc)] * len(files)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (device, inode):
+            return [int(EntryError.VANISHED)] * len(files)
+        stored = [(offset, length) for ranges in files for offset, length in ranges if offset >= 0]
+        if not stored:
+            return [_digest_of(_EMPTY_VIEW, 0, ranges) for ranges in files]
+        low = min(offset for offset, _ in stored) // mmap.ALLOCATIONGRANULARITY
+        low *= mmap.ALLOCATIONGRANULARITY
+        high = max(offset + length for offset, length in stored)
+        if high > st.st_size:
+            return [int(EntryError.UNREADABLE)] * len(files)
+        with mmap.mmap(fd, high - low, prot=mmap.PROT_READ, offset=low) as mapped:
+            if high - low > _SEQUENTIAL:
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
+            with memoryview(mapped) as view:
+                return [_digest_of(view, low, ranges) for ranges in files]
+    except OSError:
+        return [int(EntryError.UNREADABLE)] * len(files)
+    finally:
+        os.close(fd)
+
+
+_EMPTY_VIEW = memoryview(b"")
+_SEQUENTIAL = 16 << 20
+
+
+def _digest_of(view: memoryview, origin: int, ranges: Ranges) -> bytes:
+    """SHA-256 of ``ranges`` of the file ``view`` maps from ``origin`` (-1: zeros)."""
+    digest = hashlib.sha256()
+    for offset, length in ranges:
+        if offset < 0:
+            _add_zeros(digest, length)
+        else:
+            start = offset - origin
+            digest.update(view[start : start + length])
+    return digest.digest()
+
+
+_ZEROS = memoryview(bytes(1 << 16))
+
+
+def _add_zeros(digest: hashlib._Hash, count: int) -> None:
+    while count > 0:
+        digest.update(_ZEROS[: min(count, len(_ZEROS))])
+        count -= len(_ZEROS)
 
 
 def hash_batch(jobs: Sequence[FileJob | bytes]) -> list[Outcome | Listed]:

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 
 from agent.errors import AgentError
 from agent.scan import hashing
-from agent.scan.hashing import FileJob, Listed, Outcome
+from agent.scan.hashing import FileJob, Listed, Outcome, RangeBatch
 
 _LENGTH = struct.Struct("<Q")
+_MAX_FD = (1 << 31) - 1
 
 Finished = list[tuple[object, list[Outcome | Listed]]]
 """Batches whose digests came back: (the caller's tag, one outcome per file)."""
@@ -34,7 +35,12 @@ class WorkerError(AgentError):
     """A hashing process died or broke its pipe; the scan cannot be completed."""
 
 
-def _write_message(fd: int, value: list[FileJob | bytes] | list[Outcome | Listed]) -> None:
+Batch = list[FileJob | bytes] | RangeBatch
+"""What a worker hashes at once: files by path (:func:`~agent.scan.hashing.hash_batch`), or
+files stored inside one file (:func:`~agent.scan.hashing.hash_ranges`)."""
+
+
+def _write_message(fd: int, value: Batch | list[Outcome | Listed] | list[Outcome]) -> None:
     data = marshal.dumps(value)
     view = memoryview(_LENGTH.pack(len(data)) + data)
     while view:
@@ -65,7 +71,24 @@ def _serve(jobs: int, results: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the parent, which decides
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the parent stops the workers itself
     while (batch := _read_message(jobs)) is not None:
-        _write_message(results, hashing.hash_batch(batch))  # type: ignore[arg-type]  # marshal
+        if isinstance(batch, tuple):  # marshal keeps a tuple a tuple
+            _write_message(results, hashing.hash_ranges(*batch))
+        else:
+            _write_message(results, hashing.hash_batch(batch))  # type: ignore[arg-type]
+
+
+def _keep_only(*fds: int) -> None:
+    """Close every descriptor but ``fds`` and the standard three, in a worker just forked.
+
+    Other workers' pipe ends (of this pool or of another one alive in the
+    parent) must not stay open here, or a worker would never see its own
+    job pipe close; nor need a worker hold the parent's files and sockets.
+    """
+    low = 3
+    for fd in sorted(fds):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _MAX_FD)
 
 
 @dataclass
@@ -89,8 +112,9 @@ class HashPool:
 
     MAX_IN_FLIGHT = 3
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, *, niceness: int = 0) -> None:
         self.workers = workers
+        self._niceness = niceness
         self._workers: list[_Worker] = []
 
     def _start(self) -> None:
@@ -101,11 +125,9 @@ class HashPool:
             if pid == 0:  # pragma: no cover - runs in the child; exercised by every scan
                 status = 1
                 try:
-                    for other in self._workers:  # so each worker sees its own pipe close
-                        os.close(other.jobs)
-                        os.close(other.results)
-                    os.close(jobs_write)
-                    os.close(results_read)
+                    _keep_only(jobs_read, results_write)
+                    if self._niceness:
+                        os.nice(self._niceness)
                     _serve(jobs_read, results_write)
                     status = 0
                 finally:
@@ -114,10 +136,14 @@ class HashPool:
             os.close(results_write)
             self._workers.append(_Worker(pid, jobs_write, results_read))
 
-    def submit(self, tag: object, jobs: list[FileJob | bytes]) -> Finished:
-        """Queue a batch on the least busy worker; returns the batches finished so far."""
+    def start(self) -> None:
+        """Fork the workers now, if not yet (before the caller starts threads of its own)."""
         if not self._workers:
             self._start()
+
+    def submit(self, tag: object, jobs: Batch) -> Finished:
+        """Queue a batch on the least busy worker; returns the batches finished so far."""
+        self.start()
         finished = self._collect(block=False)
         worker = min(self._workers, key=lambda w: len(w.tags))
         while len(worker.tags) >= self.MAX_IN_FLIGHT:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,53 +14,39 @@ from agent.image.oci.layers import ImageTree, member_path
 from agent.image.oci.tarheader import MAX_HEADER, LayerError
 from agent.manifest.format import Entry, EntryType
 from agent.manifest.policy import Policy
+from tests.fixtures.layer_tars import KEY, D, M, layer, placed
 from tests.fixtures.trickle import Trickle
 
 EVERYTHING = Policy(exclude=())
 
 
-@dataclass(frozen=True)
-class M:
-    """One member of a hand-made layer."""
-
-    name: str
-    kind: bytes = tarfile.REGTYPE
-    data: bytes = b""
-    mode: int = 0o644
-    uid: int = 0
-    gid: int = 0
-    link: str = ""
-    major: int = 0
-    minor: int = 0
+_placed_in: list[Path] = []
+"""Where :func:`apply` puts layer files to walk them in place; empty: it streams them."""
 
 
-def layer(*members: M, fmt: int = tarfile.PAX_FORMAT) -> io.BytesIO:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=fmt) as archive:
-        for member in members:
-            info = tarfile.TarInfo(member.name)
-            info.type, info.mode, info.uid, info.gid = (
-                member.kind,
-                member.mode,
-                member.uid,
-                member.gid,
-            )
-            info.linkname, info.devmajor, info.devminor = member.link, member.major, member.minor
-            info.size = len(member.data)
-            archive.addfile(info, io.BytesIO(member.data) if member.data else None)
-    out.seek(0)
-    return out
+@pytest.fixture(params=["streamed", "placed"], autouse=True)
+def way(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every test of this module runs twice: layers streamed, and layers walked in place."""
+    if request.param == "placed":
+        _placed_in.append(tmp_path)
+    yield request.param
+    _placed_in.clear()
 
 
-def D(name: str, mode: int = 0o755, uid: int = 0) -> M:
-    return M(name, tarfile.DIRTYPE, mode=mode, uid=uid)
+def apply_to(tree: ImageTree, data: io.BytesIO, label: str) -> None:
+    """Apply ``data`` to ``tree``: streamed, or placed if the test runs that way."""
+    if not _placed_in:
+        tree.apply(data, label)
+        return
+    with placed(data.getvalue(), _placed_in[0], label) as layer:
+        tree.apply(layer, label)
 
 
 def apply(*layers: io.BytesIO, policy: Policy = EVERYTHING) -> dict[bytes, Entry]:
-    tree = ImageTree()
-    for number, data in enumerate(layers):
-        tree.apply(data, f"layer {number}")
-    return {entry.path: entry for entry in tree.entries(policy)}
+    with ImageTree() as tree:
+        for number, data in enumerate(layers):
+            apply_to(tree, data, f"layer {number}")
+        return {entry.path: entry for entry in tree.entries(policy)}
 
 
 def test_files_directories_and_symlinks_carry_their_attributes() -> None:
@@ -155,9 +142,9 @@ def test_hard_links_share_the_target_attributes() -> None:
 def test_root_member_sets_the_root_and_later_layers_reset_its_owner() -> None:
     assert apply(layer(D("./", 0o750, uid=4)))[b"/"][2:4] == (0o750, 4)
     assert apply(layer(D("./", 0o750, uid=4)), layer(M("x")))[b"/"][2:4] == (0o750, 0)
-    tree = ImageTree(root_mode=0o755)
-    tree.apply(layer(M("x")), "l")
-    assert tree.entries(EVERYTHING)[0].mode == 0o755
+    with ImageTree(root_mode=0o755) as tree:
+        apply_to(tree, layer(M("x")), "l")
+        assert tree.entries(EVERYTHING)[0].mode == 0o755
 
 
 def test_overlay_whiteout_device_removes() -> None:
@@ -216,9 +203,8 @@ def test_huge_extended_headers_are_refused_before_they_are_read() -> None:
 
 
 def test_too_many_members_are_refused() -> None:
-    tree = ImageTree(max_members=3)
-    with pytest.raises(LayerError, match="more than 3 members"):
-        tree.apply(layer(*(M(f"f{i}") for i in range(4))), "l")
+    with ImageTree(max_members=3) as tree, pytest.raises(LayerError, match="more than 3 members"):
+        apply_to(tree, layer(*(M(f"f{i}") for i in range(4))), "l")
 
 
 def test_garbage_is_not_a_layer() -> None:
@@ -229,13 +215,6 @@ def test_garbage_is_not_a_layer() -> None:
 def test_member_path_normalises() -> None:
     assert member_path(b"./etc//hosts") == b"/etc/hosts"
     assert member_path(b"./") == member_path(b".") == b"/"
-
-
-KEY = (
-    b"-----BEGIN OPENSSH PRIVATE KEY-----\n"
-    + b"k" * 40_000
-    + b"\n-----END OPENSSH PRIVATE KEY-----\n"
-)
 
 
 @pytest.mark.parametrize("read_size", [1 << 20, 4096, 333])

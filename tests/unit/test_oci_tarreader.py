@@ -15,6 +15,7 @@ import shutil
 import struct
 import subprocess
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,41 @@ def read_all(data: bytes, sizes: list[int] | None = None) -> list[tuple[Member, 
         if member.kind == tarheader.REGULAR:
             content = b"".join(bytes(piece) for piece in reader.content())
             assert len(content) == member.size
+        out.append((member, content))
+    return out
+
+
+class Seekable:
+    """``data`` read in pieces, and stepped over without reading, as a placed layer is."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data, self._pos = data, 0
+
+    def read(self, size: int, /) -> bytes:
+        out = self._data[self._pos : self._pos + size]
+        self._pos += len(out)
+        return out
+
+    def skip(self, count: int) -> bool:
+        if self._pos + count > len(self._data):
+            return False
+        self._pos += count
+        return True
+
+
+def read_ranged(data: bytes, chunk: int = 700, origin: int = 4096) -> list[tuple[Member, bytes]]:
+    """:func:`read_all`, the contents taken from where :meth:`LayerReader.ranges` says they lie
+    in a file that holds ``data`` from ``origin``; contents are never read by the reader."""
+    stream = Seekable(data)
+    reader = LayerReader(stream, chunk=chunk, skip=stream.skip, origin=origin)
+    out = []
+    for member in reader:
+        content = b""
+        if member.kind == tarheader.REGULAR:
+            content = b"".join(
+                bytes(length) if offset < 0 else data[offset - origin : offset - origin + length]
+                for offset, length in reader.ranges()
+            )
         out.append((member, content))
     return out
 
@@ -169,6 +205,7 @@ def test_members_read_as_tarfile_reads_them(fmt: int) -> None:
 def test_any_cut_of_the_stream_reads_the_same(fmt: int, sizes: list[int]) -> None:
     data = sample(fmt)
     assert read_all(data, sizes) == read_all(data)
+    assert read_ranged(data, chunk=sizes[0]) == read_all(data)
 
 
 def test_unread_content_is_skipped_and_contents_are_views_that_stay_valid() -> None:
@@ -375,6 +412,8 @@ def test_the_checksum_test_is_exact(raw: bytes, laps: int, steps: int) -> None:
 def test_malformed_streams_are_refused_with_a_reason(data: bytes, message: str) -> None:
     with pytest.raises(LayerError, match=message):
         read_all(data)
+    with pytest.raises(LayerError, match=message):
+        read_ranged(data)
 
 
 def test_huge_extended_headers_are_refused_before_they_are_read() -> None:
@@ -427,6 +466,7 @@ def test_sparse_files_read_whole_with_their_holes(
         [(got, got_content)] = read_all(data, sizes)
         assert (got.name, got.kind, got.size) == (b"sparse", tarheader.REGULAR, len(content))
         assert got_content == content
+        assert read_ranged(data, chunk=sizes[0]) == [(got, content)]
 
 
 def test_old_gnu_sparse_maps_continue_in_extension_blocks() -> None:
@@ -444,6 +484,7 @@ def test_old_gnu_sparse_maps_continue_in_extension_blocks() -> None:
     data = b"a" * 10 * len(regions)
     stream = archive(with_checksum(header), *map(bytes, extension), data + bytes(-len(data) % 512))
     [(got, content)] = read_all(stream)
+    assert read_ranged(stream) == [(got, content)]
     assert got.size == 30 * 1024 and len(content) == 30 * 1024
     assert content.count(b"a") == 300 and content[1024:1034] == b"a" * 10
 
@@ -467,10 +508,18 @@ def valid_layer() -> bytes:
 
 
 def outcome(data: bytes) -> list[tuple[Member, bytes]] | str:
-    try:
-        return read_all(data, [700])
-    except LayerError as exc:
-        return str(exc)
+    """What reading ``data`` gives: members, or the LayerError's message; the same
+    streamed or placed (contents skipped, found by their ranges)."""
+
+    def attempt(read: Callable[[], list[tuple[Member, bytes]]]) -> list[tuple[Member, bytes]] | str:
+        try:
+            return read()
+        except LayerError as exc:
+            return str(exc)
+
+    streamed = attempt(lambda: read_all(data, [700]))
+    assert attempt(lambda: read_ranged(data)) == streamed
+    return streamed
 
 
 @FUZZ

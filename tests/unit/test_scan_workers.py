@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from agent.manifest.format import EntryError
 from agent.manifest.policy import Policy
 from agent.scan import scanner as scan_module
 from agent.scan.hashing import FileJob
@@ -102,4 +103,57 @@ def test_a_worker_that_dies_fails_the_scan(tree: Path, monkeypatch: pytest.Monke
     with pytest.raises(WorkerError, match="died"):
         scan(tree, OPEN, workers=2, progress=kill_a_worker)
     assert killed
+    assert children() == []
+
+
+def test_workers_hash_ranges_of_a_file_with_holes_and_refuse_another_file(tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    data = os.urandom(3 << 20)
+    blob.write_bytes(data)
+    st = blob.stat()
+    files = [
+        [(0, 10), (-1, 5), (100, 0), (20, 7)],  # a sparse file: data, a hole, data
+        [(5, (3 << 20) - 5)],  # longer than a worker's buffer
+        [],  # empty
+        [(-1, 200_000)],  # holes only
+        [(4096 * 3 + 1, 100)],
+    ]
+
+    def digest(ranges: list[tuple[int, int]]) -> bytes:
+        parts = (bytes(n) if at < 0 else data[at : at + n] for at, n in ranges)
+        return hashlib.sha256(b"".join(parts)).digest()
+
+    pool = HashPool(1)
+    try:
+        path = os.fsencode(blob)
+        pool.submit("ok", (path, st.st_dev, st.st_ino, files))
+        pool.submit("other", (path, st.st_dev, st.st_ino + 1, files[:1]))
+        pool.submit("past the end", (path, st.st_dev, st.st_ino, [[(len(data) - 5, 6)]]))
+        finished = dict(pool.drain())
+    finally:
+        pool.close()
+    assert finished["ok"] == [digest(ranges) for ranges in files]
+    assert finished["other"] == [int(EntryError.VANISHED)]
+    assert finished["past the end"] == [int(EntryError.UNREADABLE)]
+
+
+def test_a_worker_holds_only_its_own_pipes() -> None:
+    """No other worker's pipe (of its pool or another) nor the parent's files stay open in a
+    worker: each sees its own job pipe close, and a pool closes while another is alive."""
+    first, second = HashPool(1), HashPool(2)
+    try:
+        first.start()
+        with open(__file__, "rb"):  # a file the parent has open when the second pool forks
+            second.start()
+        for worker in children():
+            own = [fd for fd in map(int, os.listdir(f"/proc/{worker.pid}/fd")) if fd > 2]
+            links = [os.readlink(f"/proc/{worker.pid}/fd/{fd}") for fd in own]
+            assert len(links) == 2 and all(link.startswith("pipe:") for link in links), links
+        first.close()
+        assert len(children()) == 2
+    finally:
+        for worker in children():  # a failure above must not hang in close()
+            worker.kill()
+        first.close()
+        second.close()
     assert children() == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from dataclasses import dataclass
 from typing import IO, Protocol, cast
 
 from agent.errors import AgentError
@@ -20,10 +21,21 @@ class SourceError(AgentError):
     """The image source cannot be read: missing, malformed, or failing its digests."""
 
 
+@dataclass(frozen=True)
+class Region:
+    """Where a blob's bytes lie: ``size`` bytes of the file at ``path`` from ``offset``."""
+
+    path: str
+    offset: int
+    size: int
+
+
 class Blobs(Protocol):
     def open(self, path: str) -> IO[bytes]: ...
 
     def exists(self, path: str) -> bool: ...
+
+    def region(self, path: str) -> Region: ...
 
 
 class DirectoryBlobs:
@@ -38,6 +50,13 @@ class DirectoryBlobs:
 
     def exists(self, path: str) -> bool:
         return os.path.isfile(os.path.join(self._root, path))
+
+    def region(self, path: str) -> Region:
+        full = os.path.join(self._root, path)
+        try:
+            return Region(full, 0, os.stat(full).st_size)
+        except OSError as exc:
+            raise SourceError(f"cannot read {path} in {self._root}: {exc.strerror}") from exc
 
 
 class _Slice(io.RawIOBase):
@@ -94,6 +113,10 @@ class ArchiveBlobs:
             else:
                 raise SourceError(f"{self._label}: {path} is not a file")
         raise SourceError(f"{self._label} has no {path}")
+
+    def region(self, path: str) -> Region:
+        member = self._member(path)
+        return Region(self._path, member.offset_data, member.size)
 
     def open(self, path: str) -> IO[bytes]:
         member = self._member(path)

@@ -44,11 +44,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import queue
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from agent.image.oci.contents import Contents, PlacedContents, StreamedContents
+from agent.image.oci.placed import PlacedLayer
 from agent.image.oci.tarheader import (
     BLOCK_DEVICE,
     CHAR_DEVICE,
@@ -60,10 +60,12 @@ from agent.image.oci.tarheader import (
     LayerError,
 )
 from agent.image.oci.tarreader import Chunks, LayerReader, Member, shown
-from agent.image.secrets import PEEK_BYTES, SecretWarning, check_file, is_candidate
+from agent.image.secrets import SecretWarning, check_file, is_candidate
 from agent.manifest.format import Entry, EntryType
 from agent.manifest.policy import Policy
+from agent.scan.hashpool import HashPool
 from agent.scan.rules import Exclusions, ignoring, include_roots
+from agent.scan.scanner import default_workers
 
 MAX_PATH = 4096
 """Longest member path accepted, in bytes (Linux's PATH_MAX)."""
@@ -73,12 +75,9 @@ MAX_MEMBERS = 5_000_000
 ROOT = b"/"
 ROOT_MODE = 0o555
 IMPLIED_MODE = 0o755
-_HANDOFF = 256 << 10
-_QUEUED_PIECES = 16
 _WHITEOUT = b".wh."
 _OPAQUE = b".wh..wh..opq"
 _AUFS_META = b".wh..wh."
-_EMPTY = memoryview(b"")
 _KIND = {
     DIRECTORY: EntryType.DIRECTORY,
     SYMLINK: EntryType.SYMLINK,
@@ -86,45 +85,6 @@ _KIND = {
     BLOCK_DEVICE: EntryType.BLOCK_DEVICE,
     FIFO: EntryType.FIFO,
 }
-
-
-class _LargeFileHasher:
-    """Hashes large files' content on a second thread; each digest lands in its node.
-
-    The tar stream is walked in order on one thread; hashing need not be.
-    :mod:`hashlib` releases the GIL on buffers over 2 KiB, so this runs on
-    another core while the walk goes on. Pieces are views of the stream's
-    chunks; at most :data:`_QUEUED_PIECES` wait (as many chunks held).
-    """
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[hashlib._Hash, memoryview, _Node | None] | None] = (
-            queue.Queue(maxsize=_QUEUED_PIECES)
-        )
-        self._thread = threading.Thread(target=self._work, name="layer-file-digest", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            digest, piece, node = item
-            digest.update(piece)
-            if node is not None:
-                node.digest = digest.digest()
-            self._queue.task_done()
-        self._queue.task_done()
-
-    def update(self, digest: hashlib._Hash, piece: memoryview, node: _Node | None) -> None:
-        """Add ``piece`` to ``digest``; then, if ``node`` is given, set its digest."""
-        self._queue.put((digest, piece, node))
-
-    def wait(self) -> None:
-        """Return once every file submitted so far has its digest."""
-        self._queue.join()
-
-    def close(self) -> None:
-        """Finish the queued files and stop the thread."""
-        self._queue.put(None)
-        self._thread.join()
 
 
 @dataclass(slots=True)
@@ -165,7 +125,11 @@ def _parent(path: bytes) -> bytes:
 
 
 class ImageTree:
-    """The image's filesystem as layers are applied: one metadata node per path."""
+    """The image's filesystem as layers are applied: one metadata node per path.
+
+    Close it (or use it as a context manager) to stop the hashing workers a
+    placed layer starts.
+    """
 
     def __init__(
         self,
@@ -173,6 +137,7 @@ class ImageTree:
         root_mode: int = ROOT_MODE,
         max_members: int = MAX_MEMBERS,
         progress: Callable[[int, int], None] | None = None,
+        workers: int | None = None,
     ) -> None:
         self._nodes: dict[bytes, _Node] = {ROOT: _Node(EntryType.DIRECTORY, root_mode, 0, 0)}
         self._children: dict[bytes, set[bytes]] = {ROOT: set()}
@@ -180,27 +145,49 @@ class ImageTree:
         self._layer = -1
         self._max_members = max_members
         self._progress = progress
+        self._pool = HashPool(default_workers() if workers is None else workers)
         self.members = 0
         self.files_hashed = 0
         self.bytes_hashed = 0
 
+    def __enter__(self) -> ImageTree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the hashing workers, if any were started."""
+        self._pool.close()
+
     # -- applying ---------------------------------------------------------------
 
-    def apply(self, stream: Chunks, label: str) -> None:
-        """Apply one uncompressed layer tar read from ``stream`` (``label`` names it in errors)."""
+    def apply(self, stream: Chunks | PlacedLayer, label: str) -> None:
+        """Apply one uncompressed layer tar (``label`` names it in errors).
+
+        ``stream`` is read front to back, or, for a :class:`PlacedLayer`,
+        walked in place with its files hashed by the workers.
+        """
         self._layer += 1
         root = self._nodes[ROOT]
         root.uid = root.gid = 0  # this layer's own directory (mode inherited from below)
         root.layer = self._layer
-        self._hasher = _LargeFileHasher()
-        try:
+        reader: LayerReader
+        if isinstance(stream, PlacedLayer):
+            reader = stream.reader()
+            self._contents: Contents = PlacedContents(stream, self._pool)
+        else:
             reader = LayerReader(stream)
-            for member in reader:
-                self._member(reader, member)
+            self._contents = StreamedContents()
+        try:
+            try:
+                for member in reader:
+                    self._member(reader, member)
+                self._contents.finish()
+            finally:
+                self._contents.close()
         except LayerError as exc:
             raise LayerError(f"{label}: {exc}") from None
-        finally:
-            self._hasher.close()
 
     def _member(self, reader: LayerReader, member: Member) -> None:
         self.members += 1
@@ -233,7 +220,7 @@ class ImageTree:
         if member.kind == REGULAR:  # most members: the short way
             node = _Node(EntryType.REGULAR, member.mode & 0o7777, member.uid, member.gid,
                          member.size, layer=self._layer)  # fmt: skip
-            self._hash(reader, path, base, node)
+            self._add_file(reader, path, base, node)
         else:
             node = self._other_node(member, path)
             if node is None:  # an overlay whiteout device
@@ -268,65 +255,28 @@ class ImageTree:
         except LayerError as exc:
             raise LayerError(f"hard link {shown(member.name)} leaves the root ({exc})") from None
         target = self._nodes.get(target_path)
-        self._hasher.wait()  # the target's digest may still be on its way
         if target is None or target.kind is EntryType.DIRECTORY:
             raise LayerError(
                 f"hard link {shown(member.name)} -> {shown(link)}: no such file in the image"
             )
         if target_path in self._warnings:
             self._warnings[path] = dataclasses.replace(self._warnings[target_path], path=path)
-        return _Node(
-            target.kind,
-            target.mode,
-            target.uid,
-            target.gid,
-            target.size,
-            target.digest,
-            target.target,
-            target.major,
-            target.minor,
-            self._layer,
-        )
+        node = dataclasses.replace(target, layer=self._layer)
+        self._contents.link(target, node)
+        return node
 
-    def _hash(self, reader: LayerReader, path: bytes, name: bytes, node: _Node) -> None:
-        """Read the file's content and set ``node.digest`` (now, or soon on the other thread)."""
-        size = node.size
-        view = reader.whole() if size < _HANDOFF else None
-        if view is not None:  # most files: one view, hashed here
-            node.digest = hashlib.sha256(view).digest()
-            head: memoryview | bytes = view
-        else:
-            head = self._hash_pieces(reader.content(), size, node)
+    def _add_file(self, reader: LayerReader, path: bytes, name: bytes, node: _Node) -> None:
+        """Have the file's digest set (now, or when it lands) and look for secrets in it."""
+        candidate = is_candidate(name)
+        head = self._contents.add(reader, node, peek=candidate)
         self.files_hashed += 1
-        self.bytes_hashed += size
+        self.bytes_hashed += node.size
         if self._warnings:
             self._warnings.pop(path, None)
-        if is_candidate(name):
-            peeked = bytes(head[:PEEK_BYTES])
-            warning = check_file(path, lambda: peeked)
+        if candidate:
+            warning = check_file(path, lambda: head)
             if warning is not None:
                 self._warnings[path] = warning
-
-    def _hash_pieces(self, pieces: Iterator[memoryview], size: int, node: _Node) -> bytes:
-        """Hash a file that is large or spans chunks; returns its first PEEK_BYTES."""
-        digest = hashlib.sha256()
-        head = b""
-        if size < _HANDOFF:
-            for piece in pieces:
-                if len(head) < PEEK_BYTES:
-                    head += bytes(piece[: PEEK_BYTES - len(head)])
-                digest.update(piece)
-            node.digest = digest.digest()
-            return head
-        last = _EMPTY
-        for piece in pieces:  # each goes when the next is known, the last one with the node
-            if len(head) < PEEK_BYTES:
-                head += bytes(piece[: PEEK_BYTES - len(head)])
-            if last:
-                self._hasher.update(digest, last, None)
-            last = piece
-        self._hasher.update(digest, last, node)
-        return head
 
     # -- the tree -------------------------------------------------------------------
 

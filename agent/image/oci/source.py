@@ -37,8 +37,9 @@ from typing import Any
 
 import zstandard
 
-from agent.image.oci.blobs import ArchiveBlobs, Blobs, DirectoryBlobs, SourceError
-from agent.image.oci.streams import LayerStream
+from agent.image.oci.blobs import ArchiveBlobs, Blobs, DirectoryBlobs, Region, SourceError
+from agent.image.oci.placed import PlacedLayer
+from agent.image.oci.streams import ZSTD_MAGIC, LayerStream, compression_detected
 
 SCHEMES = ("oci-archive", "oci", "docker-archive")
 MAX_DOCUMENT = 4 << 20
@@ -300,14 +301,38 @@ class OpenImage:
                 stream.finish()
             except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
                 raise SourceError(f"{self.label}: layer {layer.path} is corrupt: {exc}") from exc
-        raw, plain = stream.blob, stream.plain
-        if layer.digest is not None and raw.digest() != layer.digest:
+        self._check(layer, stream.blob.digest(), stream.blob.count, stream.plain.digest())
+
+    @contextlib.contextmanager
+    def layer_in_place(self, layer: Layer) -> Iterator[LayerStream | PlacedLayer]:
+        """The layer as a :class:`PlacedLayer` when its blob is an uncompressed tar in a
+        file (walked there), else as :meth:`layer` streams it; checked as :meth:`layer` is."""
+        region = self._blobs.region(layer.path)
+        if not self._plain(layer, region):
+            with self.layer(layer) as stream:
+                yield stream
+            return
+        try:
+            with PlacedLayer(region, self.label) as placed:
+                yield placed
+                placed.finish()
+        except OSError as exc:
+            raise SourceError(f"{self.label}: cannot read layer {layer.path}: {exc}") from exc
+        self._check(layer, placed.digest, region.size, placed.digest)
+
+    def _plain(self, layer: Layer, region: Region) -> bool:
+        """Whether the blob at ``region`` is an uncompressed tar."""
+        if layer.compression != "detect":
+            return layer.compression == "none"
+        with self._blobs.open(layer.path) as handle:
+            return compression_detected(handle.read(len(ZSTD_MAGIC))) == "none"
+
+    def _check(self, layer: Layer, blob: str, size: int, plain: str) -> None:
+        if layer.digest is not None and blob != layer.digest:
             raise SourceError(f"{self.label}: layer {layer.path} does not match its digest")
-        if layer.size is not None and raw.count != layer.size:
-            raise SourceError(
-                f"{self.label}: layer {layer.path} is {raw.count} bytes, not {layer.size}"
-            )
-        if layer.diff_id is not None and plain.digest() != layer.diff_id:
+        if layer.size is not None and size != layer.size:
+            raise SourceError(f"{self.label}: layer {layer.path} is {size} bytes, not {layer.size}")
+        if layer.diff_id is not None and plain != layer.diff_id:
             raise SourceError(
                 f"{self.label}: layer {layer.path} does not match its diff_id {layer.diff_id}"
             )

@@ -226,6 +226,13 @@ def _decompressed(
     source.drain()  # what follows the compressed stream still counts in the blob's digest
 
 
+def compression_detected(head: bytes) -> str:
+    """``gzip``, ``zstd`` or ``none``, from a blob's first bytes."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    return "zstd" if head.startswith(ZSTD_MAGIC) else "none"
+
+
 class LayerStream:
     """A layer blob's uncompressed tar (:meth:`read`) and, once finished, its digests.
 
@@ -239,14 +246,7 @@ class LayerStream:
         self.blob = Tally()
         self._pipes = [Pipe(lambda: read_counted(blob, self.blob), "layer-read")]
         if compression == "detect":
-            head = self._pipes[0].peek()
-            compression = (
-                "gzip"
-                if head.startswith(GZIP_MAGIC)
-                else "zstd"
-                if head.startswith(ZSTD_MAGIC)
-                else "none"
-            )
+            compression = compression_detected(self._pipes[0].peek())
         self.plain = self.blob
         if compression != "none":
             self.plain = Tally()

@@ -28,7 +28,7 @@ above raises :class:`~agent.image.oci.tarheader.LayerError`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from agent.image.oci.tarheader import (
@@ -65,6 +65,7 @@ from agent.image.oci.tarheader import (
     pax_sparse_map,
     text_sparse_map,
 )
+from agent.scan.hashing import Ranges
 
 CHUNK = 1 << 20
 """Bytes read from the stream at a time."""
@@ -93,8 +94,22 @@ class Chunks(Protocol):
 class LayerReader:
     """Members of the tar read from ``stream``; iterate once, front to back."""
 
-    def __init__(self, stream: Chunks) -> None:
+    def __init__(
+        self,
+        stream: Chunks,
+        *,
+        chunk: int = CHUNK,
+        skip: Callable[[int], bool] | None = None,
+        origin: int = 0,
+    ) -> None:
+        """``skip``, when the stream can, steps over that many bytes without reading them
+        (False: the stream ends first); ``origin`` is where the stream starts in its file,
+        so that :meth:`ranges` names file offsets."""
         self._stream = stream
+        self._read_size = chunk
+        self._skip = skip
+        self._start = origin
+        """Where the current chunk starts."""
         self._chunk = b""
         self._view = memoryview(self._chunk)
         self._pos = 0
@@ -108,13 +123,21 @@ class LayerReader:
 
     def _refill(self) -> bool:
         """Read the next chunk; False at the end of the stream."""
-        self._chunk = self._stream.read(CHUNK)
+        self._start += len(self._chunk)
+        self._chunk = self._stream.read(self._read_size)
         self._view = memoryview(self._chunk)
         self._pos = 0
         return bool(self._chunk)
 
     def _pass(self, count: int) -> None:
         """Step over ``count`` bytes."""
+        available = len(self._chunk) - self._pos
+        if count > available and self._skip is not None:
+            if not self._skip(count - available):
+                raise malformed("the stream ends inside a member's data")
+            self._start += len(self._chunk) + count - available
+            self._chunk, self._view, self._pos = b"", _ZEROS[:0], 0
+            return
         while True:
             available = len(self._chunk) - self._pos
             if count <= available:
@@ -306,6 +329,28 @@ class LayerReader:
             self._pos, self._left = pos + left, 0
             return self._view[pos : pos + left]
         return None
+
+    def ranges(self) -> Ranges:
+        """Where the current member's content lies in the stream's file, without reading it.
+
+        (offset, length) pairs in order, an offset of -1 for a sparse file's
+        holes. The content is then skipped, not read, when the walk goes on.
+        """
+        start = self._start + self._pos
+        if self._regions is None:
+            return [(start, self._left)] if self._left else []
+        ranges: Ranges = []
+        end = 0
+        for region in self._regions:
+            if region.offset > end:
+                ranges.append((-1, region.offset - end))
+            if region.length:
+                ranges.append((start, region.length))
+                start += region.length
+            end = region.offset + region.length
+        if self._size > end:
+            ranges.append((-1, self._size - end))
+        return ranges
 
     def content(self) -> Iterator[memoryview]:
         """The current member's content (``size`` bytes) as views of the chunks read.
