@@ -202,6 +202,18 @@ def _add_zeros(digest: hashlib._Hash, count: int) -> None:
         count -= len(_ZEROS)
 
 
+Batch = list[FileJob | bytes] | RangeBatch
+"""What a hashing worker takes at once: files by path (:func:`hash_batch`), or files stored
+inside one file (:func:`hash_ranges`)."""
+
+
+def hash_any(batch: Batch) -> list[Outcome | Listed] | list[Outcome]:
+    """Hash a batch of either kind."""
+    if isinstance(batch, tuple):  # marshal keeps a tuple a tuple
+        return hash_ranges(*batch)
+    return hash_batch(batch)
+
+
 def hash_batch(jobs: Sequence[FileJob | bytes]) -> list[Outcome | Listed]:
     """Hash every file of a batch, in order, with this process's buffer.
 

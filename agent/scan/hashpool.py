@@ -6,8 +6,10 @@ with the walk, which is the parent's real work. Here the parent writes each
 batch to a worker's pipe as one :mod:`marshal` message and reads the digests
 back when they are ready; there are no threads and nothing else to share.
 
-A worker only ever runs :func:`agent.scan.hashing.hash_batch`. It exits when its job
-pipe closes (the scan ended, or the parent died), so no worker outlives a scan.
+A worker runs one function on each batch: :func:`agent.scan.hashing.hash_any` unless
+the pool is made with another (the image bake's tar walk, for one). It exits when
+its job pipe closes (the scan ended, or the parent died), so no worker outlives a
+scan.
 """
 
 from __future__ import annotations
@@ -18,29 +20,26 @@ import select
 import signal
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.errors import AgentError
 from agent.scan import hashing
-from agent.scan.hashing import FileJob, Listed, Outcome, RangeBatch
 
 _LENGTH = struct.Struct("<Q")
 _MAX_FD = (1 << 31) - 1
 
-Finished = list[tuple[object, list[Outcome | Listed]]]
-"""Batches whose digests came back: (the caller's tag, one outcome per file)."""
+Finished = list[tuple[object, Any]]
+"""Batches whose results came back: (the caller's tag, what the work function returned;
+for hashing, one outcome per file)."""
 
 
 class WorkerError(AgentError):
     """A hashing process died or broke its pipe; the scan cannot be completed."""
 
 
-Batch = list[FileJob | bytes] | RangeBatch
-"""What a worker hashes at once: files by path (:func:`~agent.scan.hashing.hash_batch`), or
-files stored inside one file (:func:`~agent.scan.hashing.hash_ranges`)."""
-
-
-def _write_message(fd: int, value: Batch | list[Outcome | Listed] | list[Outcome]) -> None:
+def _write_message(fd: int, value: Any) -> None:
     data = marshal.dumps(value)
     view = memoryview(_LENGTH.pack(len(data)) + data)
     while view:
@@ -66,15 +65,12 @@ def _read_message(fd: int) -> object | None:
     return None if body is None else marshal.loads(body)
 
 
-def _serve(jobs: int, results: int) -> None:
-    """A worker's life: hash each batch from ``jobs`` and answer on ``results``."""
+def _serve(jobs: int, results: int, work: Callable[[Any], object]) -> None:
+    """A worker's life: run ``work`` on each batch from ``jobs``, answer on ``results``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the parent, which decides
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the parent stops the workers itself
     while (batch := _read_message(jobs)) is not None:
-        if isinstance(batch, tuple):  # marshal keeps a tuple a tuple
-            _write_message(results, hashing.hash_ranges(*batch))
-        else:
-            _write_message(results, hashing.hash_batch(batch))  # type: ignore[arg-type]
+        _write_message(results, work(batch))
 
 
 def _keep_only(*fds: int) -> None:
@@ -112,9 +108,11 @@ class HashPool:
 
     MAX_IN_FLIGHT = 3
 
-    def __init__(self, workers: int, *, niceness: int = 0) -> None:
+    def __init__(self, workers: int, *, work: Callable[[Any], object] = hashing.hash_any) -> None:
+        """``work`` runs in the workers on each batch; batches and results are what
+        :mod:`marshal` carries."""
         self.workers = workers
-        self._niceness = niceness
+        self._work = work
         self._workers: list[_Worker] = []
 
     def _start(self) -> None:
@@ -126,9 +124,7 @@ class HashPool:
                 status = 1
                 try:
                     _keep_only(jobs_read, results_write)
-                    if self._niceness:
-                        os.nice(self._niceness)
-                    _serve(jobs_read, results_write)
+                    _serve(jobs_read, results_write, self._work)
                     status = 0
                 finally:
                     os._exit(status)
@@ -141,7 +137,7 @@ class HashPool:
         if not self._workers:
             self._start()
 
-    def submit(self, tag: object, jobs: Batch) -> Finished:
+    def submit(self, tag: object, jobs: object) -> Finished:
         """Queue a batch on the least busy worker; returns the batches finished so far."""
         self.start()
         finished = self._collect(block=False)
@@ -171,10 +167,10 @@ class HashPool:
         finished: Finished = []
         for fd in ready:
             worker = busy[fd]
-            outcomes = _read_message(fd)
-            if not isinstance(outcomes, list):
+            result = _read_message(fd)
+            if result is None:  # the pipe ended before a whole answer
                 raise WorkerError(f"hashing process {worker.pid} died during the scan")
-            finished.append((worker.tags.popleft(), outcomes))
+            finished.append((worker.tags.popleft(), result))
         return finished
 
     def close(self) -> None:

@@ -87,21 +87,31 @@ class Seekable:
         return True
 
 
-def read_ranged(data: bytes, chunk: int = 700, origin: int = 4096) -> list[tuple[Member, bytes]]:
+def read_ranged(
+    data: bytes, chunk: int = 700, origin: int = 4096, every: int = 2
+) -> list[tuple[Member, bytes]]:
     """:func:`read_all`, the contents taken from where :meth:`LayerReader.ranges` says they lie
-    in a file that holds ``data`` from ``origin``; contents are never read by the reader."""
-    stream = Seekable(data)
-    reader = LayerReader(stream, chunk=chunk, skip=stream.skip, origin=origin)
-    out = []
-    for member in reader:
-        content = b""
-        if member.kind == tarheader.REGULAR:
-            content = b"".join(
-                bytes(length) if offset < 0 else data[offset - origin : offset - origin + length]
-                for offset, length in reader.ranges()
-            )
-        out.append((member, content))
-    return out
+    in a file that holds ``data`` from ``origin``; contents are never read by the reader.
+    A new reader takes over every ``every`` members, where :meth:`LayerReader.following`
+    says, as the walker's batches do."""
+    out: list[tuple[Member, bytes]] = []
+    start = origin
+    while True:
+        stream = Seekable(data[start - origin :])
+        reader = LayerReader(stream, chunk=chunk, skip=stream.skip, origin=start)
+        for count, member in enumerate(reader, start=1):
+            content = b""
+            if member.kind == tarheader.REGULAR:
+                content = b"".join(
+                    bytes(length) if at < 0 else data[at - origin : at - origin + length]
+                    for at, length in reader.ranges()
+                )
+            out.append((member, content))
+            if count == every:
+                start = reader.following()
+                break
+        else:
+            return out
 
 
 def sample(fmt: int) -> bytes:

@@ -22,15 +22,14 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol, cast
 
-from agent.image.oci.blobs import SourceError
-from agent.image.oci.placed import PlacedLayer
+from agent.image.oci.placed import PlacedLayer, WalkedMembers
 from agent.image.oci.tarreader import LayerReader
 from agent.image.secrets import PEEK_BYTES
 from agent.scan.hashing import Ranges
-from agent.scan.hashpool import Finished, HashPool, WorkerError
+from agent.scan.hashpool import Finished, HashPool
 
 HANDOFF = 256 << 10
 """A streamed file at least this large is hashed on the second thread."""
@@ -52,8 +51,8 @@ class Node(Protocol):
 
 
 class Contents(Protocol):
-    def add(self, reader: LayerReader, node: Node, *, peek: bool) -> bytes:
-        """Have ``node.digest`` set from the reader's current member; its first
+    def add(self, node: Node, *, peek: bool) -> bytes:
+        """Have ``node.digest`` set from the current member's content; its first
         PEEK_BYTES if ``peek``, else b""."""
         ...
 
@@ -110,18 +109,19 @@ class _LargeFileHasher:
 
 
 class StreamedContents:
-    """Digests of a streamed layer's files, from the chunks as they pass."""
+    """Digests of the files ``reader`` streams, from the chunks as they pass."""
 
-    def __init__(self) -> None:
+    def __init__(self, reader: LayerReader) -> None:
+        self._reader = reader
         self._hasher = _LargeFileHasher()
 
-    def add(self, reader: LayerReader, node: Node, *, peek: bool) -> bytes:
+    def add(self, node: Node, *, peek: bool) -> bytes:
         size = node.size
-        view = reader.whole() if size < HANDOFF else None
+        view = self._reader.whole() if size < HANDOFF else None
         if view is not None:  # most files: one view, hashed here
             node.digest = hashlib.sha256(view).digest()
             return bytes(view[:PEEK_BYTES]) if peek else b""
-        return self._hash_pieces(reader.content(), size, node)
+        return self._hash_pieces(self._reader.content(), size, node)
 
     def _hash_pieces(self, pieces: Iterator[memoryview], size: int, node: Node) -> bytes:
         """Hash a file that is large or spans chunks; returns its first PEEK_BYTES."""
@@ -159,25 +159,26 @@ class PlacedContents:
     """Digests of a placed layer's files, hashed by ``pool``'s workers from the file.
 
     Files go in batches (up to :data:`BATCH_BYTES` of content or
-    :data:`BATCH_FILES` files) of neighbours in the tar, which a worker reads
-    with one read or a few. A file whose digest is still out keeps, in
+    :data:`BATCH_FILES` files) of neighbours in the tar, which a worker maps
+    and hashes where they lie. A file whose digest is still out keeps, in
     ``_waiting``, the nodes that get it when it lands: itself, and any hard
     link made to it meanwhile.
     """
 
-    def __init__(self, layer: PlacedLayer, pool: HashPool) -> None:
+    def __init__(self, layer: PlacedLayer, members: WalkedMembers, pool: HashPool) -> None:
         self._layer = layer
+        self._members = members
         self._pool = pool
         self._files: list[Ranges] = []
         self._nodes: list[list[Node]] = []
         self._bytes = 0
         self._waiting: dict[int, list[Node]] = {}
 
-    def add(self, reader: LayerReader, node: Node, *, peek: bool) -> bytes:
+    def add(self, node: Node, *, peek: bool) -> bytes:
         if not node.size:
             node.digest = _EMPTY_DIGEST
             return b""
-        ranges = reader.ranges()
+        ranges = self._members.ranges()
         nodes = [node]
         self._waiting[id(node)] = nodes
         self._files.append(ranges)
@@ -196,24 +197,18 @@ class PlacedContents:
 
     def _submit(self) -> None:
         batch = self._layer.batch(self._files)
-        finished = self._run(lambda: self._pool.submit(self._nodes, batch))
+        finished = self._layer.run(lambda: self._pool.submit(self._nodes, batch))
         self._files, self._nodes, self._bytes = [], [], 0
         self._land(finished)
 
     def finish(self) -> None:
         if self._files:
             self._submit()
-        self._land(self._run(self._pool.drain))
+        self._land(self._layer.run(self._pool.drain))
 
     def close(self) -> None:
         if self._waiting:  # the walk failed: what is still out is not wanted
             self._pool.close()
-
-    def _run(self, call: Callable[[], Finished]) -> Finished:
-        try:
-            return call()
-        except WorkerError as exc:
-            raise SourceError(f"{self._layer.region.path}: {exc}") from exc
 
     def _land(self, finished: Finished) -> None:
         for tag, outcomes in finished:

@@ -1,12 +1,10 @@
 """Apply an image's layers, in order, to a tree held in memory: what an unpack would leave.
 
-Each layer is a tar stream read once, front to back, in chunks
-(:mod:`agent.image.oci.tarreader`, which parses headers as the engines' Go
-unpacker does): a regular file's content is hashed from views of the chunks
-as they pass and dropped, so memory holds one node of metadata per path,
-never file content. Small files are hashed right there; large ones (at least
-:data:`_HANDOFF` bytes) on a second thread, since :mod:`hashlib` lets go of
-the GIL for them. The rules are those of the OCI image spec as an
+Each layer's tar is read once, front to back (:mod:`agent.image.oci.tarreader`,
+which parses headers as the engines' Go unpacker does): streamed, or walked in
+place in its file (:mod:`agent.image.oci.placed`). Regular files' contents are
+hashed as :mod:`agent.image.oci.contents` says, never kept, so memory holds one
+node of metadata per path. The rules are those of the OCI image spec as an
 overlay-backed engine (Podman's containers/storage, Docker's overlay2)
 applies them, so the tree is exactly the root that engine mounts:
 
@@ -48,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from agent.image.oci.contents import Contents, PlacedContents, StreamedContents
-from agent.image.oci.placed import PlacedLayer
+from agent.image.oci.placed import PlacedLayer, WalkedMembers, walk
 from agent.image.oci.tarheader import (
     BLOCK_DEVICE,
     CHAR_DEVICE,
@@ -146,6 +144,7 @@ class ImageTree:
         self._max_members = max_members
         self._progress = progress
         self._pool = HashPool(default_workers() if workers is None else workers)
+        self._walker = HashPool(1, work=walk)
         self.members = 0
         self.files_hashed = 0
         self.bytes_hashed = 0
@@ -157,7 +156,8 @@ class ImageTree:
         self.close()
 
     def close(self) -> None:
-        """Stop the hashing workers, if any were started."""
+        """Stop the walker and hashing processes, if any were started."""
+        self._walker.close()
         self._pool.close()
 
     # -- applying ---------------------------------------------------------------
@@ -172,24 +172,24 @@ class ImageTree:
         root = self._nodes[ROOT]
         root.uid = root.gid = 0  # this layer's own directory (mode inherited from below)
         root.layer = self._layer
-        reader: LayerReader
+        members: Iterable[Member]
         if isinstance(stream, PlacedLayer):
-            reader = stream.reader()
-            self._contents: Contents = PlacedContents(stream, self._pool)
+            members = WalkedMembers(stream, self._walker)
+            self._contents: Contents = PlacedContents(stream, members, self._pool)
         else:
-            reader = LayerReader(stream)
-            self._contents = StreamedContents()
+            members = reader = LayerReader(stream)
+            self._contents = StreamedContents(reader)
         try:
             try:
-                for member in reader:
-                    self._member(reader, member)
+                for member in members:
+                    self._member(member)
                 self._contents.finish()
             finally:
                 self._contents.close()
         except LayerError as exc:
             raise LayerError(f"{label}: {exc}") from None
 
-    def _member(self, reader: LayerReader, member: Member) -> None:
+    def _member(self, member: Member) -> None:
         self.members += 1
         if self.members > self._max_members:
             raise LayerError(f"more than {self._max_members} members: not a sane image")
@@ -220,7 +220,7 @@ class ImageTree:
         if member.kind == REGULAR:  # most members: the short way
             node = _Node(EntryType.REGULAR, member.mode & 0o7777, member.uid, member.gid,
                          member.size, layer=self._layer)  # fmt: skip
-            self._add_file(reader, path, base, node)
+            self._add_file(path, base, node)
         else:
             node = self._other_node(member, path)
             if node is None:  # an overlay whiteout device
@@ -265,10 +265,10 @@ class ImageTree:
         self._contents.link(target, node)
         return node
 
-    def _add_file(self, reader: LayerReader, path: bytes, name: bytes, node: _Node) -> None:
+    def _add_file(self, path: bytes, name: bytes, node: _Node) -> None:
         """Have the file's digest set (now, or when it lands) and look for secrets in it."""
         candidate = is_candidate(name)
-        head = self._contents.add(reader, node, peek=candidate)
+        head = self._contents.add(node, peek=candidate)
         self.files_hashed += 1
         self.bytes_hashed += node.size
         if self._warnings:

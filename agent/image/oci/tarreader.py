@@ -317,6 +317,14 @@ class LayerReader:
             text += self._read(BLOCK)
         return regions
 
+    def following(self) -> int:
+        """Step over the current member's content; where the next header starts in the
+        stream's file: a reader started there (with that ``origin``) reads the members
+        that follow. LayerError if the stream ends first."""
+        self._pass(self._left + self._padding)
+        self._left = self._padding = 0
+        return self._start + self._pos
+
     # -- content ---------------------------------------------------------------------
 
     def whole(self) -> memoryview | None:
