@@ -36,7 +36,7 @@ for hashing, one outcome per file)."""
 
 
 class WorkerError(AgentError):
-    """A hashing process died or broke its pipe; the scan cannot be completed."""
+    """A worker process died or broke its pipe; the scan (or bake) cannot be completed."""
 
 
 def _write_message(fd: int, value: Any) -> None:
@@ -133,7 +133,7 @@ class HashPool:
             self._workers.append(_Worker(pid, jobs_write, results_read))
 
     def start(self) -> None:
-        """Fork the workers now, if not yet (before the caller starts threads of its own)."""
+        """Fork the workers now, if not yet (:meth:`submit` does on its first call)."""
         if not self._workers:
             self._start()
 
@@ -148,7 +148,7 @@ class HashPool:
         try:
             _write_message(worker.jobs, jobs)
         except BrokenPipeError as exc:
-            raise WorkerError(f"hashing process {worker.pid} died during the scan") from exc
+            raise WorkerError(f"worker process {worker.pid} died during the scan") from exc
         worker.tags.append(tag)
         return finished
 
@@ -169,7 +169,7 @@ class HashPool:
             worker = busy[fd]
             result = _read_message(fd)
             if result is None:  # the pipe ended before a whole answer
-                raise WorkerError(f"hashing process {worker.pid} died during the scan")
+                raise WorkerError(f"worker process {worker.pid} died during the scan")
             finished.append((worker.tags.popleft(), result))
         return finished
 
