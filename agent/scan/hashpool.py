@@ -28,7 +28,6 @@ from agent.errors import AgentError
 from agent.scan import hashing
 
 _LENGTH = struct.Struct("<Q")
-_MAX_FD = (1 << 31) - 1
 
 Finished = list[tuple[object, Any]]
 """Batches whose results came back: (the caller's tag, what the work function returned;
@@ -73,18 +72,14 @@ def _serve(jobs: int, results: int, work: Callable[[Any], object]) -> None:
         _write_message(results, work(batch))
 
 
-def _keep_only(*fds: int) -> None:
-    """Close every descriptor but ``fds`` and the standard three, in a worker just forked.
+_PARENT_ENDS: set[int] = set()
+"""The parent's ends of every live worker's pipes, of every pool in this process.
 
-    Other workers' pipe ends (of this pool or of another one alive in the
-    parent) must not stay open here, or a worker would never see its own
-    job pipe close; nor need a worker hold the parent's files and sockets.
-    """
-    low = 3
-    for fd in sorted(fds):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, _MAX_FD)
+A worker closes them all as it starts: holding another worker's job pipe
+(of its own pool or another one alive in the parent), it would keep that
+worker from ever seeing its pipe close. Nothing else is closed: libraries
+that survive a fork (gRPC's event engine, for one) may still use theirs.
+"""
 
 
 @dataclass
@@ -123,7 +118,8 @@ class HashPool:
             if pid == 0:  # pragma: no cover - runs in the child; exercised by every scan
                 status = 1
                 try:
-                    _keep_only(jobs_read, results_write)
+                    for fd in (jobs_write, results_read, *_PARENT_ENDS):
+                        os.close(fd)
                     _serve(jobs_read, results_write, self._work)
                     status = 0
                 finally:
@@ -131,6 +127,7 @@ class HashPool:
             os.close(jobs_read)
             os.close(results_write)
             self._workers.append(_Worker(pid, jobs_write, results_read))
+            _PARENT_ENDS.update((jobs_write, results_read))
 
     def start(self) -> None:
         """Fork the workers now, if not yet (:meth:`submit` does on its first call)."""
@@ -178,8 +175,10 @@ class HashPool:
         for worker in self._workers:
             if worker.tags:
                 os.kill(worker.pid, signal.SIGKILL)
+            _PARENT_ENDS.discard(worker.jobs)
             os.close(worker.jobs)
         for worker in self._workers:
             os.waitpid(worker.pid, 0)
+            _PARENT_ENDS.discard(worker.results)
             os.close(worker.results)
         self._workers = []

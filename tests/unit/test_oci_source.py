@@ -324,3 +324,64 @@ def test_cli_refuses_an_unsafe_archive_in_one_line(
     assert code == 2 and len(error) == 1
     assert "unsafe member name" in error[0] and "layer 1" in error[0]
     assert not (tmp_path / "out").exists()
+
+
+def many_files(count: int, prefix: str = "f") -> bytes:
+    return secret_layer({f"{prefix}/{i}": b"%d" % i * (i % 40) for i in range(count)})
+
+
+def test_layers_bake_alike_walked_in_place_or_streamed(tmp_path: Path) -> None:
+    """Uncompressed layers in a layout, in an oci-archive or a docker archive are walked in
+    place; compressed ones stream: the manifest is the same."""
+    tars = [many_files(1500), secret_layer({"f/7": b"changed", "f/.wh.8": b""}), many_files(3, "g")]
+    digests = set()
+    for how in ("none", "gzip", "zstd"):
+        layout = Layout(tmp_path / how)
+        layout.image([(tar, how) for tar in tars], ref="app:1")
+        digests.add(bake(f"oci:{layout.root}", str(tmp_path / f"out-{how}"),
+                         policy=Policy()).manifest_digest)  # fmt: skip
+    archive = tmp_path / "image.tar"
+    with tarfile.open(archive, "w") as out:
+        out.add(tmp_path / "none", arcname=".")
+    digests.add(
+        bake(f"oci-archive:{archive}", str(tmp_path / "a"), policy=Policy()).manifest_digest
+    )
+    docker_archive(tmp_path / "d.tar", tars)  # plain and gzip layers, by their first bytes
+    spec = f"docker-archive:{tmp_path / 'd.tar'}"
+    digests.add(bake(spec, str(tmp_path / "d"), policy=Policy(), name="app").manifest_digest)
+    assert len(digests) == 1
+
+
+@pytest.mark.parametrize(
+    ("part", "message"),
+    [("content", "does not match its digest"), ("header", "checksum does not match")],
+)
+def test_a_corrupt_layer_fails_the_bake_walked_in_place(
+    tmp_path: Path, part: str, message: str
+) -> None:
+    layout = Layout(tmp_path / "layout")
+    tar = many_files(1500)
+    layout.image([(tar, "none")], ref="app:1")
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        member = archive.getmember("f/1234")
+    at = member.offset_data if part == "content" else member.offset + 10
+    blob = layout.root / "blobs" / "sha256" / digest(tar).removeprefix("sha256:")
+    data = bytearray(blob.read_bytes())
+    data[at] ^= 1
+    blob.write_bytes(bytes(data))
+    with pytest.raises(AgentError, match=message):
+        bake(f"oci:{layout.root}", str(tmp_path / "out"), policy=Policy())
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_layer_changed_during_the_bake_fails_it(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "layout")
+    layout.image([(many_files(3000), "none")], ref="app:1")
+    [blob] = [p for p in (layout.root / "blobs" / "sha256").iterdir() if p.stat().st_size >= 1024]
+
+    def rewrite(members: int, hashed: int) -> None:  # the same bytes: only its times change
+        blob.write_bytes(blob.read_bytes())
+
+    with pytest.raises(AgentError, match="changed while it was read"):
+        bake(f"oci:{layout.root}", str(tmp_path / "out"), policy=Policy(), progress=rewrite)
+    assert not (tmp_path / "out").exists()

@@ -137,18 +137,26 @@ def test_workers_hash_ranges_of_a_file_with_holes_and_refuse_another_file(tmp_pa
     assert finished["past the end"] == [int(EntryError.UNREADABLE)]
 
 
-def test_a_worker_holds_only_its_own_pipes() -> None:
-    """No other worker's pipe (of its pool or another) nor the parent's files stay open in a
-    worker: each sees its own job pipe close, and a pool closes while another is alive."""
+def pipes_held(pid: int) -> set[str]:
+    links = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+    return {link for link in links if link.startswith("pipe:")}
+
+
+def test_a_worker_holds_no_other_workers_pipes() -> None:
+    """Of its own pool or another: so each sees its own job pipe close, and a pool closes
+    while another is alive."""
     first, second = HashPool(1), HashPool(2)
     try:
         first.start()
-        with open(__file__, "rb"):  # a file the parent has open when the second pool forks
-            second.start()
-        for worker in children():
-            own = [fd for fd in map(int, os.listdir(f"/proc/{worker.pid}/fd")) if fd > 2]
-            links = [os.readlink(f"/proc/{worker.pid}/fd/{fd}") for fd in own]
-            assert len(links) == 2 and all(link.startswith("pipe:") for link in links), links
+        second.start()  # forked while the first pool's pipes are open in the parent
+        workers = {worker.pid: worker for pool in (first, second) for worker in pool._workers}
+        own = {
+            pid: {f"pipe:[{os.fstat(fd).st_ino}]" for fd in (worker.jobs, worker.results)}
+            for pid, worker in workers.items()
+        }
+        for pid in workers:
+            others = set().union(*(pipes for other, pipes in own.items() if other != pid))
+            assert own[pid] <= pipes_held(pid) and not pipes_held(pid) & others
         first.close()
         assert len(children()) == 2
     finally:
