@@ -125,8 +125,8 @@ def _parent(path: bytes) -> bytes:
 class ImageTree:
     """The image's filesystem as layers are applied: one metadata node per path.
 
-    Close it (or use it as a context manager) to stop the hashing workers a
-    placed layer starts.
+    Close it (or use it as a context manager) to stop the walker and hashing
+    processes a placed layer starts.
     """
 
     def __init__(

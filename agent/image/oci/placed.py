@@ -54,6 +54,8 @@ _CHANGED = "\0changed"
 
 @dataclass(frozen=True)
 class Identity:
+    """What tells a file changed or was replaced: it is the same file, untouched, if equal."""
+
     device: int
     inode: int
     size: int
@@ -87,7 +89,12 @@ class PlacedLayer:
             os.close(self._fd)
             raise SourceError(f"{label}: {region.path} ends inside the layer")
         self._blob_worker = HashPool(1)
-        self._blob_worker.submit(None, self.batch([[(region.offset, region.size)]]))
+        whole = self.batch([[(region.offset, region.size)]])
+        try:
+            self.run(lambda: self._blob_worker.submit(None, whole))
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __enter__(self) -> PlacedLayer:
         return self

@@ -21,7 +21,9 @@ applied, as Go's ``archive/tar`` hands members to an engine's unpacker:
 
 A regular member's content comes from :meth:`LayerReader.content` as
 memoryviews of the chunks, without a copy; whatever the caller leaves unread
-is skipped. A truncated stream, an extended header larger than
+is skipped. A reader whose stream can step over bytes (a layer walked in place
+in its file) need not read contents at all: :meth:`LayerReader.ranges` says
+where one lies, and the reader skips it. A truncated stream, an extended header larger than
 :data:`~agent.image.oci.tarheader.MAX_HEADER` or a member type outside the list
 above raises :class:`~agent.image.oci.tarheader.LayerError`.
 """
@@ -136,7 +138,9 @@ class LayerReader:
             if not self._skip(count - available):
                 raise malformed("the stream ends inside a member's data")
             self._start += len(self._chunk) + count - available
-            self._chunk, self._view, self._pos = b"", _ZEROS[:0], 0
+            self._chunk = b""
+            self._view = memoryview(self._chunk)
+            self._pos = 0
             return
         while True:
             available = len(self._chunk) - self._pos
