@@ -14,6 +14,7 @@ scan.
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import select
@@ -119,7 +120,8 @@ class HashPool:
                 status = 1
                 try:
                     for fd in (jobs_write, results_read, *_PARENT_ENDS):
-                        os.close(fd)
+                        with contextlib.suppress(OSError):  # one already gone is no reason to die
+                            os.close(fd)
                     _serve(jobs_read, results_write, self._work)
                     status = 0
                 finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -16,6 +17,7 @@ from agent.scan import scanner as scan_module
 from agent.scan.hashing import FileJob
 from agent.scan.hashpool import HashPool, WorkerError
 from agent.scan.scanner import scan
+from controller.demo.fleet import wait_for
 
 OPEN = Policy(exclude=())
 
@@ -138,8 +140,12 @@ def test_workers_hash_ranges_of_a_file_with_holes_and_refuse_another_file(tmp_pa
 
 
 def pipes_held(pid: int) -> set[str]:
-    links = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
-    return {link for link in links if link.startswith("pipe:")}
+    """The pipes ``pid`` has open (one it closes meanwhile may be left out)."""
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return {link for link in held if link.startswith("pipe:")}
 
 
 def test_a_worker_holds_no_other_workers_pipes() -> None:
@@ -154,9 +160,14 @@ def test_a_worker_holds_no_other_workers_pipes() -> None:
             pid: {f"pipe:[{os.fstat(fd).st_ino}]" for fd in (worker.jobs, worker.results)}
             for pid, worker in workers.items()
         }
-        for pid in workers:
+
+        def alone(pid: int) -> bool:
             others = set().union(*(pipes for other, pipes in own.items() if other != pid))
-            assert own[pid] <= pipes_held(pid) and not pipes_held(pid) & others
+            held = pipes_held(pid)
+            return own[pid] <= held and not held & others
+
+        # each closes the others' pipes as it starts, which may take a moment
+        assert wait_for(lambda: all(map(alone, workers)), timeout=10)
         first.close()
         assert len(children()) == 2
     finally:
