@@ -140,6 +140,23 @@ def _read_digest(fd: int, size: int, view: memoryview) -> bytes:
     return digest.digest()
 
 
+SEEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+"""How a file that holds others (an image layer's blob) is opened, every time: following
+a symlink to it, as its name was given, and never waiting on a FIFO put in its place."""
+
+
+def open_seen(path: bytes, device: int, inode: int) -> tuple[int, os.stat_result] | None:
+    """The file at ``path``, opened with :data:`SEEN_FLAGS`, and its attributes, if it is
+    still the file seen before (``device`` and ``inode``); None (and nothing left open) if
+    the name now holds another. Raises OSError when it cannot be opened."""
+    fd = os.open(path, SEEN_FLAGS)
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) == (device, inode):
+        return fd, st
+    os.close(fd)
+    return None
+
+
 def hash_ranges(path: bytes, device: int, inode: int, files: Sequence[Ranges]) -> list[Outcome]:
     """SHA-256 of each file stored as ``ranges`` of the file at ``path`` (a layer blob).
 
@@ -151,13 +168,13 @@ def hash_ranges(path: bytes, device: int, inode: int, files: Sequence[Ranges]) -
     caller sees a worker die, and fails as for an unreadable file.)
     """
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        seen = open_seen(path, device, inode)
     except OSError as exc:
         return [_open_error(exc)] * len(files)
+    if seen is None:
+        return [int(EntryError.VANISHED)] * len(files)
+    fd, st = seen
     try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (device, inode):
-            return [int(EntryError.VANISHED)] * len(files)
         stored = [(offset, length) for ranges in files for offset, length in ranges if offset >= 0]
         if not stored:
             return [_digest_of(_EMPTY_VIEW, 0, ranges) for ranges in files]

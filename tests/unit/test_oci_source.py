@@ -385,3 +385,21 @@ def test_a_layer_changed_during_the_bake_fails_it(tmp_path: Path) -> None:
     with pytest.raises(AgentError, match="changed while it was read"):
         bake(f"oci:{layout.root}", str(tmp_path / "out"), policy=Policy(), progress=rewrite)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_layout_whose_blobs_are_symlinks_bakes_as_one_whose_blobs_are_files(
+    tmp_path: Path,
+) -> None:
+    """Blobs kept elsewhere and linked into the layout (a shared store): the walk in
+    place follows the link as reading the blob does."""
+    tars = [many_files(1500), secret_layer({"f/7": b"changed"})]
+    layout = Layout(tmp_path / "layout")
+    layout.image([(tar, "none") for tar in tars], ref="app:1")
+    plain = bake(f"oci:{layout.root}", str(tmp_path / "plain"), policy=Policy())
+    store = tmp_path / "store"
+    store.mkdir()
+    for blob in (layout.root / "blobs" / "sha256").iterdir():
+        blob.rename(store / blob.name)
+        blob.symlink_to(store / blob.name)
+    linked = bake(f"oci:{layout.root}", str(tmp_path / "linked"), policy=Policy())
+    assert linked.manifest_digest == plain.manifest_digest

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from agent.image.oci.blobs import Region, SourceError
 from agent.image.oci.tarheader import REGULAR, Header, LayerError
 from agent.image.oci.tarreader import LayerReader, Member
-from agent.scan.hashing import RangeBatch, Ranges
+from agent.scan.hashing import SEEN_FLAGS, RangeBatch, Ranges, open_seen
 from agent.scan.hashpool import Finished, HashPool, WorkerError
 
 READ_SIZE = 16 << 10
@@ -81,10 +81,12 @@ class PlacedLayer:
         self._label = label
         self.digest = ""
         try:
-            self._fd = os.open(region.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._fd = os.open(region.path, SEEN_FLAGS)
         except OSError as exc:
             raise SourceError(f"{label}: cannot read {region.path}: {exc.strerror}") from exc
         self._identity = Identity.of(self._fd)
+        self._seen = (os.fsencode(region.path), self._identity.device, self._identity.inode)
+        """Where the walker and the workers find this file, and how they know it."""
         if region.offset + region.size > self._identity.size:
             os.close(self._fd)
             raise SourceError(f"{label}: {region.path} ends inside the layer")
@@ -105,14 +107,11 @@ class PlacedLayer:
 
     def walk(self, start: int) -> WalkJob:
         """The walker's job for the members from ``start`` (an offset in the file)."""
-        identity = self._identity
-        end = self.region.offset + self.region.size
-        return (os.fsencode(self.region.path), identity.device, identity.inode, start, end)
+        return (*self._seen, start, self.region.offset + self.region.size)
 
     def batch(self, files: list[Ranges]) -> RangeBatch:
         """A workers' batch for files stored as ``files`` in this layer's file."""
-        identity = self._identity
-        return (os.fsencode(self.region.path), identity.device, identity.inode, files)
+        return (*self._seen, files)
 
     def head(self, ranges: Ranges, limit: int) -> bytes:
         """The first ``limit`` bytes of a file stored as ``ranges``."""
@@ -212,13 +211,13 @@ def walk(job: WalkJob) -> Walked:
     path, device, inode, start, end = job
     records: list[Record] = []
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        seen = open_seen(path, device, inode)
     except OSError:
+        seen = None
+    if seen is None:
         return records, -1, _CHANGED
+    fd, _ = seen
     try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (device, inode):
-            return records, -1, _CHANGED
         stream = _FileStream(fd, start, end)
         reader = LayerReader(stream, chunk=READ_SIZE, skip=stream.skip, origin=start)
         for member in reader:
