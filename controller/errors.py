@@ -7,6 +7,10 @@ the operator still gets a precise code and a message that says what to do.
 
 from __future__ import annotations
 
+INTERNAL_DETAILS = "internal error: the controller logged the details; retrying may help"
+"""The whole message a call that failed on a bug ends with (INTERNAL): nothing of the
+exception goes on the wire."""
+
 
 class ControllerError(Exception):
     """Base of every error the controller raises on purpose.

@@ -31,17 +31,16 @@ from google.protobuf.message_factory import GetMessageClass
 
 from controller.api.convert import status_of
 from controller.api.counting import Counted, MethodCounter
-from controller.errors import ControllerError
+from controller.errors import INTERNAL_DETAILS, ControllerError
+from controller.security.interceptor import RETRY_AFTER_METADATA
 
 log = logging.getLogger("corral.controller")
 
 Context = grpc.aio.ServicerContext[Any, Any]
-RETRY_AFTER_METADATA = "retry-after-ms"
 #: What UNAVAILABLE asks a client to wait before retrying.
 UNAVAILABLE_RETRY_MS = 1000
 #: The longest status message sent; longer ones are cut.
 MAX_DETAILS = 1024
-INTERNAL_DETAILS = "internal error: the controller logged the details; retrying may help"
 
 
 class Undecodable:

@@ -10,7 +10,8 @@ the instance the certificate names, before any servicer code runs; a refused
 call therefore changes nothing. Servicers and the audit log read the caller
 with :func:`current_identity` / :func:`current_actor`. Refused calls never reach
 a servicer, so the interceptor reports each refusal to ``on_refused`` (method,
-status code); the server counts them in ``corral_grpc_requests_total``.
+status code); the server counts them in ``corral_grpc_requests_total``. A bug
+while admitting a call ends it INTERNAL, counted the same way, never UNKNOWN.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 from grpc.aio import ServerInterceptor
 
-from controller.errors import ControllerError, PermissionDeniedError
+from controller.errors import INTERNAL_DETAILS, ControllerError, PermissionDeniedError
 from controller.security.authz import AGENT_RPCS, authorize, is_health, require_instance
 from controller.security.caller import caller, current_actor, current_identity
 from controller.security.errors import RateLimitedError
@@ -90,7 +91,23 @@ class SecurityInterceptor(ServerInterceptor):
         return wrapped
 
     async def admit(self, method: str, request: Any, context: Context) -> Identity:
-        """The caller's identity if it may make this call; otherwise abort the call."""
+        """The caller's identity if it may make this call; otherwise abort the call.
+
+        A failure that is not a refusal is a bug: the call ends INTERNAL with a
+        generic message, counted and logged with its traceback, as the servicers'
+        edge ends theirs (gRPC itself would answer UNKNOWN with the exception's text).
+        """
+        try:
+            return await self._admit(method, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("admitting a call to %s failed unexpectedly", method)
+            self._refused(method, grpc.StatusCode.INTERNAL)
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_DETAILS)
+            raise AssertionError("unreachable: abort raises") from None  # pragma: no cover
+
+    async def _admit(self, method: str, request: Any, context: Context) -> Identity:
         identity = identity_from_auth_context(
             context.auth_context(), trust_domain=self._trust_domain
         )

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from controller.app import Controller, start_controller
 from controller.config import ControllerConfig
-from controller.security import certs
+from controller.security import certs, interceptor
 from controller.security.identity import Role
 from controller.security.interceptor import RETRY_AFTER_METADATA
 from controller.security.tls import TlsFiles, channel_credentials
@@ -342,6 +342,26 @@ def test_undecodable_bytes_are_rate_limited_like_any_refusal(tmp_path: Path, pki
         ]
         assert controller.requests(f"{AGENT}/Report", "INVALID_ARGUMENT") == 2
         assert controller.requests(f"{AGENT}/Report", "RESOURCE_EXHAUSTED") == 1
+    finally:
+        controller.close()
+
+
+@pytest.mark.parametrize("stage", ["authorize", "require_instance", "identity_from_auth_context"])
+def test_a_bug_while_admitting_a_call_is_internal_and_counted_never_unknown(
+    tmp_path: Path, pki: Pki, baked: Baked, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the security edge")
+
+    monkeypatch.setattr(interceptor, stage, broken)
+    controller = TlsController(tmp_path / "data", pki)
+    try:
+        request = agent_pb2.ReportRequest(header=baked.header(instance_id="i-1"))
+        error = _code(lambda: controller.agent("i-1").Report(request, timeout=5))
+        assert error.code() == grpc.StatusCode.INTERNAL
+        assert "a bug" not in (error.details() or "")  # no exception text on the wire
+        assert controller.requests(f"{AGENT}/Report", "INTERNAL") == 1
+        assert controller.requests(f"{AGENT}/Report", "UNKNOWN") == 0
     finally:
         controller.close()
 

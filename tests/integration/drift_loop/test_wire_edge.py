@@ -28,11 +28,12 @@ from agent.manifest.diff import Change, ChangeKind
 from agent.manifest.format import Entry, EntryType
 from agent.manifest.policy import Policy
 from agent.manifest.report import Evidence, Footprint, Report
-from controller.api.edge import INTERNAL_DETAILS, MAX_DETAILS, RETRY_AFTER_METADATA
+from controller.api.edge import MAX_DETAILS
 from controller.api.limits import INT64_MAX
 from controller.cli.client import FleetClient
 from controller.demo import fleet as support
-from controller.errors import UnavailableError
+from controller.errors import INTERNAL_DETAILS, UnavailableError
+from controller.security.interceptor import RETRY_AFTER_METADATA
 from protos.corral.v1 import agent_pb2, audit_pb2, audit_pb2_grpc, fleet_pb2
 from tests.fixtures.baked import Baked
 from tests.fixtures.clock import FakeClock
